@@ -1,0 +1,75 @@
+/**
+ * Object-store port: bytes by bucket and key, with a content type and string metadata.
+ * Adapters: files under a folder (embedded default) and S3 (distributed).
+ */
+export interface PutOptions {
+  contentType?: string;
+  metadata?: Record<string, string>;
+}
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  contentType: string;
+  metadata: Record<string, string>;
+  lastModified: Date;
+}
+
+export interface StoredObject extends ObjectInfo {
+  body: Buffer;
+}
+
+export interface ListedObject {
+  key: string;
+  size: number;
+  lastModified: Date;
+}
+
+export interface ObjectStore {
+  /** Stores the object whole or not at all: a reader never sees a partial body. */
+  put(bucket: string, key: string, body: Buffer, options?: PutOptions): Promise<void>;
+  /** The object, or null when there is none under that key. */
+  get(bucket: string, key: string): Promise<StoredObject | null>;
+  /** The object's info without its body, or null when there is none. */
+  head(bucket: string, key: string): Promise<ObjectInfo | null>;
+  /** Every object whose key starts with the prefix, in ascending key order. */
+  list(bucket: string, prefix?: string): AsyncIterable<ListedObject>;
+  /** Deleting a missing object is not an error. */
+  delete(bucket: string, key: string): Promise<void>;
+  /** Creates the bucket when it does not exist yet. */
+  ensureBucket(bucket: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Thrown for keys that are empty, too long, or could escape the bucket. */
+export class InvalidKeyError extends Error {
+  constructor(readonly key: string, reason: string) {
+    super(`invalid object key ${JSON.stringify(key.slice(0, 200))}: ${reason}`);
+    this.name = 'InvalidKeyError';
+  }
+}
+
+const MAX_KEY_BYTES = 1024;
+
+/**
+ * Keys are S3-style paths of safe segments. Rejecting `..`, `.`, empty segments,
+ * backslashes and control characters means no adapter can be led outside its bucket.
+ */
+export function validateKey(key: string): void {
+  if (typeof key !== 'string' || key.length === 0) throw new InvalidKeyError(String(key), 'empty');
+  if (Buffer.byteLength(key) > MAX_KEY_BYTES) throw new InvalidKeyError(key, `longer than ${MAX_KEY_BYTES} bytes`);
+  if (/[\u0000-\u001f\u007f\\]/.test(key)) throw new InvalidKeyError(key, 'contains a control character or backslash');
+  if (key.startsWith('/')) throw new InvalidKeyError(key, 'starts with /');
+  for (const segment of key.split('/')) {
+    if (segment === '') throw new InvalidKeyError(key, 'has an empty path segment');
+    if (segment === '.' || segment === '..') throw new InvalidKeyError(key, `has a "${segment}" segment`);
+  }
+}
+
+const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+
+export function validateBucket(bucket: string): void {
+  if (!BUCKET_NAME.test(bucket) || bucket.includes('..')) {
+    throw new Error(`invalid bucket name ${JSON.stringify(bucket)}: use 3-63 lowercase letters, digits, dots and hyphens`);
+  }
+}

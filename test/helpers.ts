@@ -1,0 +1,41 @@
+/** Shared test utilities: temp folders that clean up, and polling with a deadline. */
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Root of the project (tests run from dist/test, so walk up from this file). */
+export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const sharedDir = path.resolve(projectRoot, '..', 'shared');
+export const sharedImagesDir = path.join(sharedDir, 'images', 'imagenet');
+export const sharedModelsDir = path.join(sharedDir, 'models');
+/** The compiled CLI entry point, for tests that start real processes. */
+export const cliPath = path.join(projectRoot, 'dist', 'src', 'cli.js');
+
+export async function makeTempDir(prefix = 'icaas-test-'): Promise<{ dir: string; cleanup(): Promise<void> }> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * Polls `check` until it returns a truthy value or the deadline passes; then throws with
+ * `what` and the last value seen, so a failing test says what it was waiting for.
+ */
+export async function waitFor<T>(what: string, check: () => T | Promise<T>, { timeoutMs = 30_000, intervalMs = 50 } = {}): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | undefined;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      last = await check();
+      if (last) return last as NonNullable<T>;
+    } catch (error) {
+      lastError = error;
+    }
+    if (Date.now() > deadline) {
+      const detail = lastError ? ` (last error: ${(lastError as Error).message})` : ` (last value: ${JSON.stringify(last)})`;
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
