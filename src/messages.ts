@@ -106,7 +106,8 @@ export const parseImageResult = (text: string): ImageResult => parseWith(imageRe
 
 /** Where things live in the buckets. */
 export const inputKey = (batchId: string, imageId: string): string => `images/${batchId}/${imageId}`;
-export const batchManifestKey = (batchId: string): string => `batches/${batchId}.json`;
+/** One manifest per upload request, so uploads that add to a running batch never rewrite each other's. */
+export const batchManifestKey = (batchId: string, uploadId: string): string => `batches/${batchId}/${uploadId}.json`;
 export const resultKey = (imageId: string): string => `results/${imageId}.json`;
 
 /** A batch manifest, stored in the input bucket so the web tier can rebuild its index after a restart. */

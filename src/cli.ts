@@ -1,0 +1,167 @@
+/**
+ * icaas command line: start | web | controller | worker | classify | aws.
+ */
+import path from 'node:path';
+import { readFileSync } from 'node:fs';
+import { ConfigError, loadConfig, optionsHelp, type Config } from './config.js';
+import { openRuntime, projectRoot, type Runtime } from './runtime.js';
+
+const VERSION = (JSON.parse(readFileSync(path.join(projectRoot, 'package.json'), 'utf8')) as { version: string }).version;
+
+const COMMANDS: Record<string, { summary: string; usage: string; flags?: readonly string[] }> = {
+  start: { summary: 'run everything on this machine: web tier, controllers, workers on demand', usage: 'icaas start [options]' },
+  web: { summary: 'run the web tier and output phase only', usage: 'icaas web [options]' },
+  controller: { summary: 'run the launch and monitor controllers only', usage: 'icaas controller [options]' },
+  worker: { summary: 'run one worker instance until the queue is empty', usage: 'icaas worker [--instance-id <id>] [options]', flags: ['instance-id'] },
+  classify: {
+    summary: 'upload images or folders to a running service and print their labels',
+    usage: 'icaas classify <files or folders...> [--url <service url>] [--api-key <key>] [--json]',
+    flags: ['url', 'api-key', 'json'],
+  },
+  aws: { summary: 'create or remove the AWS resources of a deployment', usage: 'icaas aws provision|teardown [--dry-run] [--force] [options]', flags: ['dry-run', 'force'] },
+};
+
+function timestamp(): string {
+  return new Date().toISOString().slice(11, 19);
+}
+
+export function makeLogger(prefix = ''): (line: string) => void {
+  return (line: string) => process.stdout.write(`${timestamp()} ${prefix}${line}\n`);
+}
+
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((name) => name.length)) + 2;
+  return [
+    `icaas ${VERSION}: elastic image classification`,
+    '',
+    'Usage: icaas <command> [options]',
+    '',
+    'Commands:',
+    ...Object.entries(COMMANDS).map(([name, command]) => `  ${name.padEnd(width)}${command.summary}`),
+    '',
+    'Run `icaas <command> --help` for the options of a command.',
+  ].join('\n');
+}
+
+function commandHelp(name: string): string {
+  const command = COMMANDS[name]!;
+  return [`${command.usage}`, '', command.summary, '', 'Options (each also as an environment variable or a config-file entry):', optionsHelp()].join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === 'help' || name === '--help' || name === '-h') {
+    process.stdout.write(`${usage()}\n`);
+    return name ? 0 : 2;
+  }
+  if (name === '--version' || name === '-v') {
+    process.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    process.stderr.write(`icaas: unknown command "${name}"\n\n${usage()}\n`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${commandHelp(name)}\n`);
+    return 0;
+  }
+  const { config, positionals, extraFlags } = loadConfig({ argv: rest }, command.flags ?? []);
+  switch (name) {
+    case 'start':
+      return runServices(config, { web: true, controllers: true });
+    case 'web':
+      return runServices(config, { web: true, controllers: false });
+    case 'controller':
+      return runServices(config, { web: false, controllers: true });
+    case 'worker': {
+      const { workerMain } = await import('./worker/main.js');
+      const id = typeof extraFlags['instance-id'] === 'string' ? extraFlags['instance-id'] : undefined;
+      return workerMain(config, id, makeLogger());
+    }
+    case 'classify': {
+      const { classifyCommand } = await import('./client.js');
+      const url = typeof extraFlags.url === 'string' ? extraFlags.url : `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${config.port}`;
+      const apiKey = typeof extraFlags['api-key'] === 'string' ? extraFlags['api-key'] : (config.apiKeys[0] ?? process.env.ICAAS_API_KEY);
+      return classifyCommand({ inputs: positionals, url, ...(apiKey ? { apiKey } : {}), json: extraFlags.json === true, maxFiles: config.maxFiles });
+    }
+    case 'aws': {
+      const sub = positionals[0];
+      if (sub !== 'provision' && sub !== 'teardown') {
+        process.stderr.write(`icaas aws: expected "provision" or "teardown"\n\n${commandHelp('aws')}\n`);
+        return 2;
+      }
+      const { runAwsCommand } = await import('./aws/index.js');
+      return runAwsCommand(sub, { config, dryRun: extraFlags['dry-run'] === true, force: extraFlags.force === true }, makeLogger());
+    }
+  }
+  return 2;
+}
+
+async function runServices(config: Config, parts: { web: boolean; controllers: boolean }): Promise<number> {
+  const log = makeLogger();
+  const runtime: Runtime = await openRuntime(config);
+  for (const line of runtime.describe()) log(line);
+  if (config.store === 'fs' || config.queue === 'sqlite' || config.compute === 'process') log(`data: ${config.data}`);
+  if (parts.controllers && config.compute === 'process') {
+    // Workers load the model; finding it here first turns a missing model into one clear
+    // error at start instead of a crash loop of workers.
+    const { locateModel } = await import('./classifier/model.js');
+    const model = await locateModel({
+      ...(config.model ? { modelPath: config.model } : {}),
+      ...(config.labels ? { labelsPath: config.labels } : {}),
+      cacheDir: path.join(projectRoot, '.cache', 'models'),
+      log,
+    });
+    log(`model: ${model.modelPath} (from ${model.source})`);
+  }
+  const stops: (() => Promise<void>)[] = [];
+  if (parts.controllers) {
+    const { startControllers } = await import('./controller/index.js');
+    const controllers = startControllers(runtime, log);
+    stops.push(() => controllers.stop());
+  }
+  if (parts.web) {
+    const { startWebTier } = await import('./web/index.js');
+    const web = await startWebTier(runtime, log);
+    stops.unshift(() => web.stop());
+    log(`listening on ${web.url}`);
+    if (config.apiKeys.length === 0 && !['localhost', '127.0.0.1', '::1'].includes(config.host)) {
+      log(`WARNING: listening on ${config.host} without API keys: anyone who can reach this address can upload and read results. Set ICAAS_API_KEYS.`);
+    }
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      log(`${signal}: stopping`);
+      resolve();
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+  for (const stop of stops) await stop();
+  if (parts.controllers) await stopLocalWorkers(runtime, log);
+  await runtime.close();
+  log('stopped');
+  return 0;
+}
+
+/** Local workers are asked to finish the image they hold; those that do not are killed. */
+async function stopLocalWorkers(runtime: Runtime, log: (line: string) => void, graceMs = 20_000): Promise<void> {
+  if (runtime.config.compute !== 'process') return;
+  const { ProcessCompute } = await import('./compute/process.js');
+  if (!(runtime.compute instanceof ProcessCompute)) return;
+  const stopped = await runtime.compute.stopAll(graceMs);
+  if (stopped.total > 0) log(`stopped ${stopped.total} workers (${stopped.killed} had to be killed)`);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    if (error instanceof ConfigError) process.stderr.write(`icaas: ${error.message}\n`);
+    else process.stderr.write(`icaas: ${(error as Error)?.stack ?? String(error)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,233 @@
+/**
+ * Compute adapter for one machine: each instance is an OS process running `icaas worker`.
+ * The registry of instances is a SQLite file, so every process (web tier, controllers,
+ * workers, a restarted `icaas start`) sees the same instances, and the maximum holds
+ * across them because starting is decided inside one write transaction.
+ */
+import Database from 'better-sqlite3';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, openSync, closeSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import path from 'node:path';
+import type { Compute, InstanceInfo, InstanceReport, InstanceState } from './port.js';
+
+export interface ProcessComputeOptions {
+  /** SQLite file holding the instance registry. */
+  registryPath: string;
+  maxInstances: number;
+  /** Node script and arguments that run one worker; `--instance-id <id>` is appended. */
+  workerCommand?: { script: string; args: string[] };
+  /** Environment for the workers (the parent's environment is not inherited beyond PATH and HOME). */
+  workerEnv?: Record<string, string>;
+  /** Folder for one log file per worker; none when absent. */
+  logDir?: string;
+  /** How long a stopped instance stays in list() so users see it leave. */
+  keepStoppedMs?: number;
+  /** An instance that has not reported within this time after starting is counted as failed. */
+  startTimeoutMs?: number;
+}
+
+interface Row {
+  id: string;
+  pid: number | null;
+  state: InstanceState;
+  started_at: number;
+  updated_at: number;
+  image_id: string | null;
+  processed: number;
+}
+
+const LOG_FILES_KEPT = 200;
+
+export class ProcessCompute implements Compute {
+  readonly maxInstances: number;
+  private readonly db: Database.Database;
+  private readonly options: Required<Pick<ProcessComputeOptions, 'keepStoppedMs' | 'startTimeoutMs'>> & ProcessComputeOptions;
+
+  constructor(options: ProcessComputeOptions) {
+    this.options = { keepStoppedMs: 60_000, startTimeoutMs: 60_000, ...options };
+    this.maxInstances = options.maxInstances;
+    mkdirSync(path.dirname(options.registryPath), { recursive: true });
+    this.db = new Database(options.registryPath);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.exec(`CREATE TABLE IF NOT EXISTS instances (
+      id TEXT PRIMARY KEY,
+      pid INTEGER,
+      state TEXT NOT NULL,
+      started_at INTEGER NOT NULL,
+      updated_at INTEGER NOT NULL,
+      image_id TEXT,
+      processed INTEGER NOT NULL DEFAULT 0
+    )`);
+    if (options.logDir) mkdirSync(options.logDir, { recursive: true });
+  }
+
+  async start(n: number): Promise<string[]> {
+    if (!Number.isInteger(n) || n < 0) throw new Error(`cannot start ${n} instances: need a whole number`);
+    if (n === 0) return [];
+    if (!this.options.workerCommand) throw new Error('this compute adapter was opened without a worker command, so it cannot start instances');
+    const now = Date.now();
+    const reserve = this.db.transaction((count: number) => {
+      this.reapDead();
+      const active = (this.db.prepare(`SELECT COUNT(*) AS c FROM instances WHERE state != 'stopped'`).get() as { c: number }).c;
+      const allowed = Math.max(0, Math.min(count, this.maxInstances - active));
+      const ids: string[] = [];
+      const insert = this.db.prepare(`INSERT INTO instances (id, pid, state, started_at, updated_at) VALUES (?, NULL, 'starting', ?, ?)`);
+      for (let i = 0; i < allowed; i++) {
+        const id = `i-${randomBytes(6).toString('hex')}`;
+        insert.run(id, now, now);
+        ids.push(id);
+      }
+      return ids;
+    });
+    const ids = reserve.immediate(n);
+    for (const id of ids) this.spawnWorker(id);
+    if (ids.length > 0) this.pruneLogs();
+    return ids;
+  }
+
+  private spawnWorker(id: string): void {
+    const { script, args } = this.options.workerCommand!;
+    let logFd: number | 'ignore' = 'ignore';
+    if (this.options.logDir) logFd = openSync(path.join(this.options.logDir, `${id}.log`), 'a');
+    try {
+      const child = spawn(process.execPath, [script, ...args, '--instance-id', id], {
+        // Detached: a Ctrl-C in the terminal of `icaas start` must not kill workers
+        // mid-image; the parent stops them itself, and they stop on their own when idle.
+        detached: true,
+        stdio: ['ignore', logFd, logFd],
+        env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...this.options.workerEnv, ICAAS_INSTANCE_ID: id },
+      });
+      child.unref();
+      if (child.pid === undefined) throw new Error('spawn returned no pid');
+      this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ?`).run(child.pid, Date.now(), id);
+      child.on('error', () => this.markStopped(id));
+    } catch (error) {
+      this.markStopped(id);
+      throw new Error(`could not start worker ${id}: ${(error as Error).message}`, { cause: error });
+    } finally {
+      if (typeof logFd === 'number') closeSync(logFd);
+    }
+  }
+
+  async list(): Promise<InstanceInfo[]> {
+    this.db.transaction(() => this.reapDead()).immediate();
+    const rows = this.db
+      .prepare(`SELECT * FROM instances WHERE state != 'stopped' OR updated_at > ? ORDER BY started_at, id`)
+      .all(Date.now() - this.options.keepStoppedMs) as Row[];
+    return rows.map((row) => ({
+      id: row.id,
+      state: row.state,
+      startedAt: row.started_at,
+      ...(row.image_id ? { imageId: row.image_id } : {}),
+      processed: row.processed,
+    }));
+  }
+
+  async terminate(id: string): Promise<void> {
+    const row = this.db.prepare(`SELECT * FROM instances WHERE id = ?`).get(id) as Row | undefined;
+    if (!row) throw new Error(`no instance ${id}`);
+    if (row.state === 'stopped') return;
+    if (row.pid !== null && isOurProcess(row.pid, id)) {
+      try {
+        // Kill the whole process group: the worker is its leader (detached) and a hung
+        // native decoder thread must not survive it.
+        process.kill(-row.pid, 'SIGKILL');
+      } catch {
+        try { process.kill(row.pid, 'SIGKILL'); } catch { /* already gone */ }
+      }
+    }
+    this.markStopped(id);
+  }
+
+  async report(id: string, report: InstanceReport): Promise<void> {
+    const sets = ['state = @state', 'updated_at = @now'];
+    if (report.imageId !== undefined) sets.push('image_id = @imageId');
+    if (report.processed !== undefined) sets.push('processed = @processed');
+    // A stopped instance stays stopped: a late report from a terminated worker must not revive it.
+    this.db
+      .prepare(`UPDATE instances SET ${sets.join(', ')} WHERE id = @id AND state != 'stopped'`)
+      .run({ id, state: report.state, now: Date.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
+  }
+
+  /**
+   * Asks every running worker to finish the image it holds and exit (SIGTERM), then kills
+   * those still running after the grace period.
+   */
+  async stopAll(graceMs: number): Promise<{ total: number; killed: number }> {
+    const running = (await this.list()).filter((instance) => instance.state !== 'stopped');
+    for (const instance of running) this.signal(instance.id, 'SIGTERM');
+    const deadline = Date.now() + graceMs;
+    let left = running;
+    while (left.length > 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const active = new Set((await this.list()).filter((instance) => instance.state !== 'stopped').map((instance) => instance.id));
+      left = left.filter((instance) => active.has(instance.id));
+    }
+    for (const instance of left) await this.terminate(instance.id);
+    return { total: running.length, killed: left.length };
+  }
+
+  private signal(id: string, signal: NodeJS.Signals): void {
+    const row = this.db.prepare(`SELECT pid FROM instances WHERE id = ?`).get(id) as { pid: number | null } | undefined;
+    if (row?.pid && isOurProcess(row.pid, id)) {
+      try {
+        process.kill(row.pid, signal);
+      } catch {
+        // Gone already.
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  private markStopped(id: string): void {
+    this.db.prepare(`UPDATE instances SET state = 'stopped', image_id = NULL, updated_at = ? WHERE id = ? AND state != 'stopped'`).run(Date.now(), id);
+  }
+
+  /** Marks instances whose process is gone (crashed, killed, exited) as stopped. */
+  private reapDead(): void {
+    const now = Date.now();
+    const rows = this.db.prepare(`SELECT id, pid, started_at FROM instances WHERE state != 'stopped'`).all() as Pick<Row, 'id' | 'pid' | 'started_at'>[];
+    for (const row of rows) {
+      const alive = row.pid === null ? now - row.started_at < this.options.startTimeoutMs : isOurProcess(row.pid, row.id);
+      if (!alive) this.markStopped(row.id);
+    }
+  }
+
+  private pruneLogs(): void {
+    const dir = this.options.logDir;
+    if (!dir) return;
+    try {
+      const files = readdirSync(dir).filter((name) => name.endsWith('.log'));
+      if (files.length <= LOG_FILES_KEPT) return;
+      const byAge = files.map((name) => ({ name, mtime: statSync(path.join(dir, name)).mtimeMs })).sort((a, b) => a.mtime - b.mtime);
+      for (const file of byAge.slice(0, files.length - LOG_FILES_KEPT)) unlinkSync(path.join(dir, file.name));
+    } catch {
+      // Log pruning is housekeeping; a race with another process pruning is harmless.
+    }
+  }
+}
+
+/**
+ * True when pid is alive and is the worker with this instance id. Checking the command
+ * line guards against a recycled pid being mistaken for (or killed as) our worker.
+ */
+function isOurProcess(pid: number, id: string): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    // A zombie (exited, not yet reaped) has an empty command line.
+    return cmdline.includes(id);
+  } catch {
+    // No /proc (not Linux): the signal check is all we have.
+    return process.platform !== 'linux';
+  }
+}

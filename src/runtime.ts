@@ -1,0 +1,116 @@
+/**
+ * Opens the adapters the configuration chooses. Store, queue and compute are chosen
+ * independently; the cloud adapters are imported only when chosen, so the embedded
+ * default never loads the AWS SDK (worker start-up time matters when scaling out).
+ */
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Compute } from './compute/port.js';
+import { configToEnv, type Config } from './config.js';
+import type { Queue, QueueProvider } from './queue/port.js';
+import type { ObjectStore } from './storage/port.js';
+
+export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const cliScript = path.join(projectRoot, 'dist', 'src', 'cli.js');
+
+export interface Runtime {
+  config: Config;
+  store: ObjectStore;
+  queueProvider: QueueProvider;
+  queues: { launch: Queue; monitor: Queue; output: Queue };
+  compute: Compute;
+  /** What is in use, for start-up messages. */
+  describe(): string[];
+  close(): Promise<void>;
+}
+
+export const QUEUE_NAMES = { launch: 'launch', monitor: 'monitor', output: 'output' } as const;
+
+export async function openRuntime(config: Config): Promise<Runtime> {
+  const store = await openStore(config);
+  const queueProvider = await openQueues(config);
+  const compute = await openCompute(config);
+  const queues = {
+    launch: queueProvider.queue(QUEUE_NAMES.launch),
+    monitor: queueProvider.queue(QUEUE_NAMES.monitor),
+    output: queueProvider.queue(QUEUE_NAMES.output),
+  };
+  return {
+    config,
+    store,
+    queueProvider,
+    queues,
+    compute,
+    describe: () => [
+      `object store: ${config.store === 'fs' ? `files in ${path.join(config.data, 'buckets')}` : `S3${config.s3Endpoint ? ` at ${config.s3Endpoint}` : ''}`} (buckets ${config.inputBucket}, ${config.outputBucket})`,
+      `queues: ${config.queue === 'sqlite' ? `SQLite file ${path.join(config.data, 'queues.db')}` : `SQS, prefix ${config.queuePrefix}`}`,
+      `compute: ${config.compute === 'process' ? 'local worker processes' : `EC2 (${config.ec2LaunchTemplate ? `template ${config.ec2LaunchTemplate}` : config.ec2ImageId || 'no image configured'})`}, at most ${config.maxInstances}`,
+    ],
+    async close() {
+      await Promise.allSettled([store.close(), queueProvider.close(), compute.close()]);
+    },
+  };
+}
+
+async function openStore(config: Config): Promise<ObjectStore> {
+  if (config.store === 's3') {
+    const { S3ObjectStore } = await import('./storage/s3.js');
+    return new S3ObjectStore({
+      ...(config.region ? { region: config.region } : {}),
+      ...(config.s3Endpoint ? { endpoint: config.s3Endpoint } : {}),
+      forcePathStyle: config.s3ForcePathStyle,
+    });
+  }
+  const { FsObjectStore } = await import('./storage/fs.js');
+  return new FsObjectStore(path.join(config.data, 'buckets'));
+}
+
+async function openQueues(config: Config): Promise<QueueProvider> {
+  if (config.queue === 'sqs') {
+    const { SqsQueueProvider } = await import('./queue/sqs.js');
+    return new SqsQueueProvider({ prefix: config.queuePrefix, ...(config.region ? { region: config.region } : {}) });
+  }
+  const { SqliteQueueProvider } = await import('./queue/sqlite.js');
+  return new SqliteQueueProvider(path.join(config.data, 'queues.db'));
+}
+
+async function openCompute(config: Config): Promise<Compute> {
+  if (config.compute === 'ec2') {
+    const { Ec2Compute, workerUserData } = await import('./compute/ec2.js');
+    return new Ec2Compute({
+      ...(config.region ? { region: config.region } : {}),
+      maxInstances: config.maxInstances,
+      deployment: config.deployment,
+      ...(config.ec2LaunchTemplate ? { launchTemplate: config.ec2LaunchTemplate } : {}),
+      ...(config.ec2ImageId ? { imageId: config.ec2ImageId } : {}),
+      instanceType: config.ec2InstanceType,
+      ...(config.ec2SubnetId ? { subnetId: config.ec2SubnetId } : {}),
+      securityGroupIds: config.ec2SecurityGroupIds,
+      ...(config.ec2InstanceProfile ? { instanceProfile: config.ec2InstanceProfile } : {}),
+      userData: workerUserData({ configEnv: workerEnv(config) }),
+    });
+  }
+  const { ProcessCompute } = await import('./compute/process.js');
+  return new ProcessCompute({
+    registryPath: path.join(config.data, 'instances.db'),
+    maxInstances: config.maxInstances,
+    workerCommand: { script: cliScript, args: ['worker'] },
+    workerEnv: { ...workerEnv(config), ...testFaultEnv() },
+    logDir: path.join(config.data, 'logs'),
+  });
+}
+
+/** The configuration a worker needs, as environment variables. */
+export function workerEnv(config: Config): Record<string, string> {
+  return configToEnv(config);
+}
+
+/** Fault-injection switches pass through to workers only when a test set them. */
+function testFaultEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of ['ICAAS_TEST_HANG_ON', 'ICAAS_TEST_CRASH_ON']) {
+    const value = process.env[name];
+    if (value) env[name] = value;
+  }
+  return env;
+}

@@ -1,0 +1,49 @@
+/** The web tier as one service: HTTP server, output phase and status broadcasts. */
+import path from 'node:path';
+import { every, type Loop } from '../controller/loop.js';
+import { projectRoot, type Runtime } from '../runtime.js';
+import { outputTick, ResultsIndex } from './results.js';
+import { createWebServer, type WebServer } from './server.js';
+
+export interface WebTier {
+  server: WebServer;
+  index: ResultsIndex;
+  url: string;
+  /** Stops taking uploads, then closes the server and the output phase. */
+  stop(): Promise<void>;
+}
+
+export async function startWebTier(runtime: Runtime, log: (line: string) => void): Promise<WebTier> {
+  const { config } = runtime;
+  await Promise.all([runtime.store.ensureBucket(config.inputBucket), runtime.store.ensureBucket(config.outputBucket)]);
+  const index = new ResultsIndex(runtime.store, config.inputBucket, config.outputBucket);
+  const loaded = await index.load();
+  if (loaded.images > 0) log(`loaded ${loaded.images} images in ${loaded.batches} batches (${loaded.results} with results) from the buckets`);
+  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log });
+  const output: Loop = every(0, async (signal) => {
+    await outputTick(index, runtime.queues.output, 1, signal, log);
+  }, (error) => log(`output phase: ${(error as Error).message}`));
+  const statusLoop: Loop = every(1000, async () => {
+    if (server.hub.clientCount > 0) server.hub.broadcastStatus(await server.status());
+  }, (error) => log(`status: ${(error as Error).message}`));
+  const address = await server.app.listen({ host: config.host, port: config.port });
+  const url = publicUrl(address, config.host);
+  return {
+    server,
+    index,
+    url,
+    async stop() {
+      server.drain();
+      server.hub.closeAll();
+      await server.app.close();
+      await Promise.all([output.stop(), statusLoop.stop()]);
+    },
+  };
+}
+
+/** The address as a user would type it: localhost stays localhost. */
+function publicUrl(address: string, host: string): string {
+  const url = new URL(address);
+  if (host === 'localhost' || host === '127.0.0.1' || host === '::1') url.hostname = host === '::1' ? '[::1]' : host;
+  return url.toString().replace(/\/$/, '');
+}

@@ -1,0 +1,275 @@
+/**
+ * The web tier's HTTP server: uploads, the JSON API, live events, the synchronous
+ * endpoint for load generators, metrics, health and the browser page.
+ */
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import multipart from '@fastify/multipart';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { inputKey } from '../messages.js';
+import type { Runtime } from '../runtime.js';
+import { EventHub, publicImage } from './events.js';
+import { stem } from './inspect.js';
+import type { ResultsIndex } from './results.js';
+import { newId, receiveUpload, UploadError, type UploadContext } from './upload.js';
+
+export interface WebOptions {
+  runtime: Runtime;
+  index: ResultsIndex;
+  /** Folder of the built browser page (index.html and its assets). */
+  uiDir: string;
+  log?: (line: string) => void;
+}
+
+export interface StatusSnapshot {
+  max: number;
+  queues: Record<'launch' | 'monitor' | 'output', { visible: number; inFlight: number; delayed: number }>;
+  instances: { id: string; state: string; startedAt: number; imageId?: string; processed?: number }[];
+  images: Record<string, number>;
+  at: number;
+}
+
+const SECURITY_HEADERS: Record<string, string> = {
+  'content-security-policy':
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  'x-content-type-options': 'nosniff',
+  'x-frame-options': 'DENY',
+  'referrer-policy': 'no-referrer',
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-resource-policy': 'same-origin',
+  'permissions-policy': 'camera=(), microphone=(), geolocation=()',
+};
+
+const UI_CONTENT_TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.ico': 'image/x-icon',
+  '.map': 'application/json',
+};
+
+export interface WebServer {
+  app: FastifyInstance;
+  hub: EventHub;
+  status(): Promise<StatusSnapshot>;
+  /** Stops accepting uploads (answers 503) while in-flight requests finish. */
+  drain(): void;
+}
+
+export async function createWebServer(options: WebOptions): Promise<WebServer> {
+  const { runtime, index } = options;
+  const { config } = runtime;
+  const app = Fastify({
+    logger: false,
+    // The body limit guards JSON bodies; multipart uploads are bounded per file and file count.
+    bodyLimit: 1024 * 1024,
+    // Keep-alive sockets must not hold the process open on shutdown.
+    forceCloseConnections: 'idle',
+    requestTimeout: 0,
+  });
+  await app.register(multipart, { throwFileSizeLimit: false });
+  const hub = new EventHub(index, { headers: SECURITY_HEADERS });
+  let draining = false;
+
+  app.addHook('onSend', async (_request, reply, payload) => {
+    for (const [name, value] of Object.entries(SECURITY_HEADERS)) {
+      if (!reply.hasHeader(name)) reply.header(name, value);
+    }
+    return payload;
+  });
+
+  const keyDigests = config.apiKeys.map(digest);
+  const needsKey = (url: string) => url.startsWith('/api/') || url === '/metrics';
+  app.addHook('onRequest', async (request, reply) => {
+    if (keyDigests.length === 0) return;
+    const url = request.url.split('?')[0]!;
+    const isSync = request.method === 'POST' && (url === '/' || url === '/classify');
+    if (!needsKey(url) && !isSync) return;
+    const presented = presentedKey(request);
+    // Compare digests so timing reveals neither the key nor its length.
+    const ok = presented !== undefined && keyDigests.some((expected) => timingSafeEqual(expected, digest(presented)));
+    if (!ok) {
+      reply.header('www-authenticate', 'Bearer realm="icaas"');
+      return reply.code(401).send({ error: presented === undefined ? 'an API key is required: send it as "Authorization: Bearer <key>"' : 'the API key is not valid' });
+    }
+  });
+
+  app.setErrorHandler((error: Error & { statusCode?: number; code?: string }, _request, reply) => {
+    if (error instanceof UploadError) {
+      return reply.code(error.statusCode).send({ error: error.message, ...(error.rejected.length ? { rejected: error.rejected } : {}) });
+    }
+    const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
+    if (status === 500) options.log?.(`error: ${error.stack ?? error.message}`);
+    // Internal messages can name paths of this machine: only client errors are echoed.
+    return reply.code(status).send({ error: status === 500 ? 'internal error; see the server log' : error.message });
+  });
+  app.setNotFoundHandler((request, reply) => reply.code(404).send({ error: `no route ${request.method} ${request.url.split('?')[0]}` }));
+
+  const uploadContext: UploadContext = {
+    store: runtime.store,
+    inputBucket: config.inputBucket,
+    launchQueue: runtime.queues.launch,
+    index,
+    limits: { maxFileBytes: config.maxFileBytes, maxPixels: config.maxPixels, maxFiles: config.maxFiles },
+  };
+
+  const refuseWhenBusy = async (reply: FastifyReply): Promise<boolean> => {
+    if (draining) {
+      reply.code(503).header('retry-after', '5').send({ error: 'the server is shutting down; try again shortly' });
+      return true;
+    }
+    const counts = await runtime.queues.launch.counts();
+    const waiting = counts.visible + counts.delayed;
+    if (waiting >= config.maxQueued) {
+      const seconds = Math.min(300, Math.max(1, Math.ceil(waiting / Math.max(1, config.maxInstances) / 10)));
+      reply.code(429).header('retry-after', String(seconds)).send({ error: `the launch queue holds ${waiting} images, at its limit of ${config.maxQueued}; retry in ${seconds}s` });
+      return true;
+    }
+    return false;
+  };
+
+  app.post('/api/images', async (request: FastifyRequest<{ Querystring: { batch?: string } }>, reply) => {
+    if (await refuseWhenBusy(reply)) return reply;
+    const requested = request.query.batch;
+    if (requested !== undefined && !index.hasBatch(requested)) {
+      return reply.code(404).send({ error: `no batch ${requested}` });
+    }
+    const outcome = await receiveUpload(request, uploadContext, requested ?? newId());
+    if (outcome.images.length === 0) {
+      return reply.code(400).send({ error: 'no file was accepted', ...outcome, batchId: null });
+    }
+    return reply.code(202).send(outcome);
+  });
+
+  app.get('/api/batches/:id', async (request: FastifyRequest<{ Params: { id: string } }>, reply) => {
+    const batch = index.batch(request.params.id);
+    if (!batch) return reply.code(404).send({ error: `no batch ${request.params.id}` });
+    return { ...batch, images: batch.images.map(publicImage) };
+  });
+
+  app.get('/api/images/:id', async (request: FastifyRequest<{ Params: { id: string } }>, reply) => {
+    const image = index.image(request.params.id);
+    if (!image) return reply.code(404).send({ error: `no image ${request.params.id}` });
+    return publicImage(image);
+  });
+
+  app.get('/api/images/:id/input', async (request: FastifyRequest<{ Params: { id: string } }>, reply) => {
+    const image = index.image(request.params.id);
+    const object = image ? await runtime.store.get(config.inputBucket, inputKey(image.batchId, image.id)) : null;
+    if (!image || !object) return reply.code(404).send({ error: `no image ${request.params.id}` });
+    return reply
+      .header('content-type', object.contentType)
+      .header('cache-control', 'private, max-age=86400, immutable')
+      .header('content-disposition', `inline; filename*=UTF-8''${encodeURIComponent(image.name.slice(image.name.lastIndexOf('/') + 1))}`)
+      .send(object.body);
+  });
+
+  const status = async (): Promise<StatusSnapshot> => {
+    const [launch, monitor, output, instances] = await Promise.all([
+      runtime.queues.launch.counts(),
+      runtime.queues.monitor.counts(),
+      runtime.queues.output.counts(),
+      runtime.compute.list(),
+    ]);
+    return {
+      max: runtime.compute.maxInstances,
+      queues: { launch, monitor, output },
+      instances: instances.map((instance) => ({ ...instance })),
+      images: index.totals(),
+      at: Date.now(),
+    };
+  };
+
+  app.get('/api/status', async () => status());
+
+  app.get('/api/events', (request: FastifyRequest<{ Querystring: { batch?: string } }>, reply) => {
+    reply.hijack();
+    const lastEventId = request.headers['last-event-id'];
+    hub.attach(request.raw, reply.raw, request.query.batch || undefined, Array.isArray(lastEventId) ? lastEventId[0] : lastEventId);
+  });
+
+  app.get('/healthz', async () => ({ ok: true }));
+
+  app.get('/metrics', async (_request, reply) => {
+    const snapshot = await status();
+    const lines = [
+      '# HELP icaas_images Images known to this web tier, by status.',
+      '# TYPE icaas_images gauge',
+      ...Object.entries(snapshot.images).map(([state, count]) => `icaas_images{status="${state}"} ${count}`),
+      '# HELP icaas_queue_messages Approximate messages per queue and state.',
+      '# TYPE icaas_queue_messages gauge',
+      ...Object.entries(snapshot.queues).flatMap(([queue, counts]) =>
+        Object.entries(counts).map(([state, count]) => `icaas_queue_messages{queue="${queue}",state="${state}"} ${count}`)),
+      '# HELP icaas_instances Worker instances by state.',
+      '# TYPE icaas_instances gauge',
+      ...(['starting', 'idle', 'busy'] as const).map((state) => `icaas_instances{state="${state}"} ${snapshot.instances.filter((i) => i.state === state).length}`),
+      '# HELP icaas_event_clients Connected live-event clients.',
+      '# TYPE icaas_event_clients gauge',
+      `icaas_event_clients ${hub.clientCount}`,
+    ];
+    return reply.header('content-type', 'text/plain; version=0.0.4').send(lines.join('\n') + '\n');
+  });
+
+  const classifySync = async (request: FastifyRequest, reply: FastifyReply) => {
+    if (await refuseWhenBusy(reply)) return reply;
+    const outcome = await receiveUpload(request, uploadContext, newId(), 1);
+    const wantsJson = (request.headers.accept ?? '').includes('application/json');
+    const accepted = outcome.images[0];
+    if (!accepted) {
+      const reason = outcome.rejected[0]?.reason ?? 'no image';
+      return wantsJson
+        ? reply.code(400).send({ error: reason, rejected: outcome.rejected })
+        : reply.code(400).type('text/plain; charset=utf-8').send(`error: ${reason}\n`);
+    }
+    const timeout = AbortSignal.timeout(config.syncTimeoutSeconds * 1000);
+    let image;
+    try {
+      image = await index.waitForResult(accepted.id, timeout);
+    } catch {
+      const message = `no result within ${config.syncTimeoutSeconds}s; it is still queued as image ${accepted.id}`;
+      return wantsJson ? reply.code(504).send({ error: message, id: accepted.id }) : reply.code(504).type('text/plain; charset=utf-8').send(`error: ${message}\n`);
+    }
+    if (wantsJson) return reply.code(image.status === 'done' ? 200 : 500).send(publicImage(image));
+    const text = image.result && 'label' in image.result ? `${stem(image.name)}:${image.result.label}` : `${stem(image.name)}:error: ${image.result && 'error' in image.result ? image.result.error : 'unknown'}`;
+    return reply.code(image.status === 'done' ? 200 : 500).type('text/plain; charset=utf-8').send(text);
+  };
+  app.post('/', classifySync);
+  app.post('/classify', classifySync);
+
+  const serveUi = async (file: string, reply: FastifyReply) => {
+    const extension = path.extname(file);
+    const type = UI_CONTENT_TYPES[extension];
+    if (!type) return reply.code(404).send({ error: 'not found' });
+    try {
+      const body = await readFile(path.join(options.uiDir, file));
+      return reply.header('content-type', type).header('cache-control', extension === '.html' ? 'no-cache' : 'public, max-age=300').send(body);
+    } catch {
+      return reply.code(404).send({ error: extension === '.html' ? 'the page is not built: run `npm run build`' : 'not found' });
+    }
+  };
+  app.get('/', async (_request, reply) => serveUi('index.html', reply));
+  app.get('/assets/:file', async (request: FastifyRequest<{ Params: { file: string } }>, reply) => {
+    // One flat folder and a strict name pattern: no way to walk out of it.
+    if (!/^[A-Za-z0-9_.-]+$/.test(request.params.file) || request.params.file.startsWith('.')) return reply.code(404).send({ error: 'not found' });
+    return serveUi(request.params.file, reply);
+  });
+
+  return { app, hub, status, drain: () => { draining = true; } };
+}
+
+function digest(key: string): Buffer {
+  return createHash('sha256').update(key).digest();
+}
+
+function presentedKey(request: FastifyRequest): string | undefined {
+  const authorization = request.headers.authorization;
+  if (authorization?.startsWith('Bearer ')) return authorization.slice(7).trim();
+  const header = request.headers['x-api-key'];
+  if (typeof header === 'string') return header;
+  // EventSource cannot send headers, so the event stream also takes the key as a parameter.
+  const query = (request.query as Record<string, unknown> | undefined)?.key;
+  return typeof query === 'string' ? query : undefined;
+}

@@ -1,0 +1,131 @@
+/**
+ * Upload of many images in one multipart request. Each file is checked and stored as it
+ * arrives; launch messages are sent only once the whole request has been read, and if the
+ * request fails midway everything it stored is deleted again, so a failed upload leaves
+ * nothing behind and queues nothing.
+ */
+import { randomBytes } from 'node:crypto';
+import type { FastifyRequest } from 'fastify';
+import type {} from '@fastify/multipart';
+import { type BatchManifest, type LaunchMessage, batchManifestKey, inputKey } from '../messages.js';
+import type { Queue } from '../queue/port.js';
+import type { ObjectStore } from '../storage/port.js';
+import { displayName, inspectImage, type ImageLimits } from './inspect.js';
+import type { ResultsIndex } from './results.js';
+
+export interface UploadContext {
+  store: ObjectStore;
+  inputBucket: string;
+  launchQueue: Queue;
+  index: ResultsIndex;
+  limits: ImageLimits & { maxFiles: number };
+}
+
+export interface AcceptedImage {
+  id: string;
+  name: string;
+  status: 'queued';
+  size: number;
+  contentType: string;
+}
+
+export interface UploadOutcome {
+  batchId: string;
+  images: AcceptedImage[];
+  rejected: { name: string; reason: string }[];
+}
+
+/** An error the client caused, with the HTTP status to answer. */
+export class UploadError extends Error {
+  constructor(readonly statusCode: number, message: string, readonly rejected: { name: string; reason: string }[] = []) {
+    super(message);
+    this.name = 'UploadError';
+  }
+}
+
+export function newId(): string {
+  // 12 random bytes, base64url: unguessable, so ids double as capabilities.
+  return randomBytes(12).toString('base64url');
+}
+
+export async function receiveUpload(request: FastifyRequest, context: UploadContext, batchId: string, maxFiles = context.limits.maxFiles): Promise<UploadOutcome> {
+  if (!request.isMultipart()) throw new UploadError(415, 'expected a multipart/form-data body with one or more image files');
+  const uploadId = newId();
+  const stored: string[] = [];
+  const images: AcceptedImage[] = [];
+  const rejected: { name: string; reason: string }[] = [];
+  const manifest: BatchManifest = { batchId, createdAt: Date.now(), images: [] };
+  let files = 0;
+  try {
+    const parts = request.parts({ limits: { fileSize: context.limits.maxFileBytes, files: maxFiles, fields: 100, parts: maxFiles + 100 } });
+    for await (const part of parts) {
+      if (part.type !== 'file') continue;
+      files++;
+      const name = displayName(part.filename);
+      const body = await part.toBuffer();
+      const inspection = await inspectImage(body, context.limits, part.file.truncated);
+      if (!inspection.ok) {
+        rejected.push({ name, reason: inspection.reason });
+        continue;
+      }
+      const imageId = newId();
+      const key = inputKey(batchId, imageId);
+      await context.store.put(context.inputBucket, key, body, {
+        contentType: inspection.contentType,
+        metadata: { batch: batchId, name: encodeURIComponent(name) },
+      });
+      stored.push(key);
+      images.push({ id: imageId, name, status: 'queued', size: body.length, contentType: inspection.contentType });
+      manifest.images.push({ imageId, name, key, size: body.length, contentType: inspection.contentType });
+    }
+    if (files === 0) throw new UploadError(400, 'the request holds no files: send images as multipart/form-data file parts');
+    if (images.length > 0) {
+      const manifestKey = batchManifestKey(batchId, uploadId);
+      await context.store.put(context.inputBucket, manifestKey, Buffer.from(JSON.stringify(manifest)), { contentType: 'application/json' });
+      stored.push(manifestKey);
+    }
+  } catch (error) {
+    await Promise.allSettled(stored.map((key) => context.store.delete(context.inputBucket, key)));
+    throw toUploadError(error, maxFiles, rejected);
+  }
+  if (images.length === 0) return { batchId, images, rejected };
+  // From here the upload is accepted: the manifest is stored, so the images are known even
+  // if this process dies before every launch message is out.
+  context.index.addManifest(manifest);
+  const queuedAt = Date.now();
+  await sendInChunks(manifest.images.map((image) => {
+    const message: LaunchMessage = { type: 'launch', imageId: image.imageId, batchId, name: image.name, key: image.key, attempt: 1, queuedAt };
+    return JSON.stringify(message);
+  }), context.launchQueue);
+  return { batchId, images, rejected };
+}
+
+async function sendInChunks(bodies: string[], queue: Queue, width = 10): Promise<void> {
+  for (let i = 0; i < bodies.length; i += width) {
+    await Promise.all(bodies.slice(i, i + width).map((body) => queue.send(body)));
+  }
+}
+
+function toUploadError(error: unknown, maxFiles: number, rejected: { name: string; reason: string }[]): unknown {
+  if (error instanceof UploadError) return error;
+  const code = (error as { code?: string }).code;
+  switch (code) {
+    case 'FST_FILES_LIMIT':
+      return new UploadError(413, `too many files in one request: at most ${maxFiles}; nothing was stored`, rejected);
+    case 'FST_PARTS_LIMIT':
+    case 'FST_FIELDS_LIMIT':
+      return new UploadError(413, 'too many form parts in one request; nothing was stored', rejected);
+    case 'FST_REQ_FILE_TOO_LARGE':
+      return new UploadError(413, `a file is larger than the limit; nothing was stored`, rejected);
+    case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
+      return new UploadError(415, 'expected a multipart/form-data body with one or more image files');
+  }
+  const message = (error as Error | undefined)?.message ?? '';
+  if (/Unexpected end of (multipart data|form)|Part terminated early|premature close|aborted/i.test(message) || code === 'FST_PREMATURE_CLOSE') {
+    return new UploadError(400, 'the request body ended before the upload was complete; nothing was stored', rejected);
+  }
+  if (/Malformed part header|Multipart: Boundary not found|boundary/i.test(message)) {
+    return new UploadError(400, `the multipart body is malformed (${message}); nothing was stored`, rejected);
+  }
+  return error;
+}

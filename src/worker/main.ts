@@ -1,0 +1,59 @@
+/** `icaas worker`: one instance, in its own process, until the queue is empty. */
+import path from 'node:path';
+import type { Config } from '../config.js';
+import { loadClassifier } from '../classifier/index.js';
+import { openRuntime, projectRoot } from '../runtime.js';
+import { runWorker } from './worker.js';
+
+export async function workerMain(config: Config, instanceIdFlag: string | undefined, log: (line: string) => void): Promise<number> {
+  const instanceId = instanceIdFlag ?? process.env.ICAAS_INSTANCE_ID ?? (await ownInstanceId(config));
+  const runtime = await openRuntime(config);
+  const stopping = new AbortController();
+  const onSignal = () => {
+    log('asked to stop: finishing the image in hand');
+    stopping.abort();
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  try {
+    const { classifier, modelPath } = await loadClassifier({
+      ...(config.model ? { model: config.model } : {}),
+      ...(config.labels ? { labels: config.labels } : {}),
+      cacheDir: path.join(projectRoot, '.cache', 'models'),
+      maxPixels: config.maxPixels,
+      log,
+    });
+    log(`instance ${instanceId} ready with ${path.basename(modelPath)}`);
+    const faults = {
+      ...(process.env.ICAAS_TEST_HANG_ON ? { hangOn: process.env.ICAAS_TEST_HANG_ON } : {}),
+      ...(process.env.ICAAS_TEST_CRASH_ON ? { crashOn: process.env.ICAAS_TEST_CRASH_ON } : {}),
+    };
+    const summary = await runWorker({
+      instanceId,
+      store: runtime.store,
+      inputBucket: config.inputBucket,
+      outputBucket: config.outputBucket,
+      queues: runtime.queues,
+      compute: runtime.compute,
+      classifier,
+      idleWaitSeconds: config.idleWaitSeconds,
+      log,
+      signal: stopping.signal,
+      faults,
+    });
+    log(`instance ${instanceId} stopping (${summary.reason}) after ${summary.processed} images`);
+    await classifier.close();
+    return 0;
+  } finally {
+    await runtime.compute.report(instanceId, { state: 'stopped', imageId: null }).catch(() => {});
+    await runtime.close();
+  }
+}
+
+async function ownInstanceId(config: Config): Promise<string> {
+  if (config.compute === 'ec2') {
+    const { instanceIdFromImds } = await import('../compute/imds.js');
+    return instanceIdFromImds();
+  }
+  throw new Error('icaas worker needs --instance-id (the launch controller passes it when it starts a worker)');
+}

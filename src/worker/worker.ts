@@ -1,0 +1,153 @@
+/**
+ * The instance loop: one image at a time. The order of steps is what makes the service
+ * lose nothing: the monitor notice is sent before the launch message is deleted, so a
+ * crash between the two can duplicate work but never drop an image.
+ */
+import type { Classifier } from '../classifier/port.js';
+import { ImageDecodeError } from '../classifier/port.js';
+import type { Compute } from '../compute/port.js';
+import {
+  type ImageResult,
+  type LaunchMessage,
+  type MonitorNotice,
+  type OutputMessage,
+  InvalidMessageError,
+  parseLaunchMessage,
+  resultKey,
+} from '../messages.js';
+import type { Queue } from '../queue/port.js';
+import type { ObjectStore } from '../storage/port.js';
+
+export interface WorkerQueues {
+  launch: Queue;
+  monitor: Queue;
+  output: Queue;
+}
+
+export interface WorkerOptions {
+  instanceId: string;
+  store: ObjectStore;
+  inputBucket: string;
+  outputBucket: string;
+  queues: WorkerQueues;
+  compute: Compute;
+  classifier: Classifier;
+  /** Seconds of an empty long poll after which the instance stops itself. */
+  idleWaitSeconds: number;
+  /** How long a received launch message stays hidden before the notice takes over. */
+  launchVisibilitySeconds?: number;
+  log?: (line: string) => void;
+  /** Stops the loop after the current image (graceful shutdown). */
+  signal?: AbortSignal;
+  /** Test-only fault injection, by substring of the image's file name. */
+  faults?: { hangOn?: string; crashOn?: string };
+}
+
+export interface WorkerSummary {
+  processed: number;
+  reason: 'idle' | 'stopped';
+}
+
+export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> {
+  const { instanceId, queues, compute, log = () => {} } = options;
+  let processed = 0;
+  await compute.report(instanceId, { state: 'idle', imageId: null, processed });
+  for (;;) {
+    if (options.signal?.aborted) return { processed, reason: 'stopped' };
+    const messages = await queues.launch.receive({
+      maxMessages: 1,
+      waitSeconds: options.idleWaitSeconds,
+      visibilityTimeoutSeconds: options.launchVisibilitySeconds ?? 30,
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    const message = messages[0];
+    if (!message) {
+      if (options.signal?.aborted) return { processed, reason: 'stopped' };
+      log(`no work after waiting ${options.idleWaitSeconds}s; stopping (${processed} images processed)`);
+      return { processed, reason: 'idle' };
+    }
+    let launch: LaunchMessage;
+    try {
+      launch = parseLaunchMessage(message.body);
+    } catch (error) {
+      if (!(error instanceof InvalidMessageError)) throw error;
+      log(`dropping malformed launch message ${message.id}: ${error.message}`);
+      await queues.launch.delete(message.receiptHandle);
+      continue;
+    }
+    if (await options.store.head(options.outputBucket, resultKey(launch.imageId))) {
+      // A duplicate delivery of an image that already has its final result.
+      await queues.launch.delete(message.receiptHandle);
+      continue;
+    }
+    const startedAt = Date.now();
+    const notice: MonitorNotice = {
+      type: 'monitor',
+      imageId: launch.imageId,
+      batchId: launch.batchId,
+      name: launch.name,
+      key: launch.key,
+      attempt: launch.attempt,
+      instanceId,
+      startedAt,
+    };
+    await queues.monitor.send(JSON.stringify(notice));
+    await queues.launch.delete(message.receiptHandle);
+    await compute.report(instanceId, { state: 'busy', imageId: launch.imageId, processed });
+    await sendOutput(queues.output, {
+      type: 'progress',
+      imageId: launch.imageId,
+      batchId: launch.batchId,
+      instanceId,
+      attempt: launch.attempt,
+      at: startedAt,
+    });
+
+    const result = await classifyOne(options, launch, startedAt);
+    await options.store.put(options.outputBucket, resultKey(launch.imageId), Buffer.from(JSON.stringify(result)), {
+      contentType: 'application/json',
+    });
+    await sendOutput(queues.output, { type: 'result', result });
+    processed++;
+    log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${result.status === 'ok' ? `${result.label} ${result.probability.toFixed(3)}` : `error: ${result.error}`} in ${Date.now() - startedAt} ms`);
+    await compute.report(instanceId, { state: 'idle', imageId: null, processed });
+  }
+}
+
+async function classifyOne(options: WorkerOptions, launch: LaunchMessage, startedAt: number): Promise<ImageResult> {
+  const base = { imageId: launch.imageId, batchId: launch.batchId, name: launch.name, attempts: launch.attempt, instanceId: options.instanceId };
+  const failed = (error: string): ImageResult => ({ status: 'error', ...base, error, finishedAt: Date.now() });
+  const image = await options.store.get(options.inputBucket, launch.key);
+  if (!image) return failed('the stored image is missing from the input bucket');
+  await injectFaults(options.faults, launch.name);
+  try {
+    const predictions = await options.classifier.classify(image.body, 5);
+    const best = predictions[0];
+    if (!best) return failed('the classifier returned no labels');
+    return {
+      status: 'ok',
+      ...base,
+      label: best.label,
+      probability: best.probability,
+      top5: predictions.map(({ label, probability }) => ({ label, probability })),
+      durationMs: Date.now() - startedAt,
+      finishedAt: Date.now(),
+    };
+  } catch (error) {
+    // A decode failure is a property of the image: retrying on another instance cannot help.
+    if (error instanceof ImageDecodeError) return failed(`the image could not be decoded: ${error.message}`);
+    throw error;
+  }
+}
+
+async function injectFaults(faults: WorkerOptions['faults'], name: string): Promise<void> {
+  if (faults?.crashOn && name.includes(faults.crashOn)) process.kill(process.pid, 'SIGKILL');
+  if (faults?.hangOn && name.includes(faults.hangOn)) {
+    // Block the event loop the way a stuck native decoder would: only a kill ends it.
+    for (;;) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60_000);
+  }
+}
+
+async function sendOutput(queue: Queue, message: OutputMessage): Promise<void> {
+  await queue.send(JSON.stringify(message));
+}
