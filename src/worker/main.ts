@@ -27,6 +27,7 @@ export async function workerMain(config: Config, instanceIdFlag: string | undefi
     const faults = {
       ...(process.env.ICAAS_TEST_HANG_ON ? { hangOn: process.env.ICAAS_TEST_HANG_ON } : {}),
       ...(process.env.ICAAS_TEST_CRASH_ON ? { crashOn: process.env.ICAAS_TEST_CRASH_ON } : {}),
+      ...(process.env.ICAAS_TEST_DELAY_MS ? { delayMs: Number(process.env.ICAAS_TEST_DELAY_MS) } : {}),
     };
     const summary = await runWorker({
       instanceId,

@@ -40,7 +40,7 @@ export interface WorkerOptions {
   /** Stops the loop after the current image (graceful shutdown). */
   signal?: AbortSignal;
   /** Test-only fault injection, by substring of the image's file name. */
-  faults?: { hangOn?: string; crashOn?: string };
+  faults?: { hangOn?: string; crashOn?: string; delayMs?: number };
 }
 
 export interface WorkerSummary {
@@ -141,6 +141,7 @@ async function classifyOne(options: WorkerOptions, launch: LaunchMessage, starte
 }
 
 async function injectFaults(faults: WorkerOptions['faults'], name: string): Promise<void> {
+  if (faults?.delayMs) await new Promise((resolve) => setTimeout(resolve, faults.delayMs));
   if (faults?.crashOn && name.includes(faults.crashOn)) process.kill(process.pid, 'SIGKILL');
   if (faults?.hangOn && name.includes(faults.hangOn)) {
     // Block the event loop the way a stuck native decoder would: only a kill ends it.

@@ -1,0 +1,214 @@
+/**
+ * Runs the real service (`icaas start`) as a child process on a free port with its own
+ * data folder, and watches it through its public API.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile, readdir } from 'node:fs/promises';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { cliPath, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
+
+export interface ServiceOptions {
+  maxInstances?: number;
+  idleWaitSeconds?: number;
+  deadlineSeconds?: number;
+  monitorCheckSeconds?: number;
+  env?: Record<string, string>;
+  extraArgs?: string[];
+  /** Reuse a data folder (restart tests). */
+  dataDir?: string;
+}
+
+export interface Service {
+  url: string;
+  dataDir: string;
+  output(): string;
+  /** Every instance count seen by the sampler, and the peak. */
+  samples: number[];
+  peak(): number;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  /** Kills the service and any worker it left, and removes the data folder unless reused. */
+  cleanup(): Promise<void>;
+  pidOf(instanceId: string): number | undefined;
+  activeInstances(): Promise<number>;
+}
+
+export async function startService(options: ServiceOptions = {}): Promise<Service> {
+  const temp = options.dataDir ? undefined : await makeTempDir('icaas-e2e-');
+  const dataDir = options.dataDir ?? temp!.dir;
+  const args = [
+    cliPath, 'start',
+    '--host', '127.0.0.1', '--port', '0', '--data', dataDir,
+    '--max-instances', String(options.maxInstances ?? 20),
+    '--idle-wait', String(options.idleWaitSeconds ?? 2),
+    '--deadline', String(options.deadlineSeconds ?? 30),
+    '--monitor-check', String(options.monitorCheckSeconds ?? 0.5),
+    '--launch-interval', '200',
+    ...(options.extraArgs ?? []),
+  ];
+  const child: ChildProcess = spawn(process.execPath, args, {
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let url: string;
+  try {
+    url = await waitFor('the service to print its address', () => {
+      if (child.exitCode !== null) throw new Error(`service exited with ${child.exitCode}:\n${output}`);
+      return /listening on (http:\/\/\S+)/.exec(output)?.[1];
+    }, { timeoutMs: 30_000 });
+  } catch (error) {
+    child.kill('SIGKILL');
+    await temp?.cleanup();
+    throw error;
+  }
+
+  const registry = path.join(dataDir, 'instances.db');
+  const samples: number[] = [];
+  const activeInstances = async () => {
+    const response = await fetch(`${url}/api/status`);
+    const status = (await response.json()) as { instances: { state: string }[] };
+    return status.instances.filter((instance) => instance.state !== 'stopped').length;
+  };
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      try {
+        samples.push(await activeInstances());
+      } catch {
+        // The service may be restarting; the next sample counts.
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  })();
+
+  const workerPids = (): number[] => {
+    try {
+      const db = new Database(registry, { readonly: true, fileMustExist: true });
+      try {
+        return (db.prepare(`SELECT pid FROM instances WHERE pid IS NOT NULL AND state != 'stopped'`).all() as { pid: number }[]).map((row) => row.pid);
+      } finally {
+        db.close();
+      }
+    } catch {
+      return [];
+    }
+  };
+
+  return {
+    url,
+    dataDir,
+    output: () => output,
+    samples,
+    peak: () => Math.max(0, ...samples),
+    activeInstances,
+    pidOf(instanceId: string) {
+      const db = new Database(registry, { readonly: true });
+      try {
+        return (db.prepare(`SELECT pid FROM instances WHERE id = ?`).get(instanceId) as { pid: number } | undefined)?.pid;
+      } finally {
+        db.close();
+      }
+    },
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
+      sampling = false;
+      await sampler;
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+    },
+    async cleanup() {
+      sampling = false;
+      await sampler;
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+      for (const pid of workerPids()) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // Already gone.
+        }
+      }
+      await temp?.cleanup();
+    },
+  };
+}
+
+export interface LabelledImage {
+  file: string;
+  label: string;
+}
+
+export async function sharedImages(): Promise<LabelledImage[]> {
+  const csv = await readFile(path.join(sharedImagesDir, 'labels.csv'), 'utf8');
+  const labels = new Map<string, string>();
+  for (const line of csv.trim().split('\n').slice(1)) {
+    const [file, , ...label] = line.split(',');
+    labels.set(file!, label.join(',').replace(/^"|"$/g, ''));
+  }
+  const files = (await readdir(sharedImagesDir)).filter((name) => labels.has(name)).sort();
+  return files.map((file) => ({ file, label: labels.get(file)! }));
+}
+
+export async function uploadForm(url: string, files: { name: string; body: Buffer }[], query = ''): Promise<{ status: number; body: any }> {
+  const form = new FormData();
+  for (const file of files) form.append('images', new Blob([file.body]), file.name);
+  const response = await fetch(`${url}/api/images${query}`, { method: 'POST', body: form });
+  return { status: response.status, body: await response.json() };
+}
+
+export async function readShared(file: string): Promise<Buffer> {
+  return readFile(path.join(sharedImagesDir, file));
+}
+
+export interface BatchResult {
+  batchId: string;
+  total: number;
+  done: number;
+  errors: number;
+  images: { id: string; name: string; status: string; attempts: number; result?: { label?: string; error?: string; instanceId?: string } }[];
+}
+
+export async function getBatch(url: string, batchId: string): Promise<BatchResult> {
+  const response = await fetch(`${url}/api/batches/${batchId}`);
+  if (!response.ok) throw new Error(`GET batch ${batchId}: ${response.status}`);
+  return (await response.json()) as BatchResult;
+}
+
+export async function waitForBatch(url: string, batchId: string, timeoutMs = 120_000): Promise<BatchResult> {
+  return waitFor(`batch ${batchId} to finish`, async () => {
+    const batch = await getBatch(url, batchId);
+    return batch.done + batch.errors === batch.total ? batch : undefined;
+  }, { timeoutMs, intervalMs: 200 });
+}
+
+/** Collects image events from the live stream, to check that each result is shown once. */
+export function followEvents(url: string, batchId: string): { finals: Map<string, number>; close(): void } {
+  const finals = new Map<string, number>();
+  const controller = new AbortController();
+  void (async () => {
+    try {
+      const response = await fetch(`${url}/api/events?batch=${batchId}`, { signal: controller.signal });
+      const decoder = new TextDecoder();
+      let buffer = '';
+      for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+        buffer += decoder.decode(chunk, { stream: true });
+        let end: number;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          if (!frame.includes('event: image')) continue;
+          const data = frame.split('\n').find((line) => line.startsWith('data: '));
+          if (!data) continue;
+          const image = JSON.parse(data.slice(6)) as { id: string; status: string };
+          if (image.status === 'done' || image.status === 'error') finals.set(image.id, (finals.get(image.id) ?? 0) + 1);
+        }
+      }
+    } catch {
+      // Aborted at the end of the test.
+    }
+  })();
+  return { finals, close: () => controller.abort() };
+}

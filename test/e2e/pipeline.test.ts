@@ -1,0 +1,117 @@
+/**
+ * The whole service on the embedded default, with real processes: web tier, controllers,
+ * worker processes, SQLite queues and file buckets.
+ */
+import { describe, it, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { waitFor } from '../helpers.js';
+import { followEvents, getBatch, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
+
+describe('end to end on the embedded default', { concurrency: false }, () => {
+  const services: Service[] = [];
+  after(async () => {
+    // Newest first: a restarted service shares its data folder with the one before it.
+    for (const service of services.reverse()) await service.cleanup();
+  });
+
+  it('classifies 100 images uploaded in one request, scaling out and back to zero', async (t) => {
+    const service = await startService({ maxInstances: 20, idleWaitSeconds: 2 });
+    services.push(service);
+    const images = await sharedImages();
+    assert.equal(images.length, 100);
+    const files = await Promise.all(images.map(async (image) => ({ name: image.file, body: await readShared(image.file) })));
+    const upload = await uploadForm(service.url, files);
+    assert.equal(upload.status, 202, JSON.stringify(upload.body));
+    assert.equal(upload.body.images.length, 100);
+    assert.deepEqual(upload.body.rejected, []);
+    const events = followEvents(service.url, upload.body.batchId);
+
+    const batch = await waitForBatch(service.url, upload.body.batchId, 180_000);
+    assert.equal(batch.total, 100);
+    assert.equal(batch.errors, 0, JSON.stringify(batch.images.filter((image) => image.status === 'error')));
+    assert.equal(new Set(batch.images.map((image) => image.id)).size, 100);
+    const truth = new Map(images.map((image) => [image.file, image.label]));
+    const correct = batch.images.filter((image) => image.result?.label === truth.get(image.name)).length;
+    t.diagnostic(`top-1 ${correct}/100, peak instances ${service.peak()}`);
+    assert.ok(correct >= 75, `top-1 ${correct}% is below 75%`);
+
+    // Every result reaches the live stream exactly once.
+    await waitFor('100 results on the live stream', () => events.finals.size === 100, { timeoutMs: 10_000 });
+    events.close();
+    assert.ok([...events.finals.values()].every((count) => count === 1), 'a result was shown more than once');
+
+    await waitFor('the tier to scale back to zero', async () => (await service.activeInstances()) === 0, { timeoutMs: 30_000 });
+    assert.ok(service.peak() > 1, `instances never rose above 1 (peak ${service.peak()})`);
+    assert.ok(service.peak() <= 20, `instances peaked at ${service.peak()}, over the maximum`);
+  });
+
+  it('finishes every image when an instance is killed while it holds one', async () => {
+    // Each image takes a little longer, so the kill lands while the victim holds one.
+    const service = await startService({ maxInstances: 3, idleWaitSeconds: 2, deadlineSeconds: 20, env: { ICAAS_TEST_DELAY_MS: '400' } });
+    services.push(service);
+    const images = (await sharedImages()).slice(0, 12);
+    const files = await Promise.all(images.map(async (image) => ({ name: image.file, body: await readShared(image.file) })));
+    const upload = await uploadForm(service.url, files);
+    assert.equal(upload.status, 202);
+    const victim = await waitFor('an instance to hold an image', async () => {
+      const status = (await (await fetch(`${service.url}/api/status`)).json()) as { instances: { id: string; state: string; imageId?: string }[] };
+      return status.instances.find((instance) => instance.state === 'busy' && instance.imageId);
+    }, { timeoutMs: 60_000, intervalMs: 20 });
+    const pid = service.pidOf(victim.id);
+    assert.ok(pid, 'the victim has a pid');
+    process.kill(pid, 'SIGKILL');
+
+    const batch = await waitForBatch(service.url, upload.body.batchId, 120_000);
+    assert.equal(batch.total, 12);
+    assert.equal(batch.done, 12, JSON.stringify(batch.images.filter((image) => image.status !== 'done')));
+    const retried = batch.images.find((image) => image.id === victim.imageId)!;
+    assert.equal(retried.status, 'done');
+    assert.equal(retried.attempts, 2, 'the image the killed instance held was retried once');
+  });
+
+  it('ends an image that hangs its worker as an error after 3 attempts, and finishes the rest', async () => {
+    const service = await startService({
+      maxInstances: 4,
+      idleWaitSeconds: 2,
+      deadlineSeconds: 3,
+      env: { ICAAS_TEST_HANG_ON: 'hang-me' },
+    });
+    services.push(service);
+    const images = (await sharedImages()).slice(20, 26);
+    const files = await Promise.all(images.map(async (image) => ({ name: image.file, body: await readShared(image.file) })));
+    files.push({ name: 'hang-me.jpg', body: await readShared(images[0]!.file) });
+    const upload = await uploadForm(service.url, files);
+    assert.equal(upload.status, 202);
+    const batch = await waitForBatch(service.url, upload.body.batchId, 120_000);
+    const hung = batch.images.find((image) => image.name === 'hang-me.jpg')!;
+    assert.equal(hung.status, 'error');
+    assert.equal(hung.attempts, 3);
+    assert.match(hung.result?.error ?? '', /after 3 attempts/);
+    assert.equal(batch.done, 6);
+    assert.equal(batch.errors, 1);
+  });
+
+  it('rejects a text file and an empty file with reasons and classifies the rest; results survive a restart', async () => {
+    let service = await startService({ maxInstances: 2, idleWaitSeconds: 1 });
+    services.push(service);
+    const images = (await sharedImages()).slice(40, 43);
+    const files = await Promise.all(images.map(async (image) => ({ name: image.file, body: await readShared(image.file) })));
+    files.splice(1, 0, { name: 'notes.jpg', body: Buffer.from('this is text, not an image') });
+    files.push({ name: 'empty.png', body: Buffer.alloc(0) });
+    const upload = await uploadForm(service.url, files);
+    assert.equal(upload.status, 202);
+    assert.equal(upload.body.images.length, 3);
+    assert.deepEqual(upload.body.rejected.map((rejection: { name: string }) => rejection.name), ['notes.jpg', 'empty.png']);
+    assert.match(upload.body.rejected[0].reason, /not an image/);
+    assert.match(upload.body.rejected[1].reason, /empty/);
+    const before = await waitForBatch(service.url, upload.body.batchId, 60_000);
+    assert.equal(before.done, 3);
+    assert.deepEqual(before.images.map((image) => image.name), images.map((image) => image.file));
+
+    await service.stop('SIGTERM');
+    service = await startService({ dataDir: service.dataDir, maxInstances: 2, idleWaitSeconds: 1 });
+    services.push(service);
+    const after = await getBatch(service.url, upload.body.batchId);
+    assert.deepEqual(after.images.map((image) => [image.id, image.status, image.result?.label]), before.images.map((image) => [image.id, image.status, image.result?.label]));
+  });
+});
