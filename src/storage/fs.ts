@@ -1,0 +1,362 @@
+/**
+ * Object store on the local filesystem: the embedded default.
+ *
+ * Layout: bucket B is the folder `<root>/B/`. A key's segments become nested folders, each
+ * folder named `<segment>.dir`, and the object itself is the file `<last segment>.obj`.
+ * The suffixes let "a" and "a/b" exist side by side as they can in S3 (a plain mapping would
+ * need "a" to be a file and a folder at once), and since every folder ends in `.dir` and
+ * every object in `.obj`, no key can produce a name that collides with another key's or with
+ * the store's own `.tmp` folder.
+ *
+ * Each object file holds its content type, metadata and body together:
+ *
+ *   "ICAASOB1" (8 bytes) | header length N (uint32, big-endian) | header JSON (N bytes) | body
+ *
+ * Keeping them in one file is what makes writes atomic as a whole: a put writes the complete
+ * file under `<root>/B/.tmp/`, fsyncs it and renames it over the target. rename() replaces
+ * the directory entry in one step, so a reader opens either the old file or the new one, and
+ * because files are never modified in place, whatever it opened stays self-consistent while
+ * it reads. A sidecar metadata file would need a second rename, leaving a moment in which a
+ * reader could pair the new body with the old metadata. A crash leaves at most a file in
+ * `.tmp/`, which list() never returns and ensureBucket() removes once it is old.
+ *
+ * Limits: a key segment may be at most 251 bytes (file names are limited to 255 bytes), and
+ * on a case-insensitive filesystem keys differing only in case would share a file.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Dirent } from 'node:fs';
+import { mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  InvalidKeyError,
+  validateBucket,
+  validateKey,
+  type ListedObject,
+  type ObjectInfo,
+  type ObjectStore,
+  type PutOptions,
+  type StoredObject,
+} from './port.js';
+
+const MAGIC = Buffer.from('ICAASOB1', 'ascii');
+const PREAMBLE_BYTES = MAGIC.length + 4;
+const OBJECT_SUFFIX = '.obj';
+const DIR_SUFFIX = '.dir';
+const TEMP_DIR = '.tmp';
+const MAX_SEGMENT_BYTES = 255 - OBJECT_SUFFIX.length;
+/** A temp file this old belongs to a writer that crashed, not one still writing. */
+const STALE_TEMP_MS = 15 * 60 * 1000;
+const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
+
+interface Header {
+  contentType: string;
+  metadata: Record<string, string>;
+}
+
+export class FsObjectStore implements ObjectStore {
+  private readonly rootDir: string;
+
+  constructor(rootDir: string) {
+    this.rootDir = path.resolve(rootDir);
+  }
+
+  async put(bucket: string, key: string, body: Buffer, options: PutOptions = {}): Promise<void> {
+    const bucketDir = this.bucketDir(bucket);
+    const target = this.objectPath(bucketDir, key);
+    const header: Header = {
+      contentType: options.contentType ?? DEFAULT_CONTENT_TYPE,
+      metadata: normalizeMetadata(options.metadata),
+    };
+    const headerBytes = Buffer.from(JSON.stringify(header), 'utf8');
+    const preamble = Buffer.alloc(PREAMBLE_BYTES);
+    MAGIC.copy(preamble, 0);
+    preamble.writeUInt32BE(headerBytes.length, MAGIC.length);
+
+    const temp = await this.createTempFile(bucket, bucketDir);
+    let renamed = false;
+    try {
+      await writeAllAndSync(temp.handle, [preamble, headerBytes, body]);
+      await temp.handle.close();
+      // A concurrent delete prunes empty folders, and may remove the one just created for
+      // this object between mkdir and rename; recreating it and trying again is enough.
+      for (let attempt = 1; ; attempt++) {
+        await mkdir(path.dirname(target), { recursive: true });
+        try {
+          await rename(temp.path, target);
+          renamed = true;
+          break;
+        } catch (error) {
+          if (errorCode(error) !== 'ENOENT' || attempt >= 5) throw error;
+        }
+      }
+      await syncDirectory(path.dirname(target));
+    } finally {
+      await temp.handle.close().catch(() => undefined);
+      if (!renamed) await unlink(temp.path).catch(() => undefined);
+    }
+  }
+
+  async get(bucket: string, key: string): Promise<StoredObject | null> {
+    const bucketDir = this.bucketDir(bucket);
+    const file = this.objectPath(bucketDir, key);
+    const handle = await openIfExists(file);
+    if (!handle) return null;
+    try {
+      const stats = await handle.stat();
+      const bytes = await handle.readFile();
+      const { header, bodyOffset } = parseHeader(bytes, file);
+      const body = bytes.subarray(bodyOffset);
+      return { key, size: body.length, contentType: header.contentType, metadata: header.metadata, lastModified: stats.mtime, body };
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async head(bucket: string, key: string): Promise<ObjectInfo | null> {
+    const bucketDir = this.bucketDir(bucket);
+    const file = this.objectPath(bucketDir, key);
+    const handle = await openIfExists(file);
+    if (!handle) return null;
+    try {
+      const { header, size, lastModified } = await readInfo(handle, file);
+      return { key, size, contentType: header.contentType, metadata: header.metadata, lastModified };
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async *list(bucket: string, prefix = ''): AsyncIterable<ListedObject> {
+    const bucketDir = this.bucketDir(bucket);
+    yield* this.walk(bucketDir, '', prefix);
+  }
+
+  async delete(bucket: string, key: string): Promise<void> {
+    const bucketDir = this.bucketDir(bucket);
+    const file = this.objectPath(bucketDir, key);
+    try {
+      await unlink(file);
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === 'ENOENT' || code === 'ENOTDIR') return;
+      throw error;
+    }
+    // Empty folders would otherwise pile up and slow every later list().
+    for (let dir = path.dirname(file); dir !== bucketDir && dir.startsWith(bucketDir + path.sep); dir = path.dirname(dir)) {
+      try {
+        await rmdir(dir);
+      } catch {
+        break;
+      }
+    }
+  }
+
+  async ensureBucket(bucket: string): Promise<void> {
+    const bucketDir = this.bucketDir(bucket);
+    await mkdir(path.join(bucketDir, TEMP_DIR), { recursive: true });
+    await this.removeStaleTempFiles(bucketDir);
+  }
+
+  async close(): Promise<void> {
+    // Nothing is held open between calls.
+  }
+
+  private bucketDir(bucket: string): string {
+    validateBucket(bucket);
+    const dir = path.resolve(this.rootDir, bucket);
+    if (path.dirname(dir) !== this.rootDir) throw new Error(`invalid bucket name ${JSON.stringify(bucket)}`);
+    return dir;
+  }
+
+  private objectPath(bucketDir: string, key: string): string {
+    validateKey(key);
+    const segments = key.split('/');
+    for (const segment of segments) {
+      if (Buffer.byteLength(segment) > MAX_SEGMENT_BYTES) {
+        throw new InvalidKeyError(key, `has a path segment longer than ${MAX_SEGMENT_BYTES} bytes, more than a file name can hold`);
+      }
+    }
+    const last = segments.pop() as string;
+    const file = path.resolve(bucketDir, ...segments.map((segment) => segment + DIR_SUFFIX), last + OBJECT_SUFFIX);
+    // validateKey already rules out escaping; this guards against any gap in it.
+    if (!file.startsWith(bucketDir + path.sep)) throw new InvalidKeyError(key, 'resolves outside its bucket');
+    return file;
+  }
+
+  private async createTempFile(bucket: string, bucketDir: string): Promise<{ path: string; handle: FileHandle }> {
+    const tempDir = path.join(bucketDir, TEMP_DIR);
+    const tempPath = path.join(tempDir, `${process.pid}-${randomBytes(8).toString('hex')}`);
+    try {
+      return { path: tempPath, handle: await open(tempPath, 'wx') };
+    } catch (error) {
+      if (errorCode(error) !== 'ENOENT') throw error;
+    }
+    // The temp folder is missing: either the bucket does not exist, which S3 treats as an
+    // error too, or it was created by hand without one.
+    if (!(await isDirectory(bucketDir))) {
+      throw new Error(`bucket "${bucket}" does not exist (no folder ${bucketDir}); create it with ensureBucket first`);
+    }
+    await mkdir(tempDir, { recursive: true });
+    return { path: tempPath, handle: await open(tempPath, 'wx') };
+  }
+
+  private async removeStaleTempFiles(bucketDir: string): Promise<void> {
+    const tempDir = path.join(bucketDir, TEMP_DIR);
+    const cutoff = Date.now() - STALE_TEMP_MS;
+    for (const name of await readdir(tempDir)) {
+      const file = path.join(tempDir, name);
+      try {
+        if ((await stat(file)).mtimeMs < cutoff) await unlink(file);
+      } catch {
+        // Another process may be cleaning up the same file.
+      }
+    }
+  }
+
+  /**
+   * Yields objects under `dir` in ascending key order, reading one folder at a time.
+   * Sorting a folder's entries by their key text, with "/" appended for subfolders, gives
+   * the global order: every key below subfolder "s" starts with "s/", and no sibling key
+   * can fall between two of them because sibling names contain no "/".
+   */
+  private async *walk(dir: string, keyPrefix: string, prefix: string): AsyncGenerator<ListedObject> {
+    let entries: Dirent[];
+    try {
+      entries = await readdir(dir, { withFileTypes: true });
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === 'ENOENT' || code === 'ENOTDIR') return;
+      throw error;
+    }
+    const children: Array<{ name: string; key: string; sortKey: Buffer; isDir: boolean }> = [];
+    for (const entry of entries) {
+      if (entry.isDirectory() && entry.name.endsWith(DIR_SUFFIX)) {
+        const key = keyPrefix + entry.name.slice(0, -DIR_SUFFIX.length) + '/';
+        if (key.startsWith(prefix) || prefix.startsWith(key)) children.push({ name: entry.name, key, sortKey: Buffer.from(key), isDir: true });
+      } else if (entry.isFile() && entry.name.endsWith(OBJECT_SUFFIX)) {
+        const key = keyPrefix + entry.name.slice(0, -OBJECT_SUFFIX.length);
+        if (key.startsWith(prefix)) children.push({ name: entry.name, key, sortKey: Buffer.from(key), isDir: false });
+      }
+    }
+    // Byte order of the UTF-8 text, as S3 lists; JS string order differs above U+FFFF.
+    children.sort((a, b) => Buffer.compare(a.sortKey, b.sortKey));
+    for (const child of children) {
+      const childPath = path.join(dir, child.name);
+      if (child.isDir) {
+        yield* this.walk(childPath, child.key, prefix);
+        continue;
+      }
+      const handle = await openIfExists(childPath);
+      if (!handle) continue; // deleted since the folder was read
+      try {
+        const { size, lastModified } = await readInfo(handle, childPath);
+        yield { key: child.key, size, lastModified };
+      } finally {
+        await handle.close();
+      }
+    }
+  }
+}
+
+/** S3 lower-cases user metadata keys; doing the same here keeps both stores interchangeable. */
+function normalizeMetadata(metadata: Record<string, string> | undefined): Record<string, string> {
+  const result: Record<string, string> = {};
+  for (const [name, value] of Object.entries(metadata ?? {})) result[name.toLowerCase()] = String(value);
+  return result;
+}
+
+async function writeAllAndSync(handle: FileHandle, chunks: Buffer[]): Promise<void> {
+  for (const chunk of chunks) {
+    let offset = 0;
+    while (offset < chunk.length) {
+      const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset);
+      offset += bytesWritten;
+    }
+  }
+  await handle.sync();
+}
+
+/** Makes the rename itself durable, so an acknowledged put survives a power cut. */
+async function syncDirectory(dir: string): Promise<void> {
+  let handle: FileHandle | undefined;
+  try {
+    handle = await open(dir, 'r');
+    await handle.sync();
+  } catch {
+    // Some platforms cannot open or fsync a directory; the data itself is already synced.
+  } finally {
+    await handle?.close().catch(() => undefined);
+  }
+}
+
+async function openIfExists(file: string): Promise<FileHandle | null> {
+  try {
+    return await open(file, 'r');
+  } catch (error) {
+    const code = errorCode(error);
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw error;
+  }
+}
+
+async function isDirectory(dir: string): Promise<boolean> {
+  try {
+    return (await stat(dir)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+async function readExactly(handle: FileHandle, length: number, position: number, file: string): Promise<Buffer> {
+  const buffer = Buffer.alloc(length);
+  let offset = 0;
+  while (offset < length) {
+    const { bytesRead } = await handle.read(buffer, offset, length - offset, position + offset);
+    if (bytesRead === 0) throw corrupt(file, 'it ends inside its header');
+    offset += bytesRead;
+  }
+  return buffer;
+}
+
+async function readInfo(handle: FileHandle, file: string): Promise<{ header: Header; size: number; lastModified: Date }> {
+  const stats = await handle.stat();
+  const preamble = await readExactly(handle, PREAMBLE_BYTES, 0, file);
+  const headerLength = checkPreamble(preamble, stats.size, file);
+  const header = decodeHeader(await readExactly(handle, headerLength, PREAMBLE_BYTES, file), file);
+  return { header, size: stats.size - PREAMBLE_BYTES - headerLength, lastModified: stats.mtime };
+}
+
+function parseHeader(bytes: Buffer, file: string): { header: Header; bodyOffset: number } {
+  const headerLength = checkPreamble(bytes, bytes.length, file);
+  const bodyOffset = PREAMBLE_BYTES + headerLength;
+  return { header: decodeHeader(bytes.subarray(PREAMBLE_BYTES, bodyOffset), file), bodyOffset };
+}
+
+function checkPreamble(bytes: Buffer, fileSize: number, file: string): number {
+  if (bytes.length < PREAMBLE_BYTES || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) throw corrupt(file, 'it does not start with the object marker');
+  const headerLength = bytes.readUInt32BE(MAGIC.length);
+  if (PREAMBLE_BYTES + headerLength > fileSize) throw corrupt(file, 'its header is longer than the file');
+  return headerLength;
+}
+
+function decodeHeader(bytes: Buffer, file: string): Header {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    throw corrupt(file, 'its header is not valid JSON');
+  }
+  const header = parsed as Partial<Header> | null;
+  if (!header || typeof header.contentType !== 'string' || typeof header.metadata !== 'object' || header.metadata === null) {
+    throw corrupt(file, 'its header lacks a content type or metadata');
+  }
+  return { contentType: header.contentType, metadata: { ...header.metadata } };
+}
+
+function corrupt(file: string, reason: string): Error {
+  return new Error(`object file ${file} is not a valid stored object: ${reason}`);
+}
+
+function errorCode(error: unknown): string | undefined {
+  return typeof error === 'object' && error !== null && 'code' in error ? String((error as { code: unknown }).code) : undefined;
+}

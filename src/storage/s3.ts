@@ -1,0 +1,243 @@
+/**
+ * Object store on Amazon S3 or any S3-compatible service: the distributed adapter.
+ *
+ * Metadata: S3 sends user metadata as `x-amz-meta-*` HTTP headers, so it lower-cases the
+ * names and only carries printable US-ASCII values reliably. Callers should therefore use
+ * lower-case metadata names and ASCII values; the file store lower-cases names as well, so a
+ * name written in mixed case reads back the same way from either store.
+ */
+import { createHash } from 'node:crypto';
+import {
+  CreateBucketCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type BucketLocationConstraint,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import {
+  validateBucket,
+  validateKey,
+  type ListedObject,
+  type ObjectInfo,
+  type ObjectStore,
+  type PutOptions,
+  type StoredObject,
+} from './port.js';
+
+export interface S3ObjectStoreOptions {
+  region?: string;
+  /** For S3-compatible services; leave unset for AWS. */
+  endpoint?: string;
+  /** Path-style URLs (`endpoint/bucket/key`), which most S3-compatible services need. */
+  forcePathStyle?: boolean;
+  /** Unset means the SDK's default chain: environment, profile, instance role. */
+  credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** A ready client (e.g. shared or mocked); the store then leaves destroying it to the caller. */
+  client?: S3Client;
+}
+
+const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
+
+export class S3ObjectStore implements ObjectStore {
+  private readonly client: S3Client;
+  private readonly ownsClient: boolean;
+
+  constructor(options: S3ObjectStoreOptions = {}) {
+    if (options.client) {
+      this.client = options.client;
+      this.ownsClient = false;
+      return;
+    }
+    const config: S3ClientConfig = {
+      region: options.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+    };
+    if (options.endpoint !== undefined) {
+      config.endpoint = options.endpoint;
+      // Since early 2025 the SDK adds CRC checksums to every request and validates them on
+      // every response by default; many S3-compatible services do not implement them and
+      // reject the request or return none. Content-MD5 on each put keeps uploads verified.
+      config.requestChecksumCalculation = 'WHEN_REQUIRED';
+      config.responseChecksumValidation = 'WHEN_REQUIRED';
+    }
+    if (options.forcePathStyle !== undefined) config.forcePathStyle = options.forcePathStyle;
+    if (options.credentials) config.credentials = options.credentials;
+    this.client = new S3Client(config);
+    this.ownsClient = true;
+  }
+
+  async put(bucket: string, key: string, body: Buffer, options: PutOptions = {}): Promise<void> {
+    validateBucket(bucket);
+    validateKey(key);
+    try {
+      await this.client.send(
+        new PutObjectCommand({
+          Bucket: bucket,
+          Key: key,
+          Body: body,
+          ContentLength: body.length,
+          ContentMD5: createHash('md5').update(body).digest('base64'),
+          ContentType: options.contentType ?? DEFAULT_CONTENT_TYPE,
+          Metadata: options.metadata ?? {},
+        }),
+      );
+    } catch (error) {
+      throw describeError('put', bucket, key, error);
+    }
+  }
+
+  async get(bucket: string, key: string): Promise<StoredObject | null> {
+    validateBucket(bucket);
+    validateKey(key);
+    try {
+      const response = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      const bytes = response.Body ? await response.Body.transformToByteArray() : new Uint8Array();
+      const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      return {
+        key,
+        size: body.length,
+        contentType: response.ContentType ?? DEFAULT_CONTENT_TYPE,
+        metadata: { ...(response.Metadata ?? {}) },
+        lastModified: response.LastModified ?? new Date(0),
+        body,
+      };
+    } catch (error) {
+      if (isMissing(error)) return null;
+      throw describeError('get', bucket, key, error);
+    }
+  }
+
+  async head(bucket: string, key: string): Promise<ObjectInfo | null> {
+    validateBucket(bucket);
+    validateKey(key);
+    try {
+      const response = await this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+      return {
+        key,
+        size: response.ContentLength ?? 0,
+        contentType: response.ContentType ?? DEFAULT_CONTENT_TYPE,
+        metadata: { ...(response.Metadata ?? {}) },
+        lastModified: response.LastModified ?? new Date(0),
+      };
+    } catch (error) {
+      // A HEAD response has no body, so a missing bucket and a missing key both arrive as 404.
+      if (isMissing(error)) return null;
+      throw describeError('head', bucket, key, error);
+    }
+  }
+
+  async *list(bucket: string, prefix = ''): AsyncIterable<ListedObject> {
+    validateBucket(bucket);
+    let continuationToken: string | undefined;
+    do {
+      let page;
+      try {
+        page = await this.client.send(
+          new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix === '' ? undefined : prefix, ContinuationToken: continuationToken }),
+        );
+      } catch (error) {
+        // The file store lists a missing bucket as empty; match it.
+        if (errorName(error) === 'NoSuchBucket') return;
+        throw describeError('list', bucket, prefix === '' ? undefined : `${prefix}*`, error);
+      }
+      // S3 returns keys in ascending UTF-8 byte order, page after page.
+      for (const object of page.Contents ?? []) {
+        if (object.Key === undefined) continue;
+        yield { key: object.Key, size: object.Size ?? 0, lastModified: object.LastModified ?? new Date(0) };
+      }
+      continuationToken = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (continuationToken !== undefined);
+  }
+
+  async delete(bucket: string, key: string): Promise<void> {
+    validateBucket(bucket);
+    validateKey(key);
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+    } catch (error) {
+      // S3 itself accepts deleting a missing key; a missing bucket holds no such key either.
+      if (isMissing(error)) return;
+      throw describeError('delete', bucket, key, error);
+    }
+  }
+
+  async ensureBucket(bucket: string): Promise<void> {
+    validateBucket(bucket);
+    if (await this.bucketExists(bucket)) return;
+    const region = await this.client.config.region();
+    try {
+      await this.client.send(
+        new CreateBucketCommand({
+          Bucket: bucket,
+          // us-east-1 is the default location and rejects being named explicitly.
+          ...(region && region !== 'us-east-1' ? { CreateBucketConfiguration: { LocationConstraint: region as BucketLocationConstraint } } : {}),
+        }),
+      );
+    } catch (error) {
+      const name = errorName(error);
+      if (name === 'BucketAlreadyOwnedByYou') return;
+      // Another process may have created it since the check (some S3-compatible services
+      // answer BucketAlreadyExists even to the owner); if it is usable now, that is enough.
+      if (name === 'BucketAlreadyExists') {
+        if (await this.bucketExists(bucket)) return;
+        throw new Error(`S3 bucket "${bucket}" already exists and belongs to another account; choose another bucket name`, { cause: error });
+      }
+      throw describeError('create bucket', bucket, undefined, error);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.ownsClient) this.client.destroy();
+  }
+
+  private async bucketExists(bucket: string): Promise<boolean> {
+    try {
+      await this.client.send(new HeadBucketCommand({ Bucket: bucket }));
+      return true;
+    } catch (error) {
+      if (isMissing(error)) return false;
+      throw describeError('check bucket', bucket, undefined, error);
+    }
+  }
+}
+
+function errorName(error: unknown): string | undefined {
+  if (typeof error !== 'object' || error === null) return undefined;
+  const { name, Code } = error as { name?: unknown; Code?: unknown };
+  if (typeof Code === 'string') return Code;
+  return typeof name === 'string' ? name : undefined;
+}
+
+function httpStatus(error: unknown): number | undefined {
+  if (typeof error !== 'object' || error === null) return undefined;
+  const status = (error as { $metadata?: { httpStatusCode?: unknown } }).$metadata?.httpStatusCode;
+  return typeof status === 'number' ? status : undefined;
+}
+
+function isMissing(error: unknown): boolean {
+  const name = errorName(error);
+  return name === 'NoSuchKey' || name === 'NoSuchBucket' || name === 'NotFound' || httpStatus(error) === 404;
+}
+
+/** Names the operation, bucket and key, and says what to check for the common causes. */
+function describeError(operation: string, bucket: string, key: string | undefined, error: unknown): Error {
+  const target = key === undefined ? `s3://${bucket}` : `s3://${bucket}/${key}`;
+  const name = errorName(error);
+  const status = httpStatus(error);
+  let detail: string;
+  if (name === 'NoSuchBucket') {
+    detail = `bucket "${bucket}" does not exist; create it with ensureBucket first`;
+  } else if (name === 'AccessDenied' || name === 'Forbidden' || status === 403) {
+    detail = `access denied; check the credentials and that their policy allows this on bucket "${bucket}"`;
+  } else if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch') {
+    detail = `the credentials were rejected (${name}); check the access key and secret`;
+  } else {
+    const message = error instanceof Error ? error.message : String(error);
+    detail = `${name ?? 'error'}${status ? ` (HTTP ${status})` : ''}: ${message}`;
+  }
+  return new Error(`S3 ${operation} of ${target} failed: ${detail}`, { cause: error });
+}

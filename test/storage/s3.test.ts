@@ -1,0 +1,175 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import {
+  BucketAlreadyExists,
+  BucketAlreadyOwnedByYou,
+  CreateBucketCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  NoSuchBucket,
+  NoSuchKey,
+  NotFound,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+} from '@aws-sdk/client-s3';
+import { mockClient } from 'aws-sdk-client-mock';
+import S3rver from 's3rver';
+import { S3ObjectStore } from '../../src/storage/s3.js';
+import { makeTempDir } from '../helpers.js';
+import { objectStoreContract } from './contract.js';
+import { makeS3rverFaithful } from './s3rver-fixes.js';
+
+objectStoreContract('s3 (against s3rver)', async () => {
+  const temp = await makeTempDir('icaas-s3rver-');
+  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: temp.dir });
+  makeS3rverFaithful(server);
+  const { port } = await server.run();
+  const store = new S3ObjectStore({
+    region: 'us-east-1',
+    endpoint: `http://127.0.0.1:${port}`,
+    forcePathStyle: true,
+    credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+  });
+  return {
+    store,
+    async cleanup() {
+      // Destroying the client first closes its keep-alive sockets, which would otherwise
+      // hold the server's close() open.
+      await store.close();
+      server.httpServer?.closeAllConnections();
+      await server.close();
+      await temp.cleanup();
+    },
+  };
+});
+
+function serviceError(name: string, status: number, message = name): S3ServiceException {
+  return new S3ServiceException({ name, $fault: status >= 500 ? 'server' : 'client', $metadata: { httpStatusCode: status }, message });
+}
+
+describe('S3ObjectStore against a mocked client', () => {
+  const setup = (region = 'us-east-1') => {
+    const client = new S3Client({ region, credentials: { accessKeyId: 'k', secretAccessKey: 's' } });
+    const mock = mockClient(client);
+    return { client, mock, store: new S3ObjectStore({ client }) };
+  };
+
+  it('lists every page in order, following continuation tokens', async () => {
+    const { mock, store } = setup();
+    const when = new Date('2025-01-01T00:00:00Z');
+    mock
+      .on(ListObjectsV2Command, { Bucket: 'bkt', Prefix: 'p/', ContinuationToken: undefined })
+      .resolves({ IsTruncated: true, NextContinuationToken: 't1', Contents: [{ Key: 'p/a', Size: 1, LastModified: when }] })
+      .on(ListObjectsV2Command, { Bucket: 'bkt', Prefix: 'p/', ContinuationToken: 't1' })
+      .resolves({ IsTruncated: true, NextContinuationToken: 't2', Contents: [{ Key: 'p/b', Size: 2, LastModified: when }, { Key: 'p/c', Size: 3, LastModified: when }] })
+      .on(ListObjectsV2Command, { Bucket: 'bkt', Prefix: 'p/', ContinuationToken: 't2' })
+      .resolves({ IsTruncated: false, Contents: [{ Key: 'p/d', Size: 4, LastModified: when }] });
+    const listed = [];
+    for await (const object of store.list('bkt', 'p/')) listed.push(object);
+    assert.deepEqual(listed, [
+      { key: 'p/a', size: 1, lastModified: when },
+      { key: 'p/b', size: 2, lastModified: when },
+      { key: 'p/c', size: 3, lastModified: when },
+      { key: 'p/d', size: 4, lastModified: when },
+    ]);
+    assert.equal(mock.commandCalls(ListObjectsV2Command).length, 3);
+  });
+
+  it('maps missing objects and buckets to null', async () => {
+    const { mock, store } = setup();
+    mock.on(GetObjectCommand, { Key: 'gone' }).rejects(new NoSuchKey({ message: 'no key', $metadata: { httpStatusCode: 404 } }));
+    mock.on(GetObjectCommand, { Key: 'nobucket' }).rejects(new NoSuchBucket({ message: 'no bucket', $metadata: { httpStatusCode: 404 } }));
+    mock.on(HeadObjectCommand).rejects(new NotFound({ message: 'not found', $metadata: { httpStatusCode: 404 } }));
+    assert.equal(await store.get('bkt', 'gone'), null);
+    assert.equal(await store.get('bkt', 'nobucket'), null);
+    assert.equal(await store.head('bkt', 'gone'), null);
+  });
+
+  it('reports access denied and other failures naming the operation, bucket and key', async () => {
+    const { mock, store } = setup();
+    mock.on(PutObjectCommand).rejects(serviceError('AccessDenied', 403, 'Access Denied'));
+    mock.on(GetObjectCommand).rejects(serviceError('InternalError', 500, 'We encountered an internal error'));
+    mock.on(HeadObjectCommand).rejects(serviceError('Forbidden', 403, 'UnknownError'));
+    mock.on(ListObjectsV2Command).rejects(serviceError('AccessDenied', 403));
+    await assert.rejects(store.put('bkt', 'images/a.png', Buffer.from('x')), (error: Error) => {
+      assert.match(error.message, /S3 put of s3:\/\/bkt\/images\/a\.png failed: access denied/);
+      assert.match(error.message, /bucket "bkt"/);
+      assert.ok(error.cause instanceof S3ServiceException, 'the SDK error is kept as the cause');
+      return true;
+    });
+    await assert.rejects(store.get('bkt', 'k'), /S3 get of s3:\/\/bkt\/k failed: InternalError \(HTTP 500\): We encountered an internal error/);
+    await assert.rejects(store.head('bkt', 'k'), /S3 head of s3:\/\/bkt\/k failed: access denied/);
+    await assert.rejects(async () => {
+      for await (const _ of store.list('bkt', 'p/')) void _;
+    }, /S3 list of s3:\/\/bkt\/p\/\* failed: access denied/);
+  });
+
+  it('reports a put into a missing bucket as such', async () => {
+    const { mock, store } = setup();
+    mock.on(PutObjectCommand).rejects(new NoSuchBucket({ message: 'The specified bucket does not exist', $metadata: { httpStatusCode: 404 } }));
+    await assert.rejects(store.put('bkt', 'k', Buffer.from('x')), /S3 put of s3:\/\/bkt\/k failed: bucket "bkt" does not exist/);
+  });
+
+  it('sends content type, metadata and an MD5 of the body on put', async () => {
+    const { mock, store } = setup();
+    mock.on(PutObjectCommand).resolves({});
+    await store.put('bkt', 'k', Buffer.from('hello'), { contentType: 'text/plain', metadata: { a: 'b' } });
+    const input = mock.commandCalls(PutObjectCommand)[0]?.args[0].input;
+    assert.equal(input?.ContentType, 'text/plain');
+    assert.deepEqual(input?.Metadata, { a: 'b' });
+    assert.equal(input?.ContentMD5, 'XUFAKrxLKna5cZ2REBfFkg==');
+    assert.equal(input?.ContentLength, 5);
+  });
+
+  it('ensureBucket creates a missing bucket in the client region and tolerates one already created', async () => {
+    const { mock, store } = setup('eu-west-1');
+    mock.on(HeadBucketCommand).rejectsOnce(new NotFound({ message: 'not found', $metadata: { httpStatusCode: 404 } }));
+    mock.on(CreateBucketCommand).rejects(new BucketAlreadyOwnedByYou({ message: 'yours', $metadata: { httpStatusCode: 409 } }));
+    await store.ensureBucket('bkt');
+    assert.deepEqual(mock.commandCalls(CreateBucketCommand)[0]?.args[0].input, {
+      Bucket: 'bkt',
+      CreateBucketConfiguration: { LocationConstraint: 'eu-west-1' },
+    });
+  });
+
+  it('ensureBucket does nothing when the bucket exists and explains a name taken by someone else', async () => {
+    const { mock, store } = setup();
+    mock.on(HeadBucketCommand).resolves({});
+    await store.ensureBucket('bkt');
+    assert.equal(mock.commandCalls(CreateBucketCommand).length, 0);
+
+    mock.reset();
+    mock.on(HeadBucketCommand).rejects(new NotFound({ message: 'not found', $metadata: { httpStatusCode: 404 } }));
+    mock.on(CreateBucketCommand).rejects(new BucketAlreadyExists({ message: 'taken', $metadata: { httpStatusCode: 409 } }));
+    await assert.rejects(store.ensureBucket('bkt'), /bucket "bkt" already exists and belongs to another account/);
+
+    mock.reset();
+    mock.on(HeadBucketCommand).rejects(serviceError('Forbidden', 403));
+    await assert.rejects(store.ensureBucket('bkt'), /S3 check bucket of s3:\/\/bkt failed: access denied/);
+  });
+
+  it('leaves a client it was given for the caller to destroy', async () => {
+    const { client, store } = setup();
+    let destroyed = 0;
+    client.destroy = () => {
+      destroyed++;
+    };
+    await store.close();
+    assert.equal(destroyed, 0);
+  });
+
+  it('fills in defaults when a response omits content type and metadata', async () => {
+    const { mock, store } = setup();
+    mock.on(HeadObjectCommand).resolves({ ContentLength: 3 });
+    assert.deepEqual(await store.head('bkt', 'k'), {
+      key: 'k',
+      size: 3,
+      contentType: 'application/octet-stream',
+      metadata: {},
+      lastModified: new Date(0),
+    });
+  });
+});
