@@ -45,6 +45,22 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
     assert.ok(service.peak() <= 20, `instances peaked at ${service.peak()}, over the maximum`);
   });
 
+  it('holds 100 concurrent synchronous requests, answering each with name:label', async () => {
+    const service = await startService({ maxInstances: 20, idleWaitSeconds: 2 });
+    services.push(service);
+    const images = await sharedImages();
+    const answers = await Promise.all(images.map(async (image) => {
+      const form = new FormData();
+      form.append('image', new Blob([await readShared(image.file)]), image.file);
+      const response = await fetch(`${service.url}/`, { method: 'POST', body: form });
+      return { status: response.status, text: await response.text(), image };
+    }));
+    assert.deepEqual(answers.filter((answer) => answer.status !== 200).map((answer) => `${answer.status} ${answer.text}`), []);
+    for (const answer of answers) assert.match(answer.text, new RegExp(`^${answer.image.file.replace(/\.JPEG$/, '')}:.+`));
+    const correct = answers.filter((answer) => answer.text.endsWith(`:${answer.image.label}`)).length;
+    assert.ok(correct >= 75, `top-1 ${correct}%`);
+  });
+
   it('finishes every image when an instance is killed while it holds one', async () => {
     // Each image takes a little longer, so the kill lands while the victim holds one.
     const service = await startService({ maxInstances: 3, idleWaitSeconds: 2, deadlineSeconds: 20, env: { ICAAS_TEST_DELAY_MS: '400' } });
