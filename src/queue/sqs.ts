@@ -111,7 +111,7 @@ export class SqsQueueProvider implements QueueProvider {
     let queue = this.queues.get(name);
     if (!queue) {
       const fullName = `${this.prefix}${name}`;
-      if (!QUEUE_NAME.test(fullName)) {
+      if (!QUEUE_NAME.test(name) || !QUEUE_NAME.test(fullName)) {
         throw new QueueError('invalid-argument', `SQS queue name must be 1-80 characters from A-Z, a-z, 0-9, "-" and "_" (prefix included), got ${JSON.stringify(fullName)}`);
       }
       queue = new SqsQueue(this, name, fullName);

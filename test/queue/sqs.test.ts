@@ -119,6 +119,7 @@ describe('SqsQueueProvider against a mocked client', () => {
     await rejectsWith(queue.changeVisibility('rh', -1), 'invalid-argument', /visibility/);
     await rejectsWith(queue.delete(''), 'invalid-argument', /receipt handle/);
     assert.throws(() => provider.queue('bad name!'), (error: unknown) => error instanceof QueueError && error.code === 'invalid-argument');
+    assert.throws(() => provider.queue(''), /1-80 characters/, 'an empty name is refused even though the prefix alone is a valid name');
     assert.throws(() => provider.queue('x'.repeat(79)), /1-80 characters/);
     assert.equal(mock.calls().length, 0);
   });
