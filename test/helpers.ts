@@ -3,6 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Queue } from '../src/queue/port.js';
 
 /** Root of the project (tests run from dist/test, so walk up from this file). */
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -37,5 +38,18 @@ export async function waitFor<T>(what: string, check: () => T | Promise<T>, { ti
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail}`);
     }
     await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
+
+/** Receives and deletes everything visible in a queue; returns the bodies in order. */
+export async function drainQueue(queue: Queue): Promise<string[]> {
+  const bodies: string[] = [];
+  for (;;) {
+    const messages = await queue.receive({ maxMessages: 10 });
+    if (messages.length === 0) return bodies;
+    for (const message of messages) {
+      bodies.push(message.body);
+      await queue.delete(message.receiptHandle);
+    }
   }
 }

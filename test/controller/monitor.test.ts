@@ -8,24 +8,11 @@ import { fileURLToPath } from 'node:url';
 import { ProcessCompute } from '../../src/compute/process.js';
 import { monitorTick, type MonitorOptions } from '../../src/controller/monitor.js';
 import { parseImageResult, parseLaunchMessage, parseOutputMessage, resultKey, type MonitorNotice } from '../../src/messages.js';
-import type { Queue } from '../../src/queue/port.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { FsObjectStore } from '../../src/storage/fs.js';
-import { makeTempDir, waitFor } from '../helpers.js';
+import { drainQueue as drain, makeTempDir, waitFor } from '../helpers.js';
 
 const sleeper = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'compute', 'sleeper-process.js');
-
-async function drain(queue: Queue): Promise<string[]> {
-  const bodies: string[] = [];
-  for (;;) {
-    const messages = await queue.receive({ maxMessages: 10 });
-    if (messages.length === 0) return bodies;
-    for (const message of messages) {
-      bodies.push(message.body);
-      await queue.delete(message.receiptHandle);
-    }
-  }
-}
 
 describe('monitor controller', async () => {
   const temp = await makeTempDir();

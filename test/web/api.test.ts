@@ -10,7 +10,7 @@ import { loadConfig } from '../../src/config.js';
 import { parseLaunchMessage, resultKey, type ImageResult } from '../../src/messages.js';
 import { openRuntime, type Runtime } from '../../src/runtime.js';
 import { startWebTier, type WebTier } from '../../src/web/index.js';
-import { makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
+import { drainQueue, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
 
 describe('HTTP API', async () => {
   const temp = await makeTempDir();
@@ -49,17 +49,7 @@ describe('HTTP API', async () => {
     await runtime.queues.output.send(JSON.stringify({ type: 'result', result }));
   };
 
-  const drainLaunchQueue = async () => {
-    const bodies: string[] = [];
-    for (;;) {
-      const messages = await runtime.queues.launch.receive({ maxMessages: 10 });
-      if (messages.length === 0) return bodies;
-      for (const message of messages) {
-        bodies.push(message.body);
-        await runtime.queues.launch.delete(message.receiptHandle);
-      }
-    }
-  };
+  const drainLaunchQueue = () => drainQueue(runtime.queues.launch);
 
   it('accepts images under any field name, stores them and queues one launch message each', async () => {
     const { status, body } = await upload([

@@ -9,23 +9,11 @@ import { loadClassifier } from '../../src/classifier/index.js';
 import type { Classifier } from '../../src/classifier/port.js';
 import { ProcessCompute } from '../../src/compute/process.js';
 import { inputKey, parseImageResult, parseMonitorNotice, parseOutputMessage, resultKey, type LaunchMessage } from '../../src/messages.js';
-import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import type { Queue } from '../../src/queue/port.js';
+import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { FsObjectStore } from '../../src/storage/fs.js';
 import { runWorker, type WorkerOptions } from '../../src/worker/worker.js';
-import { makeTempDir, sharedImagesDir } from '../helpers.js';
-
-async function drain(queue: Queue): Promise<string[]> {
-  const bodies: string[] = [];
-  for (;;) {
-    const messages = await queue.receive({ maxMessages: 10 });
-    if (messages.length === 0) return bodies;
-    for (const message of messages) {
-      bodies.push(message.body);
-      await queue.delete(message.receiptHandle);
-    }
-  }
-}
+import { drainQueue as drain, makeTempDir, sharedImagesDir } from '../helpers.js';
 
 describe('worker instance loop', async () => {
   const temp = await makeTempDir();
