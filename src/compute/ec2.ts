@@ -1,0 +1,424 @@
+/**
+ * Compute adapter on Amazon EC2: each worker instance is an EC2 instance that runs
+ * `icaas worker` from its user data and shuts itself down when the worker exits on idle.
+ *
+ * Instances are found by tag (`icaas:deployment` and `icaas:role`), never by a registry
+ * of our own, so every process of the deployment sees the same instances and a restarted
+ * controller picks up those already running.
+ *
+ * What EC2 can and cannot tell us:
+ * - `pending` is 'starting'; `stopping`, `stopped`, `shutting-down` are 'stopped'.
+ * - `running` is reported as 'idle'. EC2 does not know whether the worker holds an image,
+ *   and asking workers to say so (e.g. by tagging themselves) would cost an API call per
+ *   image. 'idle' is the safe reading for the launch policy: a running instance is either
+ *   still booting (it will take a waiting message within a minute) or working on one image
+ *   (it takes the next one as soon as it is done), so counting it as free never launches a
+ *   second instance for a message that one already on its way will take. The price is that
+ *   under a steady stream a message may wait for one classification before it is taken.
+ *   For the same reason report() is a no-op: the platform tells us what we can use.
+ * - DescribeInstances is eventually consistent: an instance may be missing from it for a
+ *   few seconds after RunInstances returned. Instances this process launched are therefore
+ *   remembered and counted (as 'starting') until DescribeInstances shows them or a grace
+ *   period passes, so two quick ticks cannot together start more than the maximum.
+ *
+ * The maximum holds across concurrent start() calls in one process (they are serialized);
+ * across processes it relies on there being one launch controller per deployment.
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  DescribeInstancesCommand,
+  EC2Client,
+  RunInstancesCommand,
+  TerminateInstancesCommand,
+  type EC2ClientConfig,
+  type Instance,
+  type _InstanceType,
+  type InstanceStateName,
+  type RunInstancesCommandInput,
+  type Tag,
+} from '@aws-sdk/client-ec2';
+import type { Compute, InstanceInfo, InstanceReport, InstanceState } from './port.js';
+
+export const TAG_DEPLOYMENT = 'icaas:deployment';
+export const TAG_ROLE = 'icaas:role';
+export const WORKER_ROLE = 'worker';
+
+/** Name of the launch template, IAM role and instance profile `icaas aws provision` creates. */
+export function workerResourceName(deployment: string): string {
+  return `${deployment}-worker`;
+}
+
+/** The tags every worker instance (and its volumes) carries. */
+export function workerTags(deployment: string): Tag[] {
+  return [
+    { Key: TAG_DEPLOYMENT, Value: deployment },
+    { Key: TAG_ROLE, Value: WORKER_ROLE },
+    { Key: 'Name', Value: workerResourceName(deployment) },
+  ];
+}
+
+export interface Ec2ComputeOptions {
+  region?: string;
+  /** A ready client (shared or mocked); the adapter then leaves destroying it to the caller. */
+  client?: EC2Client;
+  maxInstances: number;
+  /** Tags the instances, so several deployments can share an account. */
+  deployment: string;
+  /**
+   * Launch template name or id (`lt-...`). It supplies the image, instance type and
+   * whatever else it holds; the options below that are set override it. When neither a
+   * template nor an image id is given, the template `icaas aws provision` creates
+   * (`<deployment>-worker`) is used.
+   */
+  launchTemplate?: string;
+  /** Default `$Default`, the version provisioning keeps current. */
+  launchTemplateVersion?: string;
+  /** AMI for workers, used when there is no launch template. */
+  imageId?: string;
+  /** Used with imageId; a launch template carries its own. Default t3.small. */
+  instanceType?: string;
+  subnetId?: string;
+  securityGroupIds?: string[];
+  /** IAM instance profile name, or its ARN. */
+  instanceProfile?: string;
+  /** The cloud-init script each worker runs (see workerUserData), or a function building it. */
+  userData: string | (() => string);
+  /**
+   * How long an instance this process launched counts as starting while DescribeInstances
+   * does not show it yet. Default 60 s.
+   */
+  launchGraceMs?: number;
+}
+
+/** EC2 allows 16 KB of user data before base64. */
+const MAX_USER_DATA_BYTES = 16 * 1024;
+const ACTIVE_STATES: InstanceStateName[] = ['pending', 'running', 'stopping'];
+const LISTED_STATES: InstanceStateName[] = ['pending', 'running', 'stopping', 'stopped', 'shutting-down'];
+
+export class Ec2ComputeError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'Ec2ComputeError';
+  }
+}
+
+export class Ec2Compute implements Compute {
+  readonly maxInstances: number;
+  readonly deployment: string;
+  private readonly client: EC2Client;
+  private readonly ownsClient: boolean;
+  private readonly options: Ec2ComputeOptions;
+  private readonly launchGraceMs: number;
+  /** Instances launched here that DescribeInstances has not shown yet: id to launch time. */
+  private readonly launched = new Map<string, number>();
+  private startChain: Promise<unknown> = Promise.resolve();
+
+  constructor(options: Ec2ComputeOptions) {
+    if (!Number.isInteger(options.maxInstances) || options.maxInstances < 0) {
+      throw new Ec2ComputeError(`maxInstances must be a whole number >= 0, got ${options.maxInstances}`);
+    }
+    if (!options.deployment) throw new Ec2ComputeError('the EC2 compute adapter needs a deployment name to tag and find its instances');
+    this.options = options;
+    this.maxInstances = options.maxInstances;
+    this.deployment = options.deployment;
+    this.launchGraceMs = options.launchGraceMs ?? 60_000;
+    if (options.client) {
+      this.client = options.client;
+      this.ownsClient = false;
+    } else {
+      const config: EC2ClientConfig = {};
+      const region = options.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION;
+      if (region) config.region = region;
+      this.client = new EC2Client(config);
+      this.ownsClient = true;
+    }
+  }
+
+  start(n: number): Promise<string[]> {
+    if (!Number.isInteger(n) || n < 0) return Promise.reject(new Ec2ComputeError(`cannot start ${n} instances: need a whole number`));
+    if (n === 0) return Promise.resolve([]);
+    // Serialized: each start counts the instances the previous one launched.
+    const run = this.startChain.then(() => this.startNow(n));
+    this.startChain = run.catch(() => {});
+    return run;
+  }
+
+  private async startNow(n: number): Promise<string[]> {
+    const instances = await this.describe(ACTIVE_STATES);
+    const active = instances.length + this.unseenLaunches(instances).length;
+    const count = Math.max(0, Math.min(n, this.maxInstances - active));
+    if (count === 0) return [];
+    const input = this.runInstancesInput(count);
+    let response;
+    try {
+      response = await this.client.send(new RunInstancesCommand(input));
+    } catch (error) {
+      throw describeRunError(error, input);
+    }
+    const now = Date.now();
+    const ids = (response.Instances ?? []).map((instance) => instance.InstanceId).filter((id): id is string => Boolean(id));
+    for (const id of ids) this.launched.set(id, now);
+    return ids;
+  }
+
+  /** @internal The RunInstances request for `count` workers (exported for provisioning's dry run). */
+  runInstancesInput(count: number): RunInstancesCommandInput {
+    const { launchTemplate, imageId, subnetId, securityGroupIds, instanceProfile } = this.options;
+    const template = launchTemplate || (imageId ? undefined : workerResourceName(this.deployment));
+    const tags = workerTags(this.deployment);
+    return {
+      MinCount: 1,
+      MaxCount: count,
+      // Idempotency: if the SDK retries this request after a timeout, EC2 returns the
+      // instances of the first attempt instead of launching a second set.
+      ClientToken: randomUUID(),
+      ...(template
+        ? {
+            LaunchTemplate: {
+              ...(/^lt-[0-9a-f]+$/.test(template) ? { LaunchTemplateId: template } : { LaunchTemplateName: template }),
+              Version: this.options.launchTemplateVersion ?? '$Default',
+            },
+          }
+        : { ImageId: imageId, InstanceType: (this.options.instanceType || 't3.small') as _InstanceType }),
+      ...(subnetId ? { SubnetId: subnetId } : {}),
+      ...(securityGroupIds && securityGroupIds.length > 0 ? { SecurityGroupIds: securityGroupIds } : {}),
+      ...(instanceProfile ? { IamInstanceProfile: instanceProfile.startsWith('arn:') ? { Arn: instanceProfile } : { Name: instanceProfile } } : {}),
+      UserData: encodeUserData(typeof this.options.userData === 'function' ? this.options.userData() : this.options.userData),
+      // The worker ends by shutting the machine down; this turns that into termination.
+      InstanceInitiatedShutdownBehavior: 'terminate',
+      MetadataOptions: { HttpTokens: 'required', HttpEndpoint: 'enabled' },
+      TagSpecifications: [
+        { ResourceType: 'instance', Tags: tags },
+        { ResourceType: 'volume', Tags: tags },
+      ],
+    };
+  }
+
+  async list(): Promise<InstanceInfo[]> {
+    const instances = await this.describe(LISTED_STATES);
+    const listed: InstanceInfo[] = instances.map((instance) => ({
+      id: instance.InstanceId!,
+      state: stateOf(instance.State?.Name),
+      startedAt: instance.LaunchTime?.getTime() ?? Date.now(),
+    }));
+    for (const [id, launchedAt] of this.unseenLaunches(instances)) listed.push({ id, state: 'starting', startedAt: launchedAt });
+    return listed.sort((a, b) => a.startedAt - b.startedAt || a.id.localeCompare(b.id));
+  }
+
+  async terminate(id: string): Promise<void> {
+    if (!this.launched.has(id)) {
+      let instance: Instance | undefined;
+      try {
+        const response = await this.client.send(new DescribeInstancesCommand({ InstanceIds: [id] }));
+        instance = response.Reservations?.flatMap((reservation) => reservation.Instances ?? []).find((candidate) => candidate.InstanceId === id);
+      } catch (error) {
+        // Terminated instances drop out of EC2's answers after about an hour: gone is done.
+        if (errorName(error) === 'InvalidInstanceID.NotFound') return;
+        if (errorName(error) === 'InvalidInstanceID.Malformed') throw new Ec2ComputeError(`cannot terminate ${JSON.stringify(id)}: not an EC2 instance id`, { cause: error });
+        throw describeEc2Error(error, `look up instance ${id}`);
+      }
+      if (!instance) return;
+      if (!this.isOurs(instance)) {
+        const tags = (instance.Tags ?? []).filter((tag) => tag.Key?.startsWith('icaas:')).map((tag) => `${tag.Key}=${tag.Value}`);
+        throw new Ec2ComputeError(
+          `refusing to terminate ${id}: it is not a worker of deployment "${this.deployment}" (${tags.length > 0 ? `its tags: ${tags.join(', ')}` : 'it has no icaas tags'})`,
+        );
+      }
+      const state = instance.State?.Name;
+      if (state === 'shutting-down' || state === 'terminated') return;
+    }
+    try {
+      await this.client.send(new TerminateInstancesCommand({ InstanceIds: [id] }));
+    } catch (error) {
+      if (errorName(error) === 'InvalidInstanceID.NotFound') return;
+      throw describeEc2Error(error, `terminate instance ${id}`);
+    }
+  }
+
+  /** A no-op: see the module comment for why EC2 workers are not asked to report. */
+  async report(_id: string, _report: InstanceReport): Promise<void> {}
+
+  async close(): Promise<void> {
+    if (this.ownsClient) this.client.destroy();
+  }
+
+  private isOurs(instance: Instance): boolean {
+    const tags = new Map((instance.Tags ?? []).map((tag) => [tag.Key, tag.Value]));
+    return tags.get(TAG_DEPLOYMENT) === this.deployment && tags.get(TAG_ROLE) === WORKER_ROLE;
+  }
+
+  /** This deployment's workers in the given states, across every page. */
+  private async describe(states: InstanceStateName[]): Promise<Instance[]> {
+    const instances: Instance[] = [];
+    let nextToken: string | undefined;
+    do {
+      let response;
+      try {
+        response = await this.client.send(
+          new DescribeInstancesCommand({
+            Filters: [
+              { Name: `tag:${TAG_DEPLOYMENT}`, Values: [this.deployment] },
+              { Name: `tag:${TAG_ROLE}`, Values: [WORKER_ROLE] },
+              { Name: 'instance-state-name', Values: states },
+            ],
+            MaxResults: 1000,
+            ...(nextToken ? { NextToken: nextToken } : {}),
+          }),
+        );
+      } catch (error) {
+        throw describeEc2Error(error, `list the worker instances of deployment "${this.deployment}"`);
+      }
+      for (const reservation of response.Reservations ?? []) {
+        for (const instance of reservation.Instances ?? []) if (instance.InstanceId) instances.push(instance);
+      }
+      nextToken = response.NextToken || undefined;
+    } while (nextToken);
+    return instances;
+  }
+
+  /**
+   * Launches that DescribeInstances did not show, within the grace period. Those it shows
+   * (in any state asked about) or that are older than the grace are forgotten.
+   */
+  private unseenLaunches(seen: Instance[]): [string, number][] {
+    const seenIds = new Set(seen.map((instance) => instance.InstanceId));
+    const cutoff = Date.now() - this.launchGraceMs;
+    const unseen: [string, number][] = [];
+    for (const [id, launchedAt] of this.launched) {
+      if (seenIds.has(id) || launchedAt < cutoff) this.launched.delete(id);
+      else unseen.push([id, launchedAt]);
+    }
+    return unseen;
+  }
+}
+
+function stateOf(state: InstanceStateName | string | undefined): InstanceState {
+  switch (state) {
+    case 'pending':
+      return 'starting';
+    case 'running':
+      return 'idle';
+    default:
+      return 'stopped';
+  }
+}
+
+export function encodeUserData(script: string): string {
+  const bytes = Buffer.byteLength(script);
+  if (bytes > MAX_USER_DATA_BYTES) {
+    throw new Ec2ComputeError(`worker user data is ${bytes} bytes; EC2 allows ${MAX_USER_DATA_BYTES}. Put less configuration in the environment (e.g. use a config file baked into the image)`);
+  }
+  return Buffer.from(script).toString('base64');
+}
+
+function errorName(error: unknown): string {
+  const { name, Code } = (error ?? {}) as { name?: unknown; Code?: unknown };
+  return typeof Code === 'string' ? Code : typeof name === 'string' ? name : '';
+}
+
+function describeEc2Error(error: unknown, what: string): Ec2ComputeError {
+  const name = errorName(error);
+  const detail = error instanceof Error ? error.message : String(error);
+  if (name === 'UnauthorizedOperation' || name === 'AccessDenied' || name === 'AccessDeniedException') {
+    return new Ec2ComputeError(`not allowed to ${what}: ${detail}`, { cause: error });
+  }
+  if (['AuthFailure', 'InvalidClientTokenId', 'SignatureDoesNotMatch', 'ExpiredToken', 'CredentialsProviderError'].includes(name)) {
+    return new Ec2ComputeError(`AWS rejected the credentials used to ${what}: ${detail} (run \`aws configure\` or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)`, { cause: error });
+  }
+  return new Ec2ComputeError(`could not ${what}: ${detail}`, { cause: error });
+}
+
+function describeRunError(error: unknown, input: RunInstancesCommandInput): Ec2ComputeError {
+  const name = errorName(error);
+  const detail = error instanceof Error ? error.message : String(error);
+  const template = input.LaunchTemplate?.LaunchTemplateName ?? input.LaunchTemplate?.LaunchTemplateId;
+  if (name.startsWith('InvalidLaunchTemplateName.') || name.startsWith('InvalidLaunchTemplateId.')) {
+    return new Ec2ComputeError(`EC2 launch template ${template} was not found: run \`icaas aws provision\`, or set --ec2-launch-template (or --ec2-image-id) (${detail})`, { cause: error });
+  }
+  if (name.startsWith('InvalidAMIID.')) {
+    return new Ec2ComputeError(`worker image ${input.ImageId ?? '(from the launch template)'} was not found in this region: ${detail}`, { cause: error });
+  }
+  if (name === 'InvalidParameterValue' && /iamInstanceProfile/i.test(detail)) {
+    return new Ec2ComputeError(`EC2 does not accept the instance profile (a newly created one takes a few seconds to become usable; check --ec2-instance-profile): ${detail}`, { cause: error });
+  }
+  if (['InstanceLimitExceeded', 'VcpuLimitExceeded', 'InsufficientInstanceCapacity', 'InsufficientFreeAddressesInSubnet'].includes(name)) {
+    return new Ec2ComputeError(`EC2 could not start more workers now (${name}): ${detail}`, { cause: error });
+  }
+  if (name === 'UnauthorizedOperation') {
+    return new Ec2ComputeError(`not allowed to start EC2 workers (the credentials need ec2:RunInstances, ec2:CreateTags and iam:PassRole on the worker role): ${detail}`, { cause: error });
+  }
+  return describeEc2Error(error, 'start EC2 workers');
+}
+
+/** Variables that never go into user data: it is readable by anyone who may describe the instance. */
+const SECRET_ENV = new Set(['ICAAS_API_KEYS', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN']);
+
+export interface WorkerUserDataOptions {
+  /** The worker's configuration as environment variables (see configToEnv). */
+  configEnv: Record<string, string>;
+  /** Shell commands run before the worker, e.g. to install or update the project. */
+  installCommand?: string;
+  /** Default `icaas worker`: the image must have `icaas` on the PATH. */
+  workerCommand?: string;
+  /** Runs the worker as this user when it exists on the image (default `icaas`), else as root. */
+  user?: string;
+}
+
+/**
+ * The cloud-init script a worker instance runs on boot: it starts `icaas worker` with its
+ * configuration as environment and powers the machine off when the worker exits, which
+ * (with shutdown behaviour 'terminate') ends the instance. Output goes to the cloud-init
+ * log (/var/log/cloud-init-output.log) and the instance console.
+ */
+export function workerUserData(options: WorkerUserDataOptions): string {
+  const exports: string[] = [];
+  for (const [name, value] of Object.entries(options.configEnv).sort(([a], [b]) => a.localeCompare(b))) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Ec2ComputeError(`cannot pass ${JSON.stringify(name)} to workers: not an environment variable name`);
+    if (value === '' || SECRET_ENV.has(name)) continue;
+    exports.push(`export ${name}=${shellQuote(value)}`);
+  }
+  const user = options.user ?? 'icaas';
+  const lines = [
+    '#!/bin/bash',
+    '# icaas worker instance: runs one worker until the launch queue is empty, then powers',
+    '# off; the instance was launched to terminate on shutdown, so that ends it.',
+    'set -u',
+    ...exports,
+    '',
+    '# The region, when the configuration leaves it to the SDK, is the instance\'s own.',
+    'if [ -z "${AWS_REGION:-}" ]; then',
+    '  imds_token=$(curl -sf -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" http://169.254.169.254/latest/api/token)',
+    '  export AWS_REGION=$(curl -sf -H "X-aws-ec2-metadata-token: $imds_token" http://169.254.169.254/latest/meta-data/placement/region)',
+    'fi',
+    '',
+  ];
+  if (options.installCommand) {
+    lines.push(
+      'install_worker() {',
+      ...options.installCommand.split('\n').map((line) => `  ${line}`),
+      '}',
+      'if ! install_worker; then',
+      '  echo "icaas: installing the worker failed; shutting down" >&2',
+      '  shutdown -h now',
+      '  exit 1',
+      'fi',
+      '',
+    );
+  }
+  lines.push(
+    `if id -u ${shellQuote(user)} >/dev/null 2>&1; then`,
+    `  runuser -u ${shellQuote(user)} -- ${options.workerCommand ?? 'icaas worker'}`,
+    'else',
+    `  ${options.workerCommand ?? 'icaas worker'}`,
+    'fi',
+    'status=$?',
+    'echo "icaas: worker exited with status $status; shutting down"',
+    'shutdown -h now',
+    '',
+  );
+  return lines.join('\n');
+}
+
+function shellQuote(value: string): string {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
