@@ -1,0 +1,358 @@
+/**
+ * Queue adapter for one machine: every queue lives in one SQLite file that all processes
+ * (web tier, controllers, workers) open at the same time.
+ *
+ * Each message row carries the time it next becomes visible. Sending sets it to now plus
+ * the delay; receiving claims the oldest visible rows inside one write transaction and
+ * moves their time forward by the visibility timeout, with a fresh receipt handle. Because
+ * SQLite lets only one write transaction run at a time across all connections to the file,
+ * two receivers can never claim the same row while it is hidden. Delete and change of
+ * visibility match the receipt handle, so a handle from an earlier receive no longer
+ * reaches the message once someone else has received it.
+ */
+import Database from 'better-sqlite3';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import {
+  QueueError,
+  checkReceiveOptions,
+  checkSendOptions,
+  checkVisibilityTimeout,
+  type Queue,
+  type QueueCounts,
+  type QueueProvider,
+  type ReceiveOptions,
+  type ReceivedMessage,
+  type SendOptions,
+} from './port.js';
+
+export interface SqliteQueueProviderOptions {
+  /** Visibility timeout of queues opened without one of their own. Default 30 s, as in SQS. */
+  visibilityTimeoutSeconds?: number;
+  /**
+   * How long one statement waits for another connection's write lock before it gives up.
+   * Default 5000 ms. The wait blocks this process's event loop, but write transactions
+   * here last well under a millisecond, so in practice it is only ever waited on briefly.
+   */
+  busyTimeoutMs?: number;
+}
+
+export interface SqliteQueueOptions {
+  /** Overrides the provider's default visibility timeout for receives on this queue. */
+  visibilityTimeoutSeconds?: number;
+}
+
+/** As SQS: 1-80 characters from letters, digits, hyphen and underscore. */
+const QUEUE_NAME = /^[A-Za-z0-9_-]{1,80}$/;
+
+export function checkQueueName(name: string): void {
+  if (typeof name !== 'string' || !QUEUE_NAME.test(name)) {
+    throw new QueueError('invalid-argument', `queue name must be 1-80 characters from A-Z, a-z, 0-9, "-" and "_", got ${JSON.stringify(name)}`);
+  }
+}
+
+const SCHEMA_VERSION = 1;
+const POLL_MIN_MS = 25;
+const POLL_MAX_MS = 50;
+
+interface ClaimedRow {
+  id: string;
+  body: string;
+  receiveCount: number;
+  sentAt: number;
+}
+
+interface CountsRow {
+  visible: number | null;
+  inFlight: number | null;
+  delayed: number | null;
+}
+
+/** Statements prepared once per connection and shared by all its queues. */
+interface Statements {
+  insert: Database.Statement<[string, string, string, number, number]>;
+  anyVisible: Database.Statement<[string, number]>;
+  selectVisible: Database.Statement<[string, number, number]>;
+  claim: Database.Statement<[string, number, number]>;
+  deleteByReceipt: Database.Statement<[string, string]>;
+  changeVisibility: Database.Statement<[number, string, string, number]>;
+  counts: Database.Statement<{ queue: string; now: number }>;
+}
+
+export class SqliteQueueProvider implements QueueProvider {
+  readonly filePath: string;
+  private readonly db: Database.Database;
+  private readonly statements: Statements;
+  private readonly defaultVisibilityMs: number;
+  private readonly busyTimeoutMs: number;
+  /** Wakes long polls that are sleeping between queries when the provider closes. */
+  private readonly closing = new AbortController();
+  private closed = false;
+  private readonly claimTransaction: (queue: string, maxMessages: number, visibilityMs: number) => ReceivedMessage[];
+
+  static open(filePath: string, options: SqliteQueueProviderOptions = {}): SqliteQueueProvider {
+    return new SqliteQueueProvider(filePath, options);
+  }
+
+  constructor(filePath: string, options: SqliteQueueProviderOptions = {}) {
+    const visibility = options.visibilityTimeoutSeconds ?? 30;
+    checkVisibilityTimeout(visibility);
+    this.defaultVisibilityMs = secondsToMs(visibility);
+    this.busyTimeoutMs = options.busyTimeoutMs ?? 5000;
+    this.filePath = filePath;
+    mkdirSync(path.dirname(path.resolve(filePath)), { recursive: true });
+    // `timeout` is SQLite's busy timeout: a connection that finds the file locked by
+    // another writer retries for this long before failing with SQLITE_BUSY.
+    this.db = new Database(filePath, { timeout: this.busyTimeoutMs });
+    try {
+      // WAL lets readers (counts, the cheap check before each claim) go on while a writer
+      // commits, so many idle long-pollers do not get in the way of senders.
+      this.db.pragma('journal_mode = WAL');
+      // FULL rather than NORMAL: in WAL mode NORMAL can lose the last commits on power loss
+      // or an OS crash. A lost send would be an accepted image that never gets a result;
+      // the object store fsyncs its writes for the same reason. The cost is one fsync per
+      // write transaction, small next to classifying an image.
+      this.db.pragma('synchronous = FULL');
+      this.migrate();
+      this.statements = this.prepare();
+    } catch (error) {
+      this.db.close();
+      throw toQueueError(error, `could not open the queue file ${filePath}`);
+    }
+    const claim = this.db.transaction((queue: string, maxMessages: number, visibilityMs: number): ReceivedMessage[] => {
+      // The time is taken after the write lock is held, so a wait for the lock can
+      // neither hand out a message that became hidden meanwhile nor shorten its timeout.
+      const now = Date.now();
+      const rows = this.statements.selectVisible.all(queue, now, maxMessages) as { seq: number }[];
+      return rows.map(({ seq }) => {
+        const receiptHandle = randomBytes(24).toString('base64url');
+        const row = this.statements.claim.get(receiptHandle, now + visibilityMs, seq) as ClaimedRow;
+        return { id: row.id, body: row.body, receiptHandle, receiveCount: row.receiveCount, sentAt: row.sentAt };
+      });
+    });
+    // BEGIN IMMEDIATE takes the write lock before the SELECT, so no other connection can
+    // claim the same rows between our read and our update.
+    this.claimTransaction = (queue, maxMessages, visibilityMs) => claim.immediate(queue, maxMessages, visibilityMs);
+  }
+
+  /**
+   * Opens the named queue. Queues need no creation step: a queue is the set of rows with
+   * its name, so every process that names it sees the same queue.
+   */
+  queue(name: string, options: SqliteQueueOptions = {}): Queue {
+    this.ensureOpen();
+    checkQueueName(name);
+    let visibilityMs = this.defaultVisibilityMs;
+    if (options.visibilityTimeoutSeconds !== undefined) {
+      checkVisibilityTimeout(options.visibilityTimeoutSeconds);
+      visibilityMs = secondsToMs(options.visibilityTimeoutSeconds);
+    }
+    return new SqliteQueue(this, name, visibilityMs);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.closing.abort();
+    this.db.close();
+  }
+
+  /** @internal */
+  get closingSignal(): AbortSignal {
+    return this.closing.signal;
+  }
+
+  /** @internal */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** @internal */
+  ensureOpen(): void {
+    if (this.closed) throw new QueueError('unavailable', `the queue file ${this.filePath} has been closed; open a new SqliteQueueProvider to use it again`);
+  }
+
+  /** @internal Runs one database operation, turning SQLite failures into QueueErrors. */
+  run<T>(what: string, operation: (statements: Statements) => T): T {
+    this.ensureOpen();
+    try {
+      return operation(this.statements);
+    } catch (error) {
+      throw toQueueError(error, `${what} failed on ${this.filePath}`, this.busyTimeoutMs);
+    }
+  }
+
+  /** @internal Claims up to `maxMessages` visible messages, or none without taking the write lock. */
+  claim(queue: string, maxMessages: number, visibilityMs: number): ReceivedMessage[] {
+    return this.run(`receive from ${queue}`, (statements) => {
+      // A read first: idle pollers, the common case, then never take the write lock.
+      if (statements.anyVisible.get(queue, Date.now()) === undefined) return [];
+      return this.claimTransaction(queue, maxMessages, visibilityMs);
+    });
+  }
+
+  private migrate(): void {
+    this.db
+      .transaction(() => {
+        const version = this.db.pragma('user_version', { simple: true }) as number;
+        if (version > SCHEMA_VERSION) {
+          throw new Error(`the queue file was written by a newer version (schema ${version}, this one knows ${SCHEMA_VERSION})`);
+        }
+        if (version === SCHEMA_VERSION) return;
+        // seq orders messages by insertion; AUTOINCREMENT keeps it growing even after the
+        // newest rows are deleted, so a later send never sorts before an earlier one.
+        this.db.exec(`
+          CREATE TABLE IF NOT EXISTS messages (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            queue TEXT NOT NULL,
+            body TEXT NOT NULL,
+            sent_at INTEGER NOT NULL,
+            visible_at INTEGER NOT NULL,
+            receipt TEXT UNIQUE,
+            receive_count INTEGER NOT NULL DEFAULT 0
+          );
+          CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages (queue, visible_at, seq);
+        `);
+        this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      })
+      .immediate();
+  }
+
+  private prepare(): Statements {
+    const db = this.db;
+    return {
+      insert: db.prepare(`INSERT INTO messages (id, queue, body, sent_at, visible_at) VALUES (?, ?, ?, ?, ?)`),
+      anyVisible: db.prepare(`SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ? LIMIT 1`),
+      selectVisible: db.prepare(`SELECT seq FROM messages WHERE queue = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ?`),
+      claim: db.prepare(`
+        UPDATE messages SET receipt = ?, visible_at = ?, receive_count = receive_count + 1 WHERE seq = ?
+        RETURNING id, body, receive_count AS receiveCount, sent_at AS sentAt`),
+      deleteByReceipt: db.prepare(`DELETE FROM messages WHERE queue = ? AND receipt = ?`),
+      // Only while hidden by a receive: once the timeout has lapsed the message is no
+      // longer in flight, as in SQS, even if nobody has received it again yet.
+      changeVisibility: db.prepare(`UPDATE messages SET visible_at = ? WHERE queue = ? AND receipt = ? AND visible_at > ?`),
+      // Delayed messages are those never received and not yet visible; a received
+      // message that is hidden again is in flight.
+      counts: db.prepare(`
+        SELECT
+          SUM(visible_at <= @now) AS visible,
+          SUM(visible_at > @now AND receipt IS NOT NULL) AS inFlight,
+          SUM(visible_at > @now AND receipt IS NULL) AS delayed
+        FROM messages WHERE queue = @queue`),
+    };
+  }
+}
+
+class SqliteQueue implements Queue {
+  constructor(
+    private readonly provider: SqliteQueueProvider,
+    readonly name: string,
+    private readonly visibilityMs: number,
+  ) {}
+
+  async send(body: string, options?: SendOptions): Promise<string> {
+    if (typeof body !== 'string') throw new QueueError('invalid-argument', `message body must be a string, got ${typeof body}`);
+    const delaySeconds = checkSendOptions(body, options);
+    const id = randomUUID();
+    this.provider.run(`send to ${this.name}`, (statements) => {
+      const now = Date.now();
+      statements.insert.run(id, this.name, body, now, now + delaySeconds * 1000);
+    });
+    return id;
+  }
+
+  async receive(options?: ReceiveOptions): Promise<ReceivedMessage[]> {
+    const { maxMessages, waitSeconds } = checkReceiveOptions(options);
+    const visibilityMs = options?.visibilityTimeoutSeconds === undefined ? this.visibilityMs : secondsToMs(options.visibilityTimeoutSeconds);
+    const signal = options?.signal;
+    this.provider.ensureOpen();
+    const deadline = Date.now() + waitSeconds * 1000;
+    for (;;) {
+      // Checked before each claim, never after: a message claimed here is always returned,
+      // because one dropped on the floor would stay hidden for its whole timeout.
+      if (signal?.aborted || this.provider.isClosed) return [];
+      try {
+        const messages = this.provider.claim(this.name, maxMessages, visibilityMs);
+        if (messages.length > 0) return messages;
+      } catch (error) {
+        // Another process held the write lock for the whole busy timeout: try again on the
+        // next poll while the wait lasts, and report it only when the wait is over.
+        const busy = error instanceof QueueError && isBusy(error.cause);
+        if (!busy || this.provider.isClosed || Date.now() >= deadline) throw error;
+      }
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) return [];
+      // Jittered, so processes that started polling together do not keep querying in step.
+      const interval = POLL_MIN_MS + Math.random() * (POLL_MAX_MS - POLL_MIN_MS);
+      await sleep(Math.min(remaining, interval), signal, this.provider.closingSignal);
+    }
+  }
+
+  async delete(receiptHandle: string): Promise<void> {
+    checkReceiptHandle(receiptHandle);
+    this.provider.run(`delete from ${this.name}`, (statements) => statements.deleteByReceipt.run(this.name, receiptHandle));
+  }
+
+  async changeVisibility(receiptHandle: string, visibilityTimeoutSeconds: number): Promise<void> {
+    checkReceiptHandle(receiptHandle);
+    checkVisibilityTimeout(visibilityTimeoutSeconds);
+    const changed = this.provider.run(`change visibility on ${this.name}`, (statements) => {
+      const now = Date.now();
+      return statements.changeVisibility.run(now + secondsToMs(visibilityTimeoutSeconds), this.name, receiptHandle, now).changes;
+    });
+    if (changed === 0) {
+      throw new QueueError('not-in-flight', `no message in flight on queue ${this.name} has this receipt handle: it was deleted, received again, or its visibility timeout ended`);
+    }
+  }
+
+  async counts(): Promise<QueueCounts> {
+    const row = this.provider.run(`count ${this.name}`, (statements) => statements.counts.get({ queue: this.name, now: Date.now() }) as CountsRow);
+    return { visible: row.visible ?? 0, inFlight: row.inFlight ?? 0, delayed: row.delayed ?? 0 };
+  }
+}
+
+function checkReceiptHandle(receiptHandle: string): void {
+  if (typeof receiptHandle !== 'string' || receiptHandle.length === 0) {
+    throw new QueueError('invalid-argument', 'receipt handle must be a non-empty string');
+  }
+}
+
+function secondsToMs(seconds: number): number {
+  return Math.round(seconds * 1000);
+}
+
+function isBusy(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'));
+}
+
+function toQueueError(error: unknown, context: string, busyTimeoutMs?: number): unknown {
+  if (error instanceof QueueError) return error;
+  if (isBusy(error)) {
+    const waited = busyTimeoutMs === undefined ? '' : ` for ${busyTimeoutMs} ms`;
+    return new QueueError('unavailable', `${context}: the file stayed locked by another connection${waited}`, { cause: error });
+  }
+  // Other SQLite failures (disk full, I/O error, a damaged file) leave the queue unusable
+  // until someone acts; errors of any other kind are bugs and pass through unchanged.
+  if (error instanceof Database.SqliteError) return new QueueError('unavailable', `${context}: ${error.message}`, { cause: error });
+  return error;
+}
+
+/** Resolves after `ms`, or as soon as either signal aborts; never rejects. */
+function sleep(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
+  return new Promise((resolve) => {
+    const active = signals.filter((signal): signal is AbortSignal => signal !== undefined);
+    const done = (): void => {
+      clearTimeout(timer);
+      for (const signal of active) signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    for (const signal of active) {
+      if (signal.aborted) return done();
+      signal.addEventListener('abort', done, { once: true });
+    }
+  });
+}
