@@ -233,9 +233,7 @@ function renderUploadTarget(): void {
     ? `Uploading into batch ${shortId(target)}; more files join it.`
     : target
       ? `New images join the running batch ${shortId(target)}.`
-      : batch
-        ? 'New images start a new batch.'
-        : 'New images start a new batch.';
+      : 'New images start a new batch.';
   setText(byId('upload-target'), text);
 }
 

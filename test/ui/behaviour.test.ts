@@ -222,7 +222,7 @@ describe('web page against a simulated tier', { skip: browserMissing() }, () => 
       return counters.batchId !== first && counters.total === 1;
     }, { timeoutMs: 10_000 });
     // The earlier batch stays one click away, and the address names the batch on screen.
-    assert.ok((await page.locator('#recent option').allTextContents()).length >= 3);
+    await waitFor('both batches in the recent list', async () => (await page.locator('#recent option').count()) === 3, { timeoutMs: 10_000 });
     assert.match(page.url(), /#batch=/);
   });
 });

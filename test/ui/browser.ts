@@ -58,10 +58,10 @@ export async function openPage(browser: Browser, url: string, options: BrowserCo
   return { page, problems, dialogs, close: () => context.close() };
 }
 
-export async function screenshot(page: Page, name: string): Promise<string> {
+export async function screenshot(page: Page, name: string, fullPage = true): Promise<string> {
   await mkdir(outputDir, { recursive: true });
   const file = path.join(outputDir, name);
-  await page.screenshot({ path: file, fullPage: true });
+  await page.screenshot({ path: file, fullPage });
   return file;
 }
 
