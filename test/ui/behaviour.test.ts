@@ -70,8 +70,10 @@ describe('web page against a simulated tier', { skip: browserMissing() }, () => 
     });
     await page.setInputFiles('#file-input', await tinyPngs(1000));
     let mostCards = 0;
+    let progressRows = 0;
     await waitFor('1,000 finished images', async () => {
       mostCards = Math.max(mostCards, await page.locator('#grid .card').count());
+      progressRows = Math.max(progressRows, await page.locator('#transfers:not([hidden]) #transfer-list li[data-state]').count());
       const counters = await batchCounters(page);
       return counters.total === 1000 && counters.finished === 1000;
     }, { timeoutMs: 120_000, intervalMs: 200 });
@@ -79,6 +81,8 @@ describe('web page against a simulated tier', { skip: browserMissing() }, () => 
     assert.ok(!uploads[0]!.includes('batch='), 'the first request creates the batch');
     assert.ok(uploads.slice(1).every((url) => url.includes('batch=')), 'later requests add to the batch');
     assert.ok(mostCards > 0 && mostCards <= 150, `the grid rendered up to ${mostCards} cards at once`);
+    assert.ok(progressRows > 0, 'no per-file upload progress was shown');
+    assert.ok(await page.locator('#transfers').isHidden(), 'the upload panel stays after the uploads');
     assert.equal(await page.locator('#stat-done').textContent(), '1,000 / 1,000');
     assert.equal(await page.locator('#count-done').textContent(), '1,000');
 
@@ -200,6 +204,24 @@ describe('web page against a simulated tier', { skip: browserMissing() }, () => 
     assert.equal(await page.evaluate('document.querySelector("input[name=filter]:checked").value'), 'queued');
     await waitFor('no queued cards', async () => (await page.locator('#grid .card').count()) === 0, { timeoutMs: 5000 });
     assert.equal(await page.locator('#empty-title').textContent(), 'No images match');
+    assert.deepEqual(watched.problems, []);
+  });
+
+  it('uploads files dropped on the page', async () => {
+    const { page, watched } = await start();
+    const dropped = await page.evaluateHandle(`(() => {
+      const bytes = Uint8Array.from(atob('${jpeg.toString('base64')}'), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([bytes], 'dropped-1.jpg', { type: 'image/jpeg' }));
+      transfer.items.add(new File([bytes], 'dropped-2.jpg', { type: 'image/jpeg' }));
+      return transfer;
+    })()`);
+    await page.dispatchEvent('body', 'dragenter', { dataTransfer: dropped });
+    await page.locator('#drop-overlay').waitFor({ state: 'visible' });
+    await page.dispatchEvent('body', 'drop', { dataTransfer: dropped });
+    await finished(page, 2, 20_000);
+    assert.deepEqual((await page.locator('#grid .card .name').allTextContents()).sort(), ['dropped-1.jpg', 'dropped-2.jpg']);
+    assert.ok(await page.locator('#drop-overlay').isHidden());
     assert.deepEqual(watched.problems, []);
   });
 
