@@ -84,7 +84,13 @@ async function main(argv: string[]): Promise<number> {
       const { classifyCommand } = await import('./client.js');
       const url = typeof extraFlags.url === 'string' ? extraFlags.url : `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${config.port}`;
       const apiKey = typeof extraFlags['api-key'] === 'string' ? extraFlags['api-key'] : (config.apiKeys[0] ?? process.env.ICAAS_API_KEY);
-      return classifyCommand({ inputs: positionals, url, ...(apiKey ? { apiKey } : {}), json: extraFlags.json === true, maxFiles: config.maxFiles });
+      try {
+        return await classifyCommand({ inputs: positionals, url, ...(apiKey ? { apiKey } : {}), json: extraFlags.json === true, maxFiles: config.maxFiles });
+      } catch (error) {
+        // Failures here are about the service or the network, not bugs: no stack trace.
+        process.stderr.write(`\nicaas classify: ${(error as Error).message}\n`);
+        return 1;
+      }
     }
     case 'aws': {
       const sub = positionals[0];

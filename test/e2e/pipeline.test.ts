@@ -4,8 +4,19 @@
  */
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { waitFor } from '../helpers.js';
+import { execFile } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { cliPath, makeTempDir, waitFor } from '../helpers.js';
 import { followEvents, getBatch, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
+
+function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [cliPath, ...args], { timeout: 120_000 }, (error, stdout, stderr) => {
+      resolve({ code: error ? (typeof error.code === 'number' ? error.code : 1) : 0, stdout, stderr });
+    });
+  });
+}
 
 describe('end to end on the embedded default', { concurrency: false }, () => {
   const services: Service[] = [];
@@ -59,6 +70,35 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
     for (const answer of answers) assert.match(answer.text, new RegExp(`^${answer.image.file.replace(/\.JPEG$/, '')}:.+`));
     const correct = answers.filter((answer) => answer.text.endsWith(`:${answer.image.label}`)).length;
     assert.ok(correct >= 75, `top-1 ${correct}%`);
+  });
+
+  it('classifies files and folders from the CLI, printing one line per image and failing on a rejected file', async () => {
+    const service = await startService({ maxInstances: 2, idleWaitSeconds: 1 });
+    services.push(service);
+    const temp = await makeTempDir('icaas-cli-');
+    try {
+      const folder = path.join(temp.dir, 'photos');
+      await mkdir(path.join(folder, 'nested'), { recursive: true });
+      const images = (await sharedImages()).filter((image) => ['n01530575_brambling.JPEG', 'n01641577_bullfrog.JPEG'].includes(image.file));
+      await writeFile(path.join(folder, images[0]!.file), await readShared(images[0]!.file));
+      await writeFile(path.join(folder, 'nested', images[1]!.file), await readShared(images[1]!.file));
+      await writeFile(path.join(folder, 'notes.txt'), 'skipped: not an image extension');
+      const fake = path.join(temp.dir, 'fake.jpg');
+      await writeFile(fake, 'text pretending to be a photo');
+      const { code, stdout, stderr } = await runCli(['classify', folder, fake, '--url', service.url]);
+      const lines = stdout.trim().split('\n').sort();
+      assert.equal(lines.length, 3, stdout + stderr);
+      assert.match(lines.find((line) => line.includes('brambling.JPEG'))!, /: brambling \(0\.\d{3}\)$/);
+      assert.match(lines.find((line) => line.includes('bullfrog.JPEG'))!, /: American bullfrog \(0\.\d{3}\)$/);
+      assert.match(lines.find((line) => line.startsWith('fake.jpg'))!, /rejected: not an image/);
+      assert.match(stderr, /classified 2\/2/);
+      assert.equal(code, 1, 'a rejected file makes the command fail');
+      const unreachable = await runCli(['classify', folder, '--url', 'http://127.0.0.1:9']);
+      assert.equal(unreachable.code, 1);
+      assert.match(unreachable.stderr, /cannot reach the service/);
+    } finally {
+      await temp.cleanup();
+    }
   });
 
   it('finishes every image when an instance is killed while it holds one', async () => {
