@@ -350,8 +350,12 @@ function describeRunError(error: unknown, input: RunInstancesCommandInput): Ec2C
   return describeEc2Error(error, 'start EC2 workers');
 }
 
-/** Variables that never go into user data: it is readable by anyone who may describe the instance. */
-const SECRET_ENV = new Set(['ICAAS_API_KEYS', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN']);
+/**
+ * Variables that never go into user data: secrets (user data is readable by anyone who may
+ * describe the instance; workers get AWS credentials from their instance role) and
+ * settings of the machine that launched the worker, which mean nothing on the worker.
+ */
+const LEFT_OUT_ENV = new Set(['ICAAS_API_KEYS', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE', 'HOST', 'PORT', 'ICAAS_DATA']);
 
 export interface WorkerUserDataOptions {
   /** The worker's configuration as environment variables (see configToEnv). */
@@ -374,7 +378,7 @@ export function workerUserData(options: WorkerUserDataOptions): string {
   const exports: string[] = [];
   for (const [name, value] of Object.entries(options.configEnv).sort(([a], [b]) => a.localeCompare(b))) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Ec2ComputeError(`cannot pass ${JSON.stringify(name)} to workers: not an environment variable name`);
-    if (value === '' || SECRET_ENV.has(name)) continue;
+    if (value === '' || LEFT_OUT_ENV.has(name)) continue;
     exports.push(`export ${name}=${shellQuote(value)}`);
   }
   const user = options.user ?? 'icaas';

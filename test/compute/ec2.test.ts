@@ -280,6 +280,8 @@ describe('workerUserData', () => {
     AWS_REGION: 'eu-west-1',
     ICAAS_API_KEYS: 'secret-key',
     ICAAS_MODEL: '',
+    ICAAS_DATA: '/home/operator/icaas/data',
+    PORT: '3000',
   };
 
   it('is a bash script that runs the worker and then powers off', async () => {
@@ -289,6 +291,7 @@ describe('workerUserData', () => {
     assert.match(script, /shutdown -h now\n$/);
     assert.doesNotMatch(script, /secret-key/, 'API keys never go into user data');
     assert.doesNotMatch(script, /ICAAS_MODEL/, 'empty values are left out');
+    assert.doesNotMatch(script, /ICAAS_DATA|PORT/, 'settings of the launching machine are left out');
     await run('bash', ['-n', '-c', script]);
   });
 
