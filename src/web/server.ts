@@ -70,7 +70,9 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     forceCloseConnections: 'idle',
     requestTimeout: 0,
   });
-  await app.register(multipart, { throwFileSizeLimit: false });
+  // preservePath keeps the folder part of names from folder uploads ("trip/day1/a.jpg");
+  // names are only ever displayed, never used as paths or keys.
+  await app.register(multipart, { throwFileSizeLimit: false, preservePath: true });
   const hub = new EventHub(index, { headers: SECURITY_HEADERS });
   let draining = false;
 

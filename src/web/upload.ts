@@ -61,7 +61,7 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     for await (const part of parts) {
       if (part.type !== 'file') continue;
       files++;
-      const name = displayName(part.filename);
+      const name = displayName(decodeFormFileName(part.filename));
       const body = await part.toBuffer();
       const inspection = await inspectImage(body, context.limits, part.file.truncated);
       if (!inspection.ok) {
@@ -98,6 +98,15 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     return JSON.stringify(message);
   }), context.launchQueue);
   return { batchId, images, rejected };
+}
+
+/**
+ * Browsers escape a quote and line breaks in multipart file names as %22, %0A and %0D (the
+ * HTML form-encoding rules); other clients send them raw. Undoing just those three shows the
+ * name the user chose either way.
+ */
+export function decodeFormFileName(name: string | undefined): string {
+  return (name ?? '').replace(/%22/g, '"').replace(/%0[AD]/gi, '');
 }
 
 async function sendInChunks(bodies: string[], queue: Queue, width = 10): Promise<void> {

@@ -68,6 +68,12 @@ describe('HTTP API', async () => {
     assert.deepEqual(Buffer.from(await input.arrayBuffer()), tench);
   });
 
+  it('keeps folder paths in names and undoes the browser escaping of quotes', async () => {
+    const { body } = await upload([{ name: 'trip/day 1/say %22cheese%22.jpg', body: tench }]);
+    assert.equal(body.images[0].name, 'trip/day 1/say "cheese".jpg');
+    await drainLaunchQueue();
+  });
+
   it('reports batch and image state, with results recorded once', async () => {
     const { body } = await upload([{ name: 'x.jpg', body: tench }, { name: 'y.jpg', body: tench }]);
     await drainLaunchQueue();
