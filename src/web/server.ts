@@ -101,6 +101,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
 
   app.setErrorHandler((error: Error & { statusCode?: number; code?: string }, _request, reply) => {
     if (error instanceof UploadError) {
+      if (error.statusCode >= 500) options.log?.(`upload failed: ${(error.cause as Error | undefined)?.message ?? error.message}`);
       return reply.code(error.statusCode).send({ error: error.message, ...(error.rejected.length ? { rejected: error.rejected } : {}) });
     }
     const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;

@@ -37,8 +37,8 @@ export interface UploadOutcome {
 
 /** An error the client caused, with the HTTP status to answer. */
 export class UploadError extends Error {
-  constructor(readonly statusCode: number, message: string, readonly rejected: { name: string; reason: string }[] = []) {
-    super(message);
+  constructor(readonly statusCode: number, message: string, readonly rejected: { name: string; reason: string }[] = [], options?: { cause?: unknown }) {
+    super(message, options);
     this.name = 'UploadError';
   }
 }
@@ -89,14 +89,21 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     throw toUploadError(error, maxFiles, rejected);
   }
   if (images.length === 0) return { batchId, images, rejected };
-  // From here the upload is accepted: the manifest is stored, so the images are known even
-  // if this process dies before every launch message is out.
-  context.index.addManifest(manifest);
   const queuedAt = Date.now();
-  await sendInChunks(manifest.images.map((image) => {
-    const message: LaunchMessage = { type: 'launch', imageId: image.imageId, batchId, name: image.name, key: image.key, attempt: 1, queuedAt };
-    return JSON.stringify(message);
-  }), context.launchQueue);
+  try {
+    await sendInChunks(manifest.images.map((image) => {
+      const message: LaunchMessage = { type: 'launch', imageId: image.imageId, batchId, name: image.name, key: image.key, attempt: 1, queuedAt };
+      return JSON.stringify(message);
+    }), context.launchQueue);
+  } catch (error) {
+    // Not accepted after all: the client hears so and nothing stays stored. A launch
+    // message that did go out finds its image gone and ends as an error result for a
+    // batch nobody knows, which no one is shown.
+    await Promise.allSettled(stored.map((key) => context.store.delete(context.inputBucket, key)));
+    // The queue's own message can name files of this machine: it goes to the log only.
+    throw new UploadError(503, 'the images could not be queued; nothing was stored, try again', [], { cause: error });
+  }
+  context.index.addManifest(manifest);
   return { batchId, images, rejected };
 }
 
