@@ -184,11 +184,13 @@ export class SqsQueueProvider implements QueueProvider {
       if (!response.QueueUrl) throw new QueueError('unavailable', `SQS returned no URL for the new queue ${fullName}`);
       return response.QueueUrl;
     } catch (error) {
+      // send() has wrapped the SDK's error; its name is on the cause.
+      const sdkError = error instanceof QueueError ? error.cause : error;
       // The queue exists with other attributes (or was created concurrently with them).
-      if (hasCode(error, ['QueueNameExists', 'QueueAlreadyExists', 'AWS.SimpleQueueService.QueueNameExists'])) {
+      if (hasCode(sdkError, ['QueueNameExists', 'QueueAlreadyExists', 'AWS.SimpleQueueService.QueueNameExists'])) {
         return this.lookUp(fullName);
       }
-      if (hasCode(error, ['QueueDeletedRecently', 'AWS.SimpleQueueService.QueueDeletedRecently'])) {
+      if (hasCode(sdkError, ['QueueDeletedRecently', 'AWS.SimpleQueueService.QueueDeletedRecently'])) {
         throw new QueueError('unavailable', `cannot create SQS queue ${fullName} yet: a queue of that name was deleted less than 60 seconds ago`, { cause: error });
       }
       throw error;

@@ -7,7 +7,9 @@ import {
   GetQueueAttributesCommand,
   GetQueueUrlCommand,
   MessageNotInflight,
+  QueueDeletedRecently,
   QueueDoesNotExist,
+  QueueNameExists,
   ReceiptHandleIsInvalid,
   ReceiveMessageCommand,
   RequestThrottled,
@@ -247,6 +249,13 @@ describe('SqsQueueProvider against a mocked client', () => {
     await creating.queue('new').send('x');
     assert.deepEqual(mock.commandCalls(CreateQueueCommand)[0]!.args[0].input, { QueueName: 't-new', Attributes: { VisibilityTimeout: '2' } });
     assert.equal(mock.commandCalls(SendMessageCommand)[0]!.args[0].input.QueueUrl, 'https://sqs/t-new');
+  });
+
+  it('ensureQueue uses a queue that exists with other attributes, and explains a recently deleted name', async () => {
+    mock.on(CreateQueueCommand, { QueueName: 't-launch' }).rejects(new QueueNameExists({ message: 'A queue already exists with the same name and a different value for attribute VisibilityTimeout', $metadata: {} }));
+    assert.equal(await provider.ensureQueue('launch', { VisibilityTimeout: '5' }), URL_LAUNCH);
+    mock.on(CreateQueueCommand, { QueueName: 't-again' }).rejects(new QueueDeletedRecently({ message: 'You must wait 60 seconds after deleting a queue', $metadata: {} }));
+    await rejectsWith(provider.ensureQueue('again'), 'unavailable', /t-again.*deleted less than 60 seconds ago/);
   });
 
   it('ensureQueue creates the queue with its attributes and caches the URL', async () => {
