@@ -44,6 +44,7 @@ const options = {
   deployment: { flag: 'deployment', env: 'ICAAS_DEPLOYMENT', kind: 'string', default: 'icaas', help: 'deployment name, used to tag cloud resources' },
   region: { flag: 'region', env: 'AWS_REGION', kind: 'string', default: '', help: 'AWS region (distributed adapters)' },
   s3Endpoint: { flag: 's3-endpoint', env: 'ICAAS_S3_ENDPOINT', kind: 'string', default: '', help: 'endpoint of an S3-compatible store' },
+  sqsEndpoint: { flag: 'sqs-endpoint', env: 'ICAAS_SQS_ENDPOINT', kind: 'string', default: '', help: 'endpoint of an SQS-compatible queue service' },
   s3ForcePathStyle: { flag: 's3-path-style', env: 'ICAAS_S3_PATH_STYLE', kind: 'boolean', default: false, help: 'use path-style S3 addressing (most S3-compatible stores need it)' },
   ec2LaunchTemplate: { flag: 'ec2-launch-template', env: 'ICAAS_EC2_LAUNCH_TEMPLATE', kind: 'string', default: '', help: 'EC2 launch template name or id for workers' },
   ec2ImageId: { flag: 'ec2-image-id', env: 'ICAAS_EC2_IMAGE_ID', kind: 'string', default: '', help: 'AMI id for workers (when no launch template)' },
@@ -202,6 +203,10 @@ export function loadConfig(input: LoadConfigInput = {}, commandFlags: readonly s
   }
   const result = config as Config;
   result.data = path.resolve(cwd, result.data);
+  if (result.compute === 'ec2' && (result.store !== 's3' || result.queue !== 'sqs')) {
+    // Instances on other machines cannot reach this machine's files or SQLite queue.
+    throw new ConfigError(`--compute ec2 needs --store s3 and --queue sqs (got store ${result.store}, queue ${result.queue}): workers on EC2 cannot reach local files`);
+  }
   return { config: result, positionals, extraFlags };
 }
 

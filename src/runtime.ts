@@ -68,7 +68,11 @@ async function openStore(config: Config): Promise<ObjectStore> {
 async function openQueues(config: Config): Promise<QueueProvider> {
   if (config.queue === 'sqs') {
     const { SqsQueueProvider } = await import('./queue/sqs.js');
-    return new SqsQueueProvider({ prefix: config.queuePrefix, ...(config.region ? { region: config.region } : {}) });
+    return new SqsQueueProvider({
+      prefix: config.queuePrefix,
+      ...(config.region ? { region: config.region } : {}),
+      ...(config.sqsEndpoint ? { endpoint: config.sqsEndpoint } : {}),
+    });
   }
   const { SqliteQueueProvider } = await import('./queue/sqlite.js');
   return new SqliteQueueProvider(path.join(config.data, 'queues.db'));

@@ -48,6 +48,13 @@ describe('configuration', async () => {
     assert.throws(() => loadConfig({ argv: ['--config', '/nonexistent.json'], env: {}, cwd: temp.dir }), /does not exist/);
   });
 
+  it('refuses EC2 workers with local buckets or queues, which they could not reach', () => {
+    assert.throws(() => loadConfig({ argv: ['--compute', 'ec2'], env: {}, cwd: temp.dir }), /--compute ec2 needs --store s3 and --queue sqs/);
+    assert.equal(loadConfig({ argv: ['--compute', 'ec2', '--store', 's3', '--queue', 'sqs'], env: {}, cwd: temp.dir }).config.compute, 'ec2');
+    // The other way round is fine: S3 with local processes.
+    assert.equal(loadConfig({ argv: ['--store', 's3'], env: {}, cwd: temp.dir }).config.store, 's3');
+  });
+
   it('rejects unknown keys in the config file', async () => {
     const file = path.join(temp.dir, 'typo.json');
     await writeFile(file, JSON.stringify({ maxInstance: 3 }));
