@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { inputKey } from '../messages.js';
 import type { Runtime } from '../runtime.js';
-import { EventHub, publicImage } from './events.js';
+import { EventHub, publicImage, statusForBatch } from './events.js';
 import { stem } from './inspect.js';
 import type { ResultsIndex } from './results.js';
 import { newId, receiveUpload, UploadError, type UploadContext } from './upload.js';
@@ -90,7 +90,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     const url = request.url.split('?')[0]!;
     const isSync = request.method === 'POST' && (url === '/' || url === '/classify');
     if (!needsKey(url) && !isSync) return;
-    const presented = presentedKey(request);
+    const presented = presentedKey(request, url);
     // Compare digests so timing reveals neither the key nor its length.
     const ok = presented !== undefined && keyDigests.some((expected) => timingSafeEqual(expected, digest(presented)));
     if (!ok) {
@@ -186,7 +186,9 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     };
   };
 
-  app.get('/api/status', async () => status());
+  // Which image an instance holds is shown only for the batch the client names: image ids
+  // are capabilities, and the status is visible to every client.
+  app.get('/api/status', async (request: FastifyRequest<{ Querystring: { batch?: string } }>) => statusForBatch(await status(), index, request.query.batch || undefined));
 
   app.get('/api/events', (request: FastifyRequest<{ Querystring: { batch?: string } }>, reply) => {
     reply.hijack();
@@ -267,12 +269,14 @@ function digest(key: string): Buffer {
   return createHash('sha256').update(key).digest();
 }
 
-function presentedKey(request: FastifyRequest): string | undefined {
+function presentedKey(request: FastifyRequest, url: string): string | undefined {
   const authorization = request.headers.authorization;
   if (authorization?.startsWith('Bearer ')) return authorization.slice(7).trim();
   const header = request.headers['x-api-key'];
   if (typeof header === 'string') return header;
-  // EventSource cannot send headers, so the event stream also takes the key as a parameter.
+  // EventSource and <img> cannot send headers, so the event stream and stored images also
+  // take the key as a parameter. Nowhere else: keys in URLs end up in logs and histories.
+  if (request.method !== 'GET' || !(url === '/api/events' || /^\/api\/images\/[^/]+\/input$/.test(url))) return undefined;
   const query = (request.query as Record<string, unknown> | undefined)?.key;
   return typeof query === 'string' ? query : undefined;
 }

@@ -194,7 +194,7 @@ describe('HTTP API', async () => {
       return text;
     };
     const hello = await read({}, (text) => text.includes('event: hello'));
-    const startId = /id: (\d+)\nevent: hello/.exec(hello)![1]!;
+    const startId = /id: (\S+)\nevent: hello/.exec(hello)![1]!;
     await finish(body.images[0].id, 'tench');
     await waitFor('the result to be recorded', () => web.index.image(body.images[0].id)?.status === 'done');
     const replay = await read({ 'last-event-id': startId }, (text) => text.includes('"status":"done"'));

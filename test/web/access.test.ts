@@ -1,0 +1,315 @@
+/**
+ * Access control and exposure: API keys on every API and event endpoint, security headers
+ * on every response, no paths of the machine in answers, and no way to reach another
+ * user's batch without its id. In-process on the real embedded adapters, plus the real
+ * CLI for the start-up warning.
+ */
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { loadConfig } from '../../src/config.js';
+import { resultKey, type ImageResult } from '../../src/messages.js';
+import { openRuntime, type Runtime } from '../../src/runtime.js';
+import { startWebTier, type WebTier } from '../../src/web/index.js';
+import { cliPath, drainQueue, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
+
+const KEYS = ['first-key-0123456789', 'second-key-abcdefghij'];
+
+const SECURITY_HEADERS = {
+  'content-security-policy': /default-src 'self'.*frame-ancestors 'none'/,
+  'x-content-type-options': /^nosniff$/,
+  'x-frame-options': /^DENY$/,
+  'referrer-policy': /^no-referrer$/,
+};
+
+function assertSecurityHeaders(headers: Headers, what: string): void {
+  for (const [name, pattern] of Object.entries(SECURITY_HEADERS)) {
+    assert.match(headers.get(name) ?? '', pattern, `${what}: header ${name}`);
+  }
+}
+
+/** Reads a server-sent event stream until `until` holds or the time is up; returns the text. */
+async function readStream(url: string, headers: Record<string, string>, until: (text: string) => boolean, timeoutMs = 5000): Promise<{ status: number; headers: Headers; text: string }> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeoutMs);
+  const response = await fetch(url, { headers, signal: controller.signal });
+  let text = '';
+  try {
+    if (response.ok) {
+      const decoder = new TextDecoder();
+      for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+        text += decoder.decode(chunk, { stream: true });
+        if (until(text)) break;
+      }
+    } else {
+      text = await response.text();
+    }
+  } catch {
+    // The time ran out: the caller checks what arrived.
+  } finally {
+    clearTimeout(timer);
+    controller.abort();
+  }
+  return { status: response.status, headers: response.headers, text };
+}
+
+describe('access control and exposure', async () => {
+  const temp = await makeTempDir();
+  let runtime: Runtime;
+  let web: WebTier;
+  let url: string;
+  const tench = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
+  const bearer = { authorization: `Bearer ${KEYS[1]}` };
+
+  before(async () => {
+    const { config } = loadConfig({ argv: ['--host', '127.0.0.1', '--port', '0', '--data', temp.dir, '--api-keys', KEYS.join(',')], env: {} });
+    runtime = await openRuntime(config);
+    web = await startWebTier(runtime, () => {});
+    url = web.url;
+  });
+  after(async () => {
+    await web?.stop();
+    await runtime?.close();
+    await temp.cleanup();
+  });
+
+  const upload = async (name: string, headers: Record<string, string> = bearer, query = '') => {
+    const form = new FormData();
+    form.append('images', new Blob([tench]), name);
+    const response = await fetch(`${url}/api/images${query}`, { method: 'POST', body: form, headers });
+    return { status: response.status, headers: response.headers, body: (await response.json()) as any };
+  };
+  const finish = async (imageId: string, batchId: string) => {
+    const result: ImageResult = {
+      status: 'ok', imageId, batchId, name: 'x.jpg', attempts: 1, instanceId: 'i-test',
+      label: 'tench', probability: 0.9, top5: [{ label: 'tench', probability: 0.9 }], durationMs: 5, finishedAt: Date.now(),
+    };
+    await runtime.store.put(runtime.config.outputBucket, resultKey(imageId), Buffer.from(JSON.stringify(result)));
+    await runtime.queues.output.send(JSON.stringify({ type: 'result', result }));
+  };
+
+  it('refuses every API and event endpoint without a valid key, with a JSON 401 and security headers', async () => {
+    const mine = await upload('mine.jpg');
+    assert.equal(mine.status, 202);
+    const { batchId } = mine.body;
+    const imageId = mine.body.images[0].id;
+    await drainQueue(runtime.queues.launch);
+    const requests: [string, string][] = [
+      ['GET', '/api/status'],
+      ['GET', `/api/batches/${batchId}`],
+      ['GET', `/api/images/${imageId}`],
+      ['GET', `/api/images/${imageId}/input`],
+      ['GET', `/api/events?batch=${batchId}`],
+      ['POST', '/api/images'],
+      ['POST', '/'],
+      ['POST', '/classify'],
+      ['GET', '/metrics'],
+      ['GET', '/api/batches/unknown'],
+    ];
+    const wrong: Record<string, string>[] = [
+      {},
+      { authorization: 'Bearer not-a-key' },
+      { authorization: `Bearer ${KEYS[0]}x` },
+      { authorization: `Bearer ${KEYS[0]!.slice(0, -1)}` },
+      { authorization: `Basic ${Buffer.from(`user:${KEYS[0]}`).toString('base64')}` },
+      { 'x-api-key': 'nope' },
+      { 'x-api-key': '' },
+    ];
+    for (const [method, route] of requests) {
+      for (const headers of wrong) {
+        const response = await fetch(`${url}${route}`, { method, headers, ...(method === 'POST' ? { body: new FormData() } : {}) });
+        const what = `${method} ${route} with ${JSON.stringify(headers)}`;
+        assert.equal(response.status, 401, what);
+        assert.equal(response.headers.get('www-authenticate'), 'Bearer realm="icaas"', what);
+        assertSecurityHeaders(response.headers, what);
+        const body = (await response.json()) as { error: string };
+        assert.match(body.error, /API key/, what);
+      }
+    }
+    // A key in the query string counts only where a browser cannot send headers.
+    for (const route of ['/api/status', `/api/batches/${batchId}`, `/api/images/${imageId}`, '/metrics']) {
+      assert.equal((await fetch(`${url}${route}${route.includes('?') ? '&' : '?'}key=${KEYS[0]}`)).status, 401, `${route} with ?key=`);
+    }
+    const postWithQueryKey = new FormData();
+    postWithQueryKey.append('images', new Blob([tench]), 'q.jpg');
+    assert.equal((await fetch(`${url}/api/images?key=${KEYS[0]}`, { method: 'POST', body: postWithQueryKey })).status, 401);
+  });
+
+  it('lets a valid key in by Authorization: Bearer, x-api-key, and ?key= for events and images', async () => {
+    for (const key of KEYS) {
+      for (const headers of [{ authorization: `Bearer ${key}` }, { 'x-api-key': key }] as Record<string, string>[]) {
+        const response = await fetch(`${url}/api/status`, { headers });
+        assert.equal(response.status, 200, JSON.stringify(headers));
+        assertSecurityHeaders(response.headers, 'status');
+      }
+    }
+    const { body } = await upload('keyed.jpg', { 'x-api-key': KEYS[0]! });
+    await drainQueue(runtime.queues.launch);
+    const stream = await readStream(`${url}/api/events?batch=${body.batchId}&key=${encodeURIComponent(KEYS[0]!)}`, {}, (text) => text.includes('event: hello'));
+    assert.equal(stream.status, 200);
+    assert.equal(stream.headers.get('content-type'), 'text/event-stream; charset=utf-8');
+    assertSecurityHeaders(stream.headers, 'event stream');
+    assert.match(stream.text, /event: hello/);
+    const input = await fetch(`${url}/api/images/${body.images[0].id}/input?key=${encodeURIComponent(KEYS[1]!)}`);
+    assert.equal(input.status, 200);
+    assert.deepEqual(Buffer.from(await input.arrayBuffer()), tench);
+    const metrics = await fetch(`${url}/metrics`, { headers: bearer });
+    assert.equal(metrics.status, 200);
+  });
+
+  it('keeps /healthz and the page open, with security headers', async () => {
+    const health = await fetch(`${url}/healthz`);
+    assert.equal(health.status, 200);
+    assert.deepEqual(await health.json(), { ok: true });
+    assertSecurityHeaders(health.headers, 'healthz');
+    const page = await fetch(`${url}/`);
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get('content-type') ?? '', /^text\/html/);
+    assertSecurityHeaders(page.headers, 'page');
+  });
+
+  it('puts security headers on errors too, and no path of the machine in any answer', async () => {
+    const answers: { what: string; status: number; headers: Headers; text: string }[] = [];
+    const record = async (what: string, request: Promise<Response>) => {
+      const response = await request;
+      answers.push({ what, status: response.status, headers: response.headers, text: await response.text() });
+    };
+    await record('unknown route', fetch(`${url}/nope/../../etc/passwd`));
+    await record('unknown asset', fetch(`${url}/assets/..%2F..%2Fpackage.json`));
+    await record('dot asset', fetch(`${url}/assets/.env`));
+    await record('unknown batch', fetch(`${url}/api/batches/${'A'.repeat(16)}`, { headers: bearer }));
+    await record('unknown image', fetch(`${url}/api/images/%2e%2e%2f%2e%2e%2fqueues.db/input`, { headers: bearer }));
+    await record('bad JSON', fetch(`${url}/api/images`, { method: 'POST', headers: { ...bearer, 'content-type': 'application/json' }, body: '{not json' }));
+    await record('not multipart', fetch(`${url}/api/images`, { method: 'POST', headers: { ...bearer, 'content-type': 'text/plain' }, body: 'hi' }));
+    await record('bad multipart', fetch(`${url}/api/images`, { method: 'POST', headers: { ...bearer, 'content-type': 'multipart/form-data; boundary=zz' }, body: '--zz\r\nbroken' }));
+    await record('text as image', (async () => {
+      const form = new FormData();
+      form.append('f', new Blob(['plain text']), '/etc/x.jpg');
+      return fetch(`${url}/api/images`, { method: 'POST', headers: bearer, body: form });
+    })());
+    await record('unknown batch to add to', fetch(`${url}/api/images?batch=nope`, { method: 'POST', headers: bearer, body: new FormData() }));
+    await record('wrong method', fetch(`${url}/api/status`, { method: 'DELETE', headers: bearer }));
+    for (const answer of answers) {
+      assert.ok(answer.status >= 400 && answer.status < 500, `${answer.what}: ${answer.status} ${answer.text}`);
+      assertSecurityHeaders(answer.headers, answer.what);
+      assert.equal(typeof (JSON.parse(answer.text) as { error?: unknown }).error, 'string', `${answer.what}: ${answer.text}`);
+      // The data folder, and any path under it, stays on the machine.
+      assert.ok(!answer.text.includes(temp.dir), `${answer.what} reveals a path: ${answer.text}`);
+      assert.ok(!/\/(tmp|home|work|usr|var)\/[^\s"]*\/(buckets|queues\.db|instances\.db)/.test(answer.text), `${answer.what} reveals a path: ${answer.text}`);
+    }
+  });
+
+  it('shows a batch only to whoever has its id: no listing, no ids in status or in streams without a batch', async () => {
+    const alice = await upload('alice.jpg');
+    const bob = await upload('bob.jpg');
+    await drainQueue(runtime.queues.launch);
+    const aliceImage = alice.body.images[0].id as string;
+    const bobImage = bob.body.images[0].id as string;
+    // Ids are 96 random bits, base64url.
+    for (const id of [alice.body.batchId, bob.body.batchId, aliceImage, bobImage]) assert.match(id, /^[A-Za-z0-9_-]{16}$/);
+    assert.notEqual(alice.body.batchId, bob.body.batchId);
+
+    for (const route of ['/api/batches', '/api/batches/', '/api/images', '/api/images/', '/api/results', '/api/events/all']) {
+      const response = await fetch(`${url}${route}`, { headers: bearer });
+      assert.equal(response.status, 404, route);
+    }
+
+    // An instance holding Bob's image, as the registry of a busy worker says.
+    const registry = new Database(path.join(temp.dir, 'instances.db'));
+    try {
+      registry.prepare(`INSERT INTO instances (id, pid, state, started_at, updated_at, image_id, processed) VALUES ('i-busy', NULL, 'busy', ?, ?, ?, 0)`).run(Date.now(), Date.now(), bobImage);
+    } finally {
+      registry.close();
+    }
+    const status = async (query: string) => {
+      const response = await fetch(`${url}/api/status${query}`, { headers: bearer });
+      return (await response.json()) as { instances: { id: string; imageId?: string }[] };
+    };
+    const listed = (await status('')).instances.find((instance) => instance.id === 'i-busy');
+    assert.ok(listed, 'the instance is listed');
+    assert.equal(listed.imageId, undefined, 'without a batch, status names no image');
+    assert.equal((await status(`?batch=${alice.body.batchId}`)).instances.find((instance) => instance.id === 'i-busy')?.imageId, undefined, 'Alice does not see Bob\'s image id');
+    assert.equal((await status(`?batch=${bob.body.batchId}`)).instances.find((instance) => instance.id === 'i-busy')?.imageId, bobImage, 'Bob sees his own');
+    assert.ok(!JSON.stringify(await status(`?batch=${alice.body.batchId}`)).includes(bobImage));
+
+    // Live events: a stream without a batch carries status only, and its status names no image;
+    // Alice's stream carries nothing of Bob's.
+    const anyStream = readStream(`${url}/api/events`, bearer, (text) => text.includes('event: status'), 4000);
+    const aliceStream = readStream(`${url}/api/events?batch=${alice.body.batchId}`, bearer, (text) => text.includes('"status":"done"') && text.includes('event: status'), 4000);
+    await waitFor('both streams to be connected', () => web.server.hub.clientCount >= 2);
+    await finish(bobImage, bob.body.batchId);
+    await finish(aliceImage, alice.body.batchId);
+    const [everything, alices] = await Promise.all([anyStream, aliceStream]);
+    assert.match(everything.text, /event: status/);
+    assert.doesNotMatch(everything.text, /event: image/);
+    assert.ok(!everything.text.includes(bobImage) && !everything.text.includes(aliceImage), 'the stream without a batch names no image');
+    assert.match(alices.text, new RegExp(`"id":"${aliceImage}"`));
+    assert.ok(!alices.text.includes(bobImage), 'Alice\'s stream names nothing of Bob\'s');
+    assert.ok(!alices.text.includes(bob.body.batchId));
+    const db = new Database(path.join(temp.dir, 'instances.db'));
+    try {
+      db.prepare(`DELETE FROM instances WHERE id = 'i-busy'`).run();
+    } finally {
+      db.close();
+    }
+  });
+
+  it('replays missed events within one process, and answers ids of another process (a restarted web tier) with a reset', async () => {
+    const { body } = await upload('resume.jpg');
+    await drainQueue(runtime.queues.launch);
+    const first = await readStream(`${url}/api/events?batch=${body.batchId}`, bearer, (text) => text.includes('event: hello'));
+    const helloId = /id: (\S+)\nevent: hello/.exec(first.text)![1]!;
+    assert.match(helloId, /^[0-9a-f]+:\d+$/);
+    // Same process: the missed result is replayed, once.
+    await finish(body.images[0].id, body.batchId);
+    await waitFor('the result', () => web.index.image(body.images[0].id)?.status === 'done');
+    const replay = await readStream(`${url}/api/events?batch=${body.batchId}`, { ...bearer, 'last-event-id': helloId }, (text) => text.includes('"status":"done"'));
+    assert.equal(replay.text.split('\n\n').filter((frame) => frame.includes('event: image')).length, 1);
+    assert.doesNotMatch(replay.text, /event: reset/);
+    // Ids that belong to no history of this process (a restarted web tier, a bare number
+    // from an older server, garbage) get a reset that moves the client into this epoch.
+    for (const id of ['0123abcd:5', '57', 'garbage', `${helloId.split(':')[0]}:999999`]) {
+      const resumed = await readStream(`${url}/api/events?batch=${body.batchId}`, { ...bearer, 'last-event-id': id }, (text) => text.includes('event: reset'));
+      const reset = /id: (\S+)\nevent: reset\ndata: (.*)\n/.exec(resumed.text);
+      assert.ok(reset, `reset for ${id}: ${resumed.text}`);
+      assert.equal(reset[1]!.split(':')[0], helloId.split(':')[0]);
+      assert.doesNotMatch(resumed.text, /event: image/);
+    }
+  });
+
+  it('prints a loud warning when bound to a public address without keys, and none with keys', async () => {
+    const run = async (args: string[]) => {
+      const data = await makeTempDir('icaas-bind-');
+      const child = spawn(process.execPath, [cliPath, 'web', '--port', '0', '--data', data.dir, ...args], {
+        env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let output = '';
+      child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      try {
+        const listening = await waitFor('the web tier to listen', () => {
+          if (child.exitCode !== null) throw new Error(`exited: ${output}`);
+          return /listening on (http:\/\/\S+)/.exec(output)?.[1];
+        }, { timeoutMs: 20_000 });
+        const health = await fetch(`http://127.0.0.1:${new URL(listening).port}/healthz`);
+        assert.equal(health.status, 200);
+        return output;
+      } finally {
+        child.kill('SIGTERM');
+        await exited;
+        await data.cleanup();
+      }
+    };
+    const open = await run(['--host', '0.0.0.0']);
+    assert.match(open, /WARNING: listening on 0\.0\.0\.0 without API keys: anyone who can reach this address can upload and read results/);
+    const keyed = await run(['--host', '0.0.0.0', '--api-keys', 'k-0123456789']);
+    assert.doesNotMatch(keyed, /WARNING/);
+    const local = await run(['--host', '127.0.0.1']);
+    assert.doesNotMatch(local, /WARNING/);
+  });
+});
