@@ -51,7 +51,9 @@ export async function inspectImage(bytes: Buffer, limits: ImageLimits, truncated
   let width: number;
   let height: number;
   try {
-    const metadata = await sharp(bytes).metadata();
+    // Only the header is read here, so no pixel limit of sharp's own applies: a
+    // decompression bomb then gets the clear reason below rather than a header error.
+    const metadata = await sharp(bytes, { limitInputPixels: false }).metadata();
     width = metadata.width ?? 0;
     height = metadata.height ?? 0;
   } catch (error) {
@@ -77,11 +79,15 @@ function describeSharpError(error: unknown): string {
   return message.split('\n')[0]!.replace(/^Input buffer has corrupt header: /, '').slice(0, 200);
 }
 
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+/**
+ * Control characters, and the invisible bidirectional controls that can make a name
+ * display as something else ("photo\u202Egpj.exe" shows as "photoexe.jpg").
+ */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
 const MAX_NAME_CHARS = 255;
 
 /**
- * A file name for display: control characters removed, backslashes as slashes, at most
+ * A file name for display: control and bidirectional characters removed, backslashes as slashes, at most
  * 255 characters with the extension kept. Names are never used as paths or keys.
  */
 export function displayName(raw: string | undefined): string {

@@ -69,6 +69,21 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     // Keep-alive sockets must not hold the process open on shutdown.
     forceCloseConnections: 'idle',
     requestTimeout: 0,
+    // Requests the HTTP parser rejects (a body cut short, malformed headers) never reach a
+    // route; they get the same JSON errors and security headers as everything else.
+    clientErrorHandler: (error: Error & { code?: string }, socket) => {
+      if (error.code !== 'ECONNRESET' && !socket.destroyed && socket.writable) {
+        const [status, text, message] = error.code === 'HPE_HEADER_OVERFLOW'
+          ? [431, 'Request Header Fields Too Large', 'the request headers are too large']
+          : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? [408, 'Request Timeout', 'the request took too long to arrive']
+            : [400, 'Bad Request', 'the request is malformed or ended before it was complete; nothing was stored'];
+        const body = JSON.stringify({ error: message });
+        const headers = Object.entries({ ...SECURITY_HEADERS, 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(body)), connection: 'close' });
+        socket.write(`HTTP/1.1 ${status} ${text}\r\n${headers.map(([name, value]) => `${name}: ${value}`).join('\r\n')}\r\n\r\n${body}`);
+      }
+      socket.destroy();
+    },
   });
   // preservePath keeps the folder part of names from folder uploads ("trip/day1/a.jpg");
   // names are only ever displayed, never used as paths or keys.
@@ -124,6 +139,10 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
       reply.code(503).header('retry-after', '5').send({ error: 'the server is shutting down; try again shortly' });
       return true;
     }
+    // Checked before the body is read, so a refused upload costs no storage. The price is
+    // that an accepted request may take the queue past the limit by up to its own file
+    // count (and concurrent ones by theirs): the limit bounds the queue's growth, and the
+    // per-request file limit bounds the overshoot.
     const counts = await runtime.queues.launch.counts();
     const waiting = counts.visible + counts.delayed;
     if (waiting >= config.maxQueued) {
