@@ -122,16 +122,15 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
     });
     log(`model: ${model.modelPath} (from ${model.source})`);
   }
-  const stops: (() => Promise<void>)[] = [];
+  let controllers: { stop(): Promise<void> } | undefined;
   if (parts.controllers) {
     const { startControllers } = await import('./controller/index.js');
-    const controllers = startControllers(runtime, log);
-    stops.push(() => controllers.stop());
+    controllers = startControllers(runtime, log);
   }
+  let web: { url: string; drain(): void; stop(): Promise<void> } | undefined;
   if (parts.web) {
     const { startWebTier } = await import('./web/index.js');
-    const web = await startWebTier(runtime, log);
-    stops.unshift(() => web.stop());
+    web = await startWebTier(runtime, log);
     log(`listening on ${web.url}`);
     if (config.apiKeys.length === 0 && !['localhost', '127.0.0.1', '::1'].includes(config.host)) {
       log(`WARNING: listening on ${config.host} without API keys: anyone who can reach this address can upload and read results. Set ICAAS_API_KEYS.`);
@@ -145,8 +144,13 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
   });
-  for (const stop of stops) await stop();
+  // Uploads are refused (503) from here, but the server keeps answering until the workers
+  // have finished what they hold, so clients see why and their results still arrive live.
+  // The controllers stop before the workers so that none is started or retried meanwhile.
+  web?.drain();
+  await controllers?.stop();
   if (parts.controllers) await stopLocalWorkers(runtime, log);
+  await web?.stop();
   await runtime.close();
   log('stopped');
   return 0;

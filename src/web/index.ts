@@ -9,6 +9,8 @@ export interface WebTier {
   server: WebServer;
   index: ResultsIndex;
   url: string;
+  /** Stops taking uploads (503) while everything else keeps answering. */
+  drain(): void;
   /** Stops taking uploads, then closes the server and the output phase. */
   stop(): Promise<void>;
 }
@@ -32,8 +34,10 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
     server,
     index,
     url,
+    drain: () => server.drain(),
     async stop() {
       server.drain();
+      server.cancelWaits();
       server.hub.closeAll();
       await server.app.close();
       await Promise.all([output.stop(), statusLoop.stop()]);

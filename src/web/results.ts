@@ -173,6 +173,8 @@ export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
   waitForResult(imageId: string, signal?: AbortSignal): Promise<ImageView> {
     const view = this.images.get(imageId)?.view;
     if (view && (view.status === 'done' || view.status === 'error')) return Promise.resolve(view);
+    // An abort that already happened fires no event: without this the wait would never end.
+    if (signal?.aborted) return Promise.reject(signal.reason ?? new Error('aborted'));
     return new Promise((resolve, reject) => {
       let set = this.waiters.get(imageId);
       if (!set) this.waiters.set(imageId, (set = new Set()));

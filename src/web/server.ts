@@ -57,6 +57,8 @@ export interface WebServer {
   status(): Promise<StatusSnapshot>;
   /** Stops accepting uploads (answers 503) while in-flight requests finish. */
   drain(): void;
+  /** Ends synchronous requests still waiting for a result (their images stay queued), so the server can close. */
+  cancelWaits(): void;
 }
 
 export async function createWebServer(options: WebOptions): Promise<WebServer> {
@@ -90,6 +92,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
   await app.register(multipart, { throwFileSizeLimit: false, preservePath: true });
   const hub = new EventHub(index, { headers: SECURITY_HEADERS });
   let draining = false;
+  const closing = new AbortController();
 
   app.addHook('onSend', async (_request, reply, payload) => {
     for (const [name, value] of Object.entries(SECURITY_HEADERS)) {
@@ -251,10 +254,12 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     const timeout = AbortSignal.timeout(config.syncTimeoutSeconds * 1000);
     let image;
     try {
-      image = await index.waitForResult(accepted.id, timeout);
+      image = await index.waitForResult(accepted.id, AbortSignal.any([timeout, closing.signal]));
     } catch {
-      const message = `no result within ${config.syncTimeoutSeconds}s; it is still queued as image ${accepted.id}`;
-      return wantsJson ? reply.code(504).send({ error: message, id: accepted.id }) : reply.code(504).type('text/plain; charset=utf-8').send(`error: ${message}\n`);
+      const [code, message] = closing.signal.aborted
+        ? [503, `the server is shutting down; image ${accepted.id} stays queued and its result will be at /api/images/${accepted.id}`]
+        : [504, `no result within ${config.syncTimeoutSeconds}s; it is still queued as image ${accepted.id}`];
+      return wantsJson ? reply.code(code).send({ error: message, id: accepted.id }) : reply.code(code).type('text/plain; charset=utf-8').send(`error: ${message}\n`);
     }
     if (wantsJson) return reply.code(image.status === 'done' ? 200 : 500).send(publicImage(image));
     const text = image.result && 'label' in image.result ? `${stem(image.name)}:${image.result.label}` : `${stem(image.name)}:error: ${image.result && 'error' in image.result ? image.result.error : 'unknown'}`;
@@ -281,7 +286,13 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     return serveUi(request.params.file, reply);
   });
 
-  return { app, hub, status, drain: () => { draining = true; } };
+  return {
+    app,
+    hub,
+    status,
+    drain: () => { draining = true; },
+    cancelWaits: () => closing.abort(),
+  };
 }
 
 function digest(key: string): Buffer {
