@@ -115,5 +115,11 @@ export const batchManifestSchema = z.object({
   batchId: z.string(),
   createdAt: z.number(),
   images: z.array(z.object({ imageId: z.string(), name: z.string(), key: z.string(), size: z.number(), contentType: z.string() })),
+  /**
+   * False from the moment the manifest is stored until every launch message of the upload
+   * has been sent; a web tier that finds it false sends the launch messages again. Absent
+   * in manifests written before the flag existed, which count as launched.
+   */
+  launched: z.boolean().optional(),
 });
 export type BatchManifest = z.infer<typeof batchManifestSchema>;

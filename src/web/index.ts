@@ -4,6 +4,7 @@ import { every, type Loop } from '../controller/loop.js';
 import { projectRoot, type Runtime } from '../runtime.js';
 import { outputTick, ResultsIndex } from './results.js';
 import { createWebServer, type WebServer } from './server.js';
+import { relaunch } from './upload.js';
 
 export interface WebTier {
   server: WebServer;
@@ -21,6 +22,11 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
   const index = new ResultsIndex(runtime.store, config.inputBucket, config.outputBucket);
   const loaded = await index.load();
   if (loaded.images > 0) log(`loaded ${loaded.images} images in ${loaded.batches} batches (${loaded.results} with results) from the buckets`);
+  for (const pending of loaded.unlaunched) {
+    // Before listening, so no upload of this process can be mistaken for an interrupted one.
+    const sent = await relaunch(pending, { store: runtime.store, inputBucket: config.inputBucket, launchQueue: runtime.queues.launch, index });
+    log(`an upload to batch ${pending.manifest.batchId} was interrupted before all its images were queued: queued ${sent} again`);
+  }
   const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log });
   const output: Loop = every(0, async (signal) => {
     await outputTick(index, runtime.queues.output, 1, signal, log);

@@ -59,14 +59,20 @@ export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
     this.setMaxListeners(0);
   }
 
-  /** Rebuilds the index from the buckets. */
-  async load(): Promise<{ batches: number; images: number; results: number }> {
+  /**
+   * Rebuilds the index from the buckets. Also returns the manifests whose upload may not
+   * have sent all its launch messages (see upload.ts).
+   */
+  async load(): Promise<{ batches: number; images: number; results: number; unlaunched: { manifestKey: string; manifest: BatchManifest }[] }> {
     let results = 0;
+    const unlaunched: { manifestKey: string; manifest: BatchManifest }[] = [];
     for await (const object of this.store.list(this.inputBucket, 'batches/')) {
       const stored = await this.store.get(this.inputBucket, object.key);
       if (!stored) continue;
       const parsed = batchManifestSchema.safeParse(safeJson(stored.body.toString('utf8')));
-      if (parsed.success) this.addManifest(parsed.data, false);
+      if (!parsed.success) continue;
+      this.addManifest(parsed.data, false);
+      if (parsed.data.launched === false) unlaunched.push({ manifestKey: object.key, manifest: parsed.data });
     }
     for await (const object of this.store.list(this.outputBucket, 'results/')) {
       const stored = await this.store.get(this.outputBucket, object.key);
@@ -77,7 +83,7 @@ export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
         if (!(error instanceof InvalidMessageError)) throw error;
       }
     }
-    return { batches: this.batches.size, images: this.images.size, results };
+    return { batches: this.batches.size, images: this.images.size, results, unlaunched };
   }
 
   addManifest(manifest: BatchManifest, announce = true): void {

@@ -3,6 +3,12 @@
  * arrives; launch messages are sent only once the whole request has been read, and if the
  * request fails midway everything it stored is deleted again, so a failed upload leaves
  * nothing behind and queues nothing.
+ *
+ * The manifest is stored before the launch messages are sent, marked `launched: false`
+ * until every one of them is out. If this process dies in between, the next web tier to
+ * start finds the mark and sends them again, instead of leaving the images queued forever
+ * with no message to carry them. A second launch message for an image is harmless: workers
+ * skip images that have a result, and the first final result wins.
  */
 import { randomBytes } from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
@@ -19,6 +25,12 @@ export interface UploadContext {
   launchQueue: Queue;
   index: ResultsIndex;
   limits: ImageLimits & { maxFiles: number };
+}
+
+/** A stored manifest whose launch messages may not all have been sent. */
+export interface PendingLaunch {
+  manifestKey: string;
+  manifest: BatchManifest;
 }
 
 export interface AcceptedImage {
@@ -54,7 +66,8 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
   const stored: string[] = [];
   const images: AcceptedImage[] = [];
   const rejected: { name: string; reason: string }[] = [];
-  const manifest: BatchManifest = { batchId, createdAt: Date.now(), images: [] };
+  const manifest: BatchManifest = { batchId, createdAt: Date.now(), images: [], launched: false };
+  const manifestKey = batchManifestKey(batchId, uploadId);
   let files = 0;
   try {
     const parts = request.parts({ limits: { fileSize: context.limits.maxFileBytes, files: maxFiles, fields: 100, parts: maxFiles + 100 } });
@@ -80,7 +93,6 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     }
     if (files === 0) throw new UploadError(400, 'the request holds no files: send images as multipart/form-data file parts');
     if (images.length > 0) {
-      const manifestKey = batchManifestKey(batchId, uploadId);
       await context.store.put(context.inputBucket, manifestKey, Buffer.from(JSON.stringify(manifest)), { contentType: 'application/json' });
       stored.push(manifestKey);
     }
@@ -104,7 +116,34 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     throw new UploadError(503, 'the images could not be queued; nothing was stored, try again', [], { cause: error });
   }
   context.index.addManifest(manifest);
+  await markLaunched({ manifestKey, manifest }, context.store, context.inputBucket).catch(() => {
+    // Every message is out; a mark that failed to land costs only a second launch message
+    // per unfinished image when the next web tier starts.
+  });
   return { batchId, images, rejected };
+}
+
+async function markLaunched(pending: PendingLaunch, store: ObjectStore, bucket: string): Promise<void> {
+  await store.put(bucket, pending.manifestKey, Buffer.from(JSON.stringify({ ...pending.manifest, launched: true })), { contentType: 'application/json' });
+}
+
+/**
+ * Finishes an upload whose process died between storing its manifest and sending its last
+ * launch message: sends one for each image that has no final result yet, then marks the
+ * manifest launched. Returns how many were sent.
+ */
+export async function relaunch(pending: PendingLaunch, context: Pick<UploadContext, 'store' | 'inputBucket' | 'launchQueue' | 'index'>): Promise<number> {
+  const queuedAt = Date.now();
+  const unfinished = pending.manifest.images.filter((image) => {
+    const status = context.index.image(image.imageId)?.status;
+    return status !== 'done' && status !== 'error';
+  });
+  await sendInChunks(unfinished.map((image) => {
+    const message: LaunchMessage = { type: 'launch', imageId: image.imageId, batchId: pending.manifest.batchId, name: image.name, key: image.key, attempt: 1, queuedAt };
+    return JSON.stringify(message);
+  }), context.launchQueue);
+  await markLaunched(pending, context.store, context.inputBucket);
+  return unfinished.length;
 }
 
 /**
