@@ -137,6 +137,10 @@ export class ProcessCompute implements Compute {
       } catch {
         try { process.kill(row.pid, 'SIGKILL'); } catch { /* already gone */ }
       }
+      // Marked stopped only once it is gone: a slot freed while the process still runs
+      // could let the launch controller start one more than the maximum.
+      const deadline = Date.now() + 5000;
+      while (isOurProcess(row.pid, id) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
     }
     this.markStopped(id);
   }
