@@ -110,7 +110,7 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
     const upload = await uploadForm(service.url, files);
     assert.equal(upload.status, 202);
     const victim = await waitFor('an instance to hold an image', async () => {
-      const status = (await (await fetch(`${service.url}/api/status`)).json()) as { instances: { id: string; state: string; imageId?: string }[] };
+      const status = (await (await fetch(`${service.url}/api/status?batch=${upload.body.batchId}`)).json()) as { instances: { id: string; state: string; imageId?: string }[] };
       return status.instances.find((instance) => instance.state === 'busy' && instance.imageId);
     }, { timeoutMs: 60_000, intervalMs: 20 });
     const pid = service.pidOf(victim.id);
