@@ -10,6 +10,7 @@ import {
   type LaunchMessage,
   type MonitorNotice,
   InvalidMessageError,
+  parseImageResult,
   parseMonitorNotice,
   resultKey,
 } from '../messages.js';
@@ -66,10 +67,27 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
     return 'finished';
   }
   const hasResult = async () => (await options.store.head(options.outputBucket, resultKey(notice.imageId))) !== null;
-  if (await hasResult()) {
+  /**
+   * The instance stores the result, then announces it on the output queue. An instance that
+   * dies between the two leaves a result nobody is told about: the web tier would show the
+   * image unfinished until it next restarts and reads the bucket. The monitor cannot tell
+   * whether the announcement went out, so it sends it again before it lets go of the
+   * notice; the output phase records the first and ignores the other.
+   */
+  const finish = async () => {
+    const stored = await options.store.get(options.outputBucket, resultKey(notice.imageId));
+    if (stored) {
+      try {
+        await queues.output.send(JSON.stringify({ type: 'result', result: parseImageResult(stored.body.toString('utf8')) }));
+      } catch (error) {
+        if (!(error instanceof InvalidMessageError)) throw error;
+        log(`${notice.imageId}: the stored result is not valid (${error.message}); not announced again`);
+      }
+    }
     await queues.monitor.delete(message.receiptHandle);
-    return 'finished';
-  }
+    return 'finished' as const;
+  };
+  if (await hasResult()) return finish();
   const ageSeconds = (Date.now() - notice.startedAt) / 1000;
   const instanceGone = !alive.has(notice.instanceId);
   if (ageSeconds < options.deadlineSeconds && !instanceGone) {
@@ -89,10 +107,7 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
     }
   }
   // Checked again after the instance is gone: a result written just before the kill counts.
-  if (await hasResult()) {
-    await queues.monitor.delete(message.receiptHandle);
-    return 'finished';
-  }
+  if (await hasResult()) return finish();
   if (notice.attempt >= options.maxAttempts) {
     const result: ImageResult = {
       status: 'error',

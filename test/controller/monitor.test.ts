@@ -7,7 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ProcessCompute } from '../../src/compute/process.js';
 import { monitorTick, type MonitorOptions } from '../../src/controller/monitor.js';
-import { parseImageResult, parseLaunchMessage, parseOutputMessage, resultKey, type MonitorNotice } from '../../src/messages.js';
+import { parseImageResult, parseLaunchMessage, parseOutputMessage, resultKey, type ImageResult, type MonitorNotice } from '../../src/messages.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { FsObjectStore } from '../../src/storage/fs.js';
 import { drainQueue as drain, makeTempDir, waitFor } from '../helpers.js';
@@ -108,5 +108,17 @@ describe('monitor controller', async () => {
     assert.ok(stored.status === 'error' && stored.attempts === 3 && /after 3 attempts/.test(stored.error), JSON.stringify(stored));
     const [announced] = (await drain(options.queues.output)).map(parseOutputMessage);
     assert.equal(announced?.type, 'result');
+  });
+
+  it('announces a stored result again, since its instance may have died before announcing it', async () => {
+    const instance = await startInstance();
+    await notify(instance, 1);
+    const result: ImageResult = { status: 'ok', imageId: 'img', batchId: 'b', name: 'img.jpg', attempts: 1, instanceId: instance, label: 'tench', probability: 0.5, top5: [], durationMs: 1, finishedAt: Date.now() };
+    await options.store.put('out-bucket', resultKey('img'), Buffer.from(JSON.stringify(result)));
+    await compute.terminate(instance);
+    await settle();
+    const announced = (await drain(options.queues.output)).map(parseOutputMessage);
+    assert.deepEqual(announced, [{ type: 'result', result }]);
+    assert.deepEqual(await drain(options.queues.launch), [], 'an image with a result is not retried');
   });
 });
