@@ -1,0 +1,34 @@
+/**
+ * A short chaos run inside the test suite (the long one is `npm run chaos`): 80 images by
+ * 10 concurrent clients into the embedded service run as separate processes, while a
+ * random worker is killed every second and the web tier and the controllers are each
+ * killed and restarted once. See bench/chaos.ts for what is checked.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { formatReport, runChaos } from '../../bench/chaos.js';
+
+describe('chaos', () => {
+  it('keeps every invariant while instances, the web tier and the controllers are killed', async (t) => {
+    const report = await runChaos({
+      images: 80,
+      clients: 10,
+      durationSeconds: 20,
+      maxInstances: 6,
+      killEveryMs: 1000,
+      // Room for one 30 s launch-visibility wait: an instance killed between receiving an
+      // image and telling the monitor leaves that image hidden for that long.
+      timeoutSeconds: 75,
+    });
+    for (const line of formatReport(report).split('\n')) t.diagnostic(line);
+    assert.deepEqual(report.failures, [], formatReport(report));
+    assert.equal(report.accepted, 80);
+    assert.equal(report.final, 80);
+    assert.equal(report.stream.shownTwice, 0);
+    assert.ok(report.instances.peakRegistry <= 6 && report.instances.peakStatus <= 6 && report.instances.peakProcesses <= 6);
+    assert.ok(report.killed.workers >= 10, `${report.killed.workers} workers killed`);
+    assert.equal(report.killed.web, 1);
+    assert.equal(report.killed.controllers, 1);
+    assert.ok(report.stream.resets >= 1, 'the clients went through a web-tier restart');
+  });
+});
