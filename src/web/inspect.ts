@@ -87,8 +87,9 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u20
 const MAX_NAME_CHARS = 255;
 
 /**
- * A file name for display: control and bidirectional characters removed, backslashes as slashes, at most
- * 255 characters with the extension kept. Names are never used as paths or keys.
+ * A file name for display: control and bidirectional characters removed, backslashes as
+ * slashes, at most 255 characters with the extension kept. Names are never used as paths
+ * or keys.
  */
 export function displayName(raw: string | undefined): string {
   let name = (raw ?? '').normalize('NFC').replace(CONTROL, '').replace(/\\/g, '/').trim();
