@@ -53,7 +53,7 @@ const options = {
   ec2SecurityGroupIds: { flag: 'ec2-security-groups', env: 'ICAAS_EC2_SECURITY_GROUPS', kind: 'list', default: [], help: 'comma-separated security group ids for workers' },
   ec2InstanceProfile: { flag: 'ec2-instance-profile', env: 'ICAAS_EC2_INSTANCE_PROFILE', kind: 'string', default: '', help: 'IAM instance profile name for workers' },
   apiKeys: { flag: 'api-keys', env: 'ICAAS_API_KEYS', kind: 'list', default: [], help: 'comma-separated API keys; when set, the API requires one' },
-  maxQueued: { flag: 'max-queued', env: 'ICAAS_MAX_QUEUED', kind: 'integer', default: 100_000, min: 1, help: 'launch-queue depth above which uploads get 429' },
+  maxQueued: { flag: 'max-queued', env: 'ICAAS_MAX_QUEUED', kind: 'integer', default: 100_000, min: 1, help: 'launch-queue depth at which uploads get 429 with Retry-After' },
 } as const satisfies Record<string, OptionSpec>;
 
 type Options = typeof options;
