@@ -10,10 +10,10 @@ import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { loadConfig } from '../../src/config.js';
 import { resultKey, type ImageResult } from '../../src/messages.js';
-import { openRuntime, type Runtime } from '../../src/runtime.js';
-import { startWebTier, type WebTier } from '../../src/web/index.js';
+import type { Runtime } from '../../src/runtime.js';
+import type { WebTier } from '../../src/web/index.js';
+import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 import { cliPath, drainQueue, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
 
 const KEYS = ['first-key-0123456789', 'second-key-abcdefghij'];
@@ -64,15 +64,13 @@ describe('access control and exposure', async () => {
   const tench = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
   const bearer = { authorization: `Bearer ${KEYS[1]}` };
 
+  let tier: InProcessWebTier | undefined;
   before(async () => {
-    const { config } = loadConfig({ argv: ['--host', '127.0.0.1', '--port', '0', '--data', temp.dir, '--api-keys', KEYS.join(',')], env: {} });
-    runtime = await openRuntime(config);
-    web = await startWebTier(runtime, () => {});
-    url = web.url;
+    tier = await startInProcessWebTier(temp.dir, ['--api-keys', KEYS.join(',')]);
+    ({ runtime, web, url } = tier);
   });
   after(async () => {
-    await web?.stop();
-    await runtime?.close();
+    await tier?.stop();
     await temp.cleanup();
   });
 

@@ -6,10 +6,10 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadConfig } from '../../src/config.js';
 import { parseLaunchMessage, resultKey, type ImageResult } from '../../src/messages.js';
-import { openRuntime, type Runtime } from '../../src/runtime.js';
-import { startWebTier, type WebTier } from '../../src/web/index.js';
+import type { Runtime } from '../../src/runtime.js';
+import type { WebTier } from '../../src/web/index.js';
+import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 import { drainQueue, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
 
 describe('HTTP API', async () => {
@@ -19,15 +19,13 @@ describe('HTTP API', async () => {
   let url: string;
   const tench = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
 
+  let tier: InProcessWebTier | undefined;
   before(async () => {
-    const { config } = loadConfig({ argv: ['--host', '127.0.0.1', '--port', '0', '--data', temp.dir, '--max-files', '5', '--max-file-bytes', String(tench.length + 10)], env: {} });
-    runtime = await openRuntime(config);
-    web = await startWebTier(runtime, () => {});
-    url = web.url;
+    tier = await startInProcessWebTier(temp.dir, ['--max-files', '5', '--max-file-bytes', String(tench.length + 10)]);
+    ({ runtime, web, url } = tier);
   });
   after(async () => {
-    await web.stop();
-    await runtime.close();
+    await tier?.stop();
     await temp.cleanup();
   });
 

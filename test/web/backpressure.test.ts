@@ -7,9 +7,9 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { loadConfig } from '../../src/config.js';
-import { openRuntime, type Runtime } from '../../src/runtime.js';
-import { startWebTier, type WebTier } from '../../src/web/index.js';
+import type { Runtime } from '../../src/runtime.js';
+import type { WebTier } from '../../src/web/index.js';
+import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 import { drainQueue, makeTempDir, sharedImagesDir } from '../helpers.js';
 
 const MAX_QUEUED = 4;
@@ -22,18 +22,13 @@ describe('back-pressure', async () => {
   let url: string;
   const tench = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
 
+  let tier: InProcessWebTier | undefined;
   before(async () => {
-    const { config } = loadConfig({
-      argv: ['--host', '127.0.0.1', '--port', '0', '--data', temp.dir, '--max-queued', String(MAX_QUEUED), '--max-files', String(MAX_FILES), '--max-instances', '2'],
-      env: {},
-    });
-    runtime = await openRuntime(config);
-    web = await startWebTier(runtime, () => {});
-    url = web.url;
+    tier = await startInProcessWebTier(temp.dir, ['--max-queued', String(MAX_QUEUED), '--max-files', String(MAX_FILES), '--max-instances', '2']);
+    ({ runtime, web, url } = tier);
   });
   after(async () => {
-    await web?.stop();
-    await runtime?.close();
+    await tier?.stop();
     await temp.cleanup();
   });
 

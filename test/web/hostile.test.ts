@@ -10,10 +10,10 @@ import net from 'node:net';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
-import { loadConfig } from '../../src/config.js';
 import { inputKey } from '../../src/messages.js';
-import { openRuntime, type Runtime } from '../../src/runtime.js';
-import { startWebTier, type WebTier } from '../../src/web/index.js';
+import type { Runtime } from '../../src/runtime.js';
+import type { WebTier } from '../../src/web/index.js';
+import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 import { drainQueue, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
 
 const MAX_FILE_BYTES = 1024 * 1024;
@@ -57,18 +57,13 @@ describe('hostile uploads', async () => {
   const tench = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
   const brambling = await readFile(path.join(sharedImagesDir, 'n01530575_brambling.JPEG'));
 
+  let tier: InProcessWebTier | undefined;
   before(async () => {
-    const { config } = loadConfig({
-      argv: ['--host', '127.0.0.1', '--port', '0', '--data', temp.dir, '--max-files', String(MAX_FILES), '--max-file-bytes', String(MAX_FILE_BYTES), '--max-pixels', String(MAX_PIXELS)],
-      env: {},
-    });
-    runtime = await openRuntime(config);
-    web = await startWebTier(runtime, () => {});
-    url = web.url;
+    tier = await startInProcessWebTier(temp.dir, ['--max-files', String(MAX_FILES), '--max-file-bytes', String(MAX_FILE_BYTES), '--max-pixels', String(MAX_PIXELS)]);
+    ({ runtime, web, url } = tier);
   });
   after(async () => {
-    await web?.stop();
-    await runtime?.close();
+    await tier?.stop();
     await temp.cleanup();
   });
 
