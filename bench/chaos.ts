@@ -22,7 +22,7 @@ import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
 import { parseImageResult, resultKey } from '../src/messages.js';
 import { FsObjectStore } from '../src/storage/fs.js';
-import { cliPath, makeTempDir, sharedImagesDir } from '../test/helpers.js';
+import { cliPath, makeTempDir, serverSentEvents, sharedImagesDir } from '../test/helpers.js';
 
 export interface ChaosOptions {
   images: number;
@@ -221,28 +221,14 @@ function followBatch(url: () => string, batchId: string): Follower {
           signal: controller.signal,
         });
         if (!response.ok || !response.body) throw new Error(`events: ${response.status}`);
-        const decoder = new TextDecoder();
-        let buffer = '';
-        for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-          buffer += decoder.decode(chunk, { stream: true });
-          let end: number;
-          while ((end = buffer.indexOf('\n\n')) >= 0) {
-            const frame = buffer.slice(0, end);
-            buffer = buffer.slice(end + 2);
-            let event = 'message';
-            let data = '';
-            for (const line of frame.split('\n')) {
-              if (line.startsWith('id: ')) lastEventId = line.slice(4);
-              else if (line.startsWith('event: ')) event = line.slice(7);
-              else if (line.startsWith('data: ')) data += line.slice(6);
-            }
-            if (event === 'image') {
-              const image = JSON.parse(data) as { id: string; status: string };
-              if (image.status === 'done' || image.status === 'error') onStream.set(image.id, (onStream.get(image.id) ?? 0) + 1);
-            } else if (event === 'reset') {
-              follower.resets++;
-              await reload();
-            }
+        for await (const { id, event, data } of serverSentEvents(response.body)) {
+          if (id !== undefined) lastEventId = id;
+          if (event === 'image') {
+            const image = JSON.parse(data) as { id: string; status: string };
+            if (image.status === 'done' || image.status === 'error') onStream.set(image.id, (onStream.get(image.id) ?? 0) + 1);
+          } else if (event === 'reset') {
+            follower.resets++;
+            await reload();
           }
         }
       } catch {

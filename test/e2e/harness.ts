@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { cliPath, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
+import { cliPath, makeTempDir, serverSentEvents, sharedImagesDir, waitFor } from '../helpers.js';
 
 export interface ServiceOptions {
   maxInstances?: number;
@@ -191,20 +191,10 @@ export function followEvents(url: string, batchId: string): { finals: Map<string
   void (async () => {
     try {
       const response = await fetch(`${url}/api/events?batch=${batchId}`, { signal: controller.signal });
-      const decoder = new TextDecoder();
-      let buffer = '';
-      for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-        buffer += decoder.decode(chunk, { stream: true });
-        let end: number;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const frame = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          if (!frame.includes('event: image')) continue;
-          const data = frame.split('\n').find((line) => line.startsWith('data: '));
-          if (!data) continue;
-          const image = JSON.parse(data.slice(6)) as { id: string; status: string };
-          if (image.status === 'done' || image.status === 'error') finals.set(image.id, (finals.get(image.id) ?? 0) + 1);
-        }
+      for await (const { event, data } of serverSentEvents(response.body!)) {
+        if (event !== 'image') continue;
+        const image = JSON.parse(data) as { id: string; status: string };
+        if (image.status === 'done' || image.status === 'error') finals.set(image.id, (finals.get(image.id) ?? 0) + 1);
       }
     } catch {
       // Aborted at the end of the test.
