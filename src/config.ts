@@ -171,7 +171,7 @@ export function loadConfig(input: LoadConfigInput = {}, commandFlags: readonly s
       const next = argv[i + 1];
       extraFlags[name] = inline ?? (next !== undefined && !next.startsWith('--') ? (i++, next) : true);
     } else {
-      throw new ConfigError(`unknown option --${name} (see --help)`);
+      throw new ConfigError(`unknown option --${name}`);
     }
   }
 
