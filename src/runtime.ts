@@ -99,7 +99,7 @@ async function openCompute(config: Config): Promise<Compute> {
     registryPath: path.join(config.data, 'instances.db'),
     maxInstances: config.maxInstances,
     workerCommand: { script: cliScript, args: ['worker'] },
-    workerEnv: { ...workerEnv(config), ...awsEnvForLocalWorkers(config), ...testFaultEnv() },
+    workerEnv: withoutEmpty({ ...workerEnv(config), ...awsEnvForLocalWorkers(config), ...testFaultEnv() }),
     logDir: path.join(config.data, 'logs'),
   });
 }
@@ -132,9 +132,19 @@ export function awsEnvForLocalWorkers(config: Config, env: NodeJS.ProcessEnv = p
     const value = env[name];
     if (value) passed[name] = value;
   }
-  // The configured region (--region) wins over the environment's, as it does here.
-  if (config.region) passed.AWS_REGION = config.region;
+  // The region as this process resolves it (the SQS adapter falls back to
+  // AWS_DEFAULT_REGION; the SDK itself reads only AWS_REGION).
+  const region = config.region || env.AWS_REGION || env.AWS_DEFAULT_REGION;
+  if (region) passed.AWS_REGION = region;
   return passed;
+}
+
+/**
+ * An unset option is an empty variable in configToEnv; the configuration reads that as
+ * unset, but the AWS SDK takes an empty AWS_REGION for a region and fails on it.
+ */
+function withoutEmpty(env: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ''));
 }
 
 /** Fault-injection switches pass through to workers only when a test set them. */

@@ -158,7 +158,7 @@ export class ProcessCompute implements Compute {
       .run({ id, state: report.state, now: Date.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
   }
 
-  /** The last lines of the worker's log, without stack frames, which say little to a user. */
+  /** The last lines of the worker's log, without stack frames and help hints, which say little to a user. */
   async startFailure(id: string): Promise<string | undefined> {
     if (!this.options.logDir || !/^i-[0-9a-f]+$/.test(id)) return undefined;
     let text: string;
@@ -175,7 +175,7 @@ export class ProcessCompute implements Compute {
     } catch {
       return undefined;
     }
-    const lines = text.split('\n').map((line) => line.trimEnd()).filter((line) => line.trim() !== '' && !/^\s+at /.test(line) && !/^\s*\}?\s*$/.test(line));
+    const lines = text.split('\n').map((line) => line.trimEnd()).filter(saysWhy);
     return lines.length > 0 ? lines.slice(-LOG_TAIL_LINES).join('\n') : undefined;
   }
 
@@ -238,6 +238,11 @@ export class ProcessCompute implements Compute {
       // Log pruning is housekeeping; a race with another process pruning is harmless.
     }
   }
+}
+
+/** Log lines worth showing a user: not blank, not stack frames, not the help hint. */
+function saysWhy(line: string): boolean {
+  return !/^\s*\}?$/.test(line) && !/^\s+at /.test(line) && !/^run icaas .*--help/.test(line);
 }
 
 /**

@@ -59,7 +59,14 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
 
   const health = (): LoopHealth[] => [launch.health(), monitor.health(), workers.health()];
   // The web tier may be another process: it learns the controllers' health from the bucket.
+  let bucketReady = config.store !== 'fs';
   publisher = every({ name: 'controller health report', intervalMs: CONTROLLER_HEALTH_EVERY_MS, log }, async () => {
+    // A fresh data folder has no bucket folders until the web tier starts; an S3 bucket
+    // comes from provisioning and is never created here.
+    if (!bucketReady) {
+      await runtime.store.ensureBucket(config.outputBucket);
+      bucketReady = true;
+    }
     const report: ControllerHealth = { writtenAt: Date.now(), loops: health() };
     await runtime.store.put(config.outputBucket, CONTROLLER_HEALTH_KEY, Buffer.from(JSON.stringify(report)), { contentType: 'application/json' });
   });
@@ -75,7 +82,7 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
 
 function reportStartFailures(workers: FailureLog, state: StartFailureState): void {
   if (state.failing && state.reason) workers.failed(new Error(state.reason), 'start failure');
-  else workers.succeeded();
+  else workers.succeeded('working again: an instance took an image after failures at start');
 }
 
 /** The monitor queue, telling `onInstance` which instance each received notice names. */

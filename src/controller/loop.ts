@@ -65,7 +65,7 @@ export class FailureLog {
     if (!kind) {
       kind = { detail, problem, unlogged: 0 };
       this.kinds.set(kindKey, kind);
-      this.log(`${this.name}: ${problem === detail ? detail : `${problem} (${detail})`}`);
+      this.log(`${this.name}: ${problem.includes(detail) ? problem : `${problem} (${detail})`}`);
     } else {
       kind.unlogged++;
       kind.detail = detail;
@@ -76,12 +76,12 @@ export class FailureLog {
     if (changed) this.onChange(this.health());
   }
 
-  /** Records a pass that worked; logs the recovery when it ends a run of failures. */
-  succeeded(): void {
+  /** Records a pass that worked; logs the recovery (or `how`) when it ends a run of failures. */
+  succeeded(how?: string): void {
     if (this.since === undefined) return;
     const now = Date.now();
     this.summarise(now, '');
-    this.log(`${this.name}: working again after ${this.failuresInRun} failed ${this.failuresInRun === 1 ? 'attempt' : 'attempts'} in ${seconds(now - this.since)}`);
+    this.log(`${this.name}: ${how ?? `working again after ${this.failuresInRun} failed ${this.failuresInRun === 1 ? 'attempt' : 'attempts'}`} in ${seconds(now - this.since)}`);
     this.since = undefined;
     this.failuresInRun = 0;
     this.kinds.clear();
