@@ -60,14 +60,31 @@ async function main(argv: string[]): Promise<number> {
   }
   const command = COMMANDS[name];
   if (!command) {
-    process.stderr.write(`icaas: unknown command "${name}"\n\n${usage()}\n`);
+    process.stderr.write(`icaas: unknown command "${name}"\nrun icaas --help for the commands\n`);
     return 2;
   }
   if (rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(`${commandHelp(name)}\n`);
     return 0;
   }
-  const { config, positionals, extraFlags } = loadConfig({ argv: rest }, command.flags ?? []);
+  try {
+    return await runCommand(name, command, rest);
+  } catch (error) {
+    if (!isUsageError(error)) throw error;
+    // The user can fix this from the message alone: no stack trace.
+    process.stderr.write(`icaas ${name}: ${(error as Error).message}\nrun icaas ${name} --help for its options\n`);
+    return 2;
+  }
+}
+
+/** Errors in what the user asked for or configured, as opposed to faults of the program. */
+function isUsageError(error: unknown): boolean {
+  return error instanceof ConfigError || (error as Error | undefined)?.name === 'ModelNotFoundError';
+}
+
+async function runCommand(name: string, command: (typeof COMMANDS)[string], argv: string[]): Promise<number> {
+  const { config, positionals, extraFlags } = loadConfig({ argv }, command.flags ?? []);
+  if (name !== 'classify' && name !== 'aws' && positionals.length > 0) throw new ConfigError(`unexpected argument "${positionals[0]}"`);
   switch (name) {
     case 'start':
       return runServices(config, { web: true, controllers: true });
@@ -77,8 +94,9 @@ async function main(argv: string[]): Promise<number> {
       return runServices(config, { web: false, controllers: true });
     case 'worker': {
       const { workerMain } = await import('./worker/main.js');
-      const id = typeof extraFlags['instance-id'] === 'string' ? extraFlags['instance-id'] : undefined;
-      return workerMain(config, id, makeLogger());
+      const flag = extraFlags['instance-id'];
+      if (typeof flag === 'boolean') throw new ConfigError('--instance-id needs a value');
+      return workerMain(config, flag, makeLogger());
     }
     case 'classify': {
       const { classifyCommand } = await import('./client.js');
@@ -94,10 +112,8 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'aws': {
       const sub = positionals[0];
-      if (sub !== 'provision' && sub !== 'teardown') {
-        process.stderr.write(`icaas aws: expected "provision" or "teardown"\n\n${commandHelp('aws')}\n`);
-        return 2;
-      }
+      if (sub !== 'provision' && sub !== 'teardown') throw new ConfigError(sub === undefined ? 'expected "provision" or "teardown"' : `expected "provision" or "teardown", got "${sub}"`);
+      if (positionals.length > 1) throw new ConfigError(`unexpected argument "${positionals[1]}"`);
       const { runAwsCommand } = await import('./aws/index.js');
       return runAwsCommand(sub, { config, dryRun: extraFlags['dry-run'] === true, force: extraFlags.force === true }, makeLogger());
     }
@@ -170,8 +186,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    if (error instanceof ConfigError) process.stderr.write(`icaas: ${error.message}\n`);
-    else process.stderr.write(`icaas: ${(error as Error)?.stack ?? String(error)}\n`);
+    process.stderr.write(`icaas: ${(error as Error)?.stack ?? String(error)}\n`);
     process.exitCode = 1;
   },
 );

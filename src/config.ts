@@ -29,6 +29,8 @@ const options = {
   idleWaitSeconds: { flag: 'idle-wait', env: 'ICAAS_IDLE_WAIT', kind: 'number', default: 5, min: 0, max: 20, help: 'seconds a worker long-polls for work before it stops itself' },
   deadlineSeconds: { flag: 'deadline', env: 'ICAAS_DEADLINE', kind: 'number', default: 30, min: 1, max: 43200, help: 'seconds an instance may hold one image before it counts as hung' },
   maxAttempts: { flag: 'max-attempts', env: 'ICAAS_MAX_ATTEMPTS', kind: 'integer', default: 3, min: 1, max: 100, help: 'attempts per image before it ends as an error' },
+  startFailures: { flag: 'start-failures', env: 'ICAAS_START_FAILURES', kind: 'integer', default: 3, min: 1, max: 1000, help: 'worker instances in a row that stop without taking an image before new starts are held back' },
+  startFailureTimeoutSeconds: { flag: 'start-failure-timeout', env: 'ICAAS_START_FAILURE_TIMEOUT', kind: 'number', default: 120, min: 1, max: 86400, help: 'seconds workers may keep failing at start before waiting images end as errors' },
   launchIntervalMs: { flag: 'launch-interval', env: 'ICAAS_LAUNCH_INTERVAL_MS', kind: 'integer', default: 500, min: 50, max: 60000, help: 'milliseconds between launch-controller ticks' },
   monitorCheckSeconds: { flag: 'monitor-check', env: 'ICAAS_MONITOR_CHECK', kind: 'number', default: 2, min: 0.1, max: 900, help: 'seconds between the monitor\'s checks of one image' },
   maxFileBytes: { flag: 'max-file-bytes', env: 'ICAAS_MAX_FILE_BYTES', kind: 'integer', default: 20 * 1024 * 1024, min: 1, help: 'largest accepted image file, in bytes' },
@@ -169,7 +171,7 @@ export function loadConfig(input: LoadConfigInput = {}, commandFlags: readonly s
       const next = argv[i + 1];
       extraFlags[name] = inline ?? (next !== undefined && !next.startsWith('--') ? (i++, next) : true);
     } else {
-      throw new ConfigError(`unknown option --${name} (see --help)`);
+      throw new ConfigError(`unknown option --${name}`);
     }
   }
 
@@ -178,8 +180,14 @@ export function loadConfig(input: LoadConfigInput = {}, commandFlags: readonly s
   const candidate = configPath ? path.resolve(cwd, configPath) : path.resolve(cwd, 'icaas.config.json');
   if (configPath && !existsSync(candidate)) throw new ConfigError(`config file ${candidate} does not exist`);
   if (existsSync(candidate)) {
+    let text: string;
     try {
-      fromFile = JSON.parse(readFileSync(candidate, 'utf8')) as Record<string, unknown>;
+      text = readFileSync(candidate, 'utf8');
+    } catch (error) {
+      throw new ConfigError(`config file ${candidate} cannot be read: ${(error as Error).message}`);
+    }
+    try {
+      fromFile = JSON.parse(text) as Record<string, unknown>;
     } catch (error) {
       throw new ConfigError(`config file ${candidate} is not valid JSON: ${(error as Error).message}`);
     }

@@ -99,7 +99,7 @@ async function openCompute(config: Config): Promise<Compute> {
     registryPath: path.join(config.data, 'instances.db'),
     maxInstances: config.maxInstances,
     workerCommand: { script: cliScript, args: ['worker'] },
-    workerEnv: { ...workerEnv(config), ...testFaultEnv() },
+    workerEnv: withoutEmpty({ ...workerEnv(config), ...awsEnvForLocalWorkers(config), ...testFaultEnv() }),
     logDir: path.join(config.data, 'logs'),
   });
 }
@@ -107,6 +107,44 @@ async function openCompute(config: Config): Promise<Compute> {
 /** The configuration a worker needs, as environment variables. */
 export function workerEnv(config: Config): Record<string, string> {
   return configToEnv(config);
+}
+
+/**
+ * What the AWS SDK in a local worker needs to reach S3 or SQS as this process does:
+ * credentials (static, profile, container or web identity), region and the SDK's own
+ * endpoint settings. Local workers run as this user on this machine, so passing them on
+ * exposes nothing new; EC2 workers never get them (they use their instance role).
+ */
+export const AWS_WORKER_VARIABLES = [
+  'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_CREDENTIAL_EXPIRATION',
+  'AWS_PROFILE', 'AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE',
+  'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI', 'AWS_CONTAINER_CREDENTIALS_FULL_URI', 'AWS_CONTAINER_AUTHORIZATION_TOKEN', 'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE',
+  'AWS_WEB_IDENTITY_TOKEN_FILE', 'AWS_ROLE_ARN', 'AWS_ROLE_SESSION_NAME', 'AWS_STS_REGIONAL_ENDPOINTS',
+  'AWS_EC2_METADATA_DISABLED', 'AWS_EC2_METADATA_SERVICE_ENDPOINT', 'AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE',
+  'AWS_ENDPOINT_URL', 'AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL_SQS', 'AWS_USE_FIPS_ENDPOINT', 'AWS_USE_DUALSTACK_ENDPOINT', 'AWS_CA_BUNDLE',
+] as const;
+
+/** The AWS variables of this process, for local workers of a configuration that uses S3 or SQS. */
+export function awsEnvForLocalWorkers(config: Config, env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  if (config.store !== 's3' && config.queue !== 'sqs') return {};
+  const passed: Record<string, string> = {};
+  for (const name of AWS_WORKER_VARIABLES) {
+    const value = env[name];
+    if (value) passed[name] = value;
+  }
+  // The region as this process resolves it (the SQS adapter falls back to
+  // AWS_DEFAULT_REGION; the SDK itself reads only AWS_REGION).
+  const region = config.region || env.AWS_REGION || env.AWS_DEFAULT_REGION;
+  if (region) passed.AWS_REGION = region;
+  return passed;
+}
+
+/**
+ * An unset option is an empty variable in configToEnv; the configuration reads that as
+ * unset, but the AWS SDK takes an empty AWS_REGION for a region and fails on it.
+ */
+function withoutEmpty(env: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(env).filter(([, value]) => value !== ''));
 }
 
 /** Fault-injection switches pass through to workers only when a test set them. */

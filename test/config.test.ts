@@ -55,6 +55,21 @@ describe('configuration', async () => {
     assert.equal(loadConfig({ argv: ['--store', 's3'], env: {}, cwd: temp.dir }).config.store, 's3');
   });
 
+  it('holds back failing workers after 3 in a row and ends waiting images after 120 s by default', () => {
+    const { config } = loadConfig({ argv: [], env: {}, cwd: temp.dir });
+    assert.equal(config.startFailures, 3);
+    assert.equal(config.startFailureTimeoutSeconds, 120);
+    const set = loadConfig({ argv: ['--start-failure-timeout', '30'], env: { ICAAS_START_FAILURES: '5' }, cwd: temp.dir }).config;
+    assert.deepEqual([set.startFailures, set.startFailureTimeoutSeconds], [5, 30]);
+    assert.throws(() => loadConfig({ argv: ['--start-failures', '0'], env: {}, cwd: temp.dir }), /at least 1/);
+  });
+
+  it('says a config file cannot be read rather than calling it invalid JSON', async () => {
+    const folder = path.join(temp.dir, 'a-folder.json');
+    await import('node:fs/promises').then((fs) => fs.mkdir(folder));
+    assert.throws(() => loadConfig({ argv: ['--config', folder], env: {}, cwd: temp.dir }), (error: Error) => error instanceof ConfigError && /cannot be read/.test(error.message) && !/JSON/.test(error.message));
+  });
+
   it('rejects unknown keys in the config file', async () => {
     const file = path.join(temp.dir, 'typo.json');
     await writeFile(file, JSON.stringify({ maxInstance: 3 }));

@@ -235,6 +235,11 @@ export class Ec2Compute implements Compute {
     }
   }
 
+  /** EC2 keeps a worker's output in its console, which only the AWS API reads back. */
+  async startFailure(id: string): Promise<string | undefined> {
+    return `see the console output of instance ${id} (aws ec2 get-console-output --instance-id ${id})`;
+  }
+
   /** A no-op: see the module comment for why EC2 workers are not asked to report. */
   async report(_id: string, _report: InstanceReport): Promise<void> {}
 

@@ -7,6 +7,7 @@
  * (HttpTokens=required), so IMDSv1 is not even available on workers.
  */
 import { TerminateInstancesCommand, type EC2Client } from '@aws-sdk/client-ec2';
+import { backoffDelay, sleep } from '../backoff.js';
 
 export interface ImdsOptions {
   /** Default: AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254. */
@@ -52,7 +53,7 @@ async function request(url: string, init: RequestInit, options: ImdsOptions, wha
       if (error instanceof ImdsError) throw error;
       lastError = error;
     }
-    if (attempt < attempts) await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** (attempt - 1)));
+    if (attempt < attempts) await sleep(backoffDelay(attempt, { initialMs: 200, maxMs: 2_000 }));
   }
   const detail = lastError instanceof Error ? lastError.message : String(lastError);
   throw new ImdsError(

@@ -36,6 +36,11 @@ export interface Compute {
   terminate(id: string): Promise<void>;
   /** Records what an instance says about itself; a no-op where the platform tells us instead. */
   report(id: string, report: InstanceReport): Promise<void>;
+  /**
+   * Why a stopped instance stopped, in its own words where the adapter keeps them (the
+   * last lines of its log), or where to look; undefined when there is nothing to say.
+   */
+  startFailure?(id: string): Promise<string | undefined>;
   close(): Promise<void>;
 }
 

@@ -8,6 +8,7 @@ import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, openSync, closeSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import path from 'node:path';
 import type { Compute, InstanceInfo, InstanceReport, InstanceState } from './port.js';
 
@@ -38,6 +39,8 @@ interface Row {
 }
 
 const LOG_FILES_KEPT = 200;
+const LOG_TAIL_BYTES = 8192;
+const LOG_TAIL_LINES = 3;
 
 export class ProcessCompute implements Compute {
   readonly maxInstances: number;
@@ -155,6 +158,27 @@ export class ProcessCompute implements Compute {
       .run({ id, state: report.state, now: Date.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
   }
 
+  /** The last lines of the worker's log, without stack frames and help hints, which say little to a user. */
+  async startFailure(id: string): Promise<string | undefined> {
+    if (!this.options.logDir || !/^i-[0-9a-f]+$/.test(id)) return undefined;
+    let text: string;
+    try {
+      const file = await open(path.join(this.options.logDir, `${id}.log`), 'r');
+      try {
+        const { size } = await file.stat();
+        const length = Math.min(size, LOG_TAIL_BYTES);
+        const { buffer, bytesRead } = await file.read(Buffer.alloc(length), 0, length, size - length);
+        text = buffer.subarray(0, bytesRead).toString('utf8');
+      } finally {
+        await file.close();
+      }
+    } catch {
+      return undefined;
+    }
+    const lines = text.split('\n').map((line) => line.trimEnd()).filter(saysWhy);
+    return lines.length > 0 ? lines.slice(-LOG_TAIL_LINES).join('\n') : undefined;
+  }
+
   /**
    * Asks every running worker to finish the image it holds and exit (SIGTERM), then kills
    * those still running after the grace period.
@@ -214,6 +238,11 @@ export class ProcessCompute implements Compute {
       // Log pruning is housekeeping; a race with another process pruning is harmless.
     }
   }
+}
+
+/** Log lines worth showing a user: not blank, not stack frames, not the help hint. */
+function saysWhy(line: string): boolean {
+  return !/^\s*\}?$/.test(line) && !/^\s+at /.test(line) && !/^run icaas .*--help/.test(line);
 }
 
 /**

@@ -1,29 +1,51 @@
 /** The controllers as one long-running service: the launch loop and the monitor loop. */
+import { CONTROLLER_HEALTH_EVERY_MS, CONTROLLER_HEALTH_KEY, type ControllerHealth, type LoopHealth } from '../health.js';
+import { parseMonitorNotice } from '../messages.js';
+import type { Queue } from '../queue/port.js';
 import type { Runtime } from '../runtime.js';
-import { launchTick } from './launch.js';
-import { every, type Loop } from './loop.js';
+import { endWaitingImages, launchTick, StartFailures, type StartFailureState } from './launch.js';
+import { every, FailureLog, type Loop } from './loop.js';
 import { monitorTick } from './monitor.js';
 
 export interface Controllers {
+  /** The loops' health, as also published in the output bucket. */
+  health(): LoopHealth[];
   stop(): Promise<void>;
 }
 
 export function startControllers(runtime: Runtime, log: (line: string) => void): Controllers {
   const { config } = runtime;
+  let publisher: Loop | undefined;
+  const publish = () => publisher?.wake();
+
+  const workers = new FailureLog('workers', log, publish);
+  const startFailures = new StartFailures({
+    threshold: config.startFailures,
+    timeoutMs: config.startFailureTimeoutSeconds * 1000,
+    ...(runtime.compute.startFailure ? { explain: (id: string) => runtime.compute.startFailure!(id) } : {}),
+    onChange: (state) => reportStartFailures(workers, state),
+  });
+
   let lastLaunchLine = '';
-  const launch = every(config.launchIntervalMs, async () => {
-    const tick = await launchTick(runtime.queues.launch, runtime.compute);
+  const launch = every({ name: 'launch controller', intervalMs: config.launchIntervalMs, log, onHealthChange: publish }, async () => {
+    const tick = await launchTick(runtime.queues.launch, runtime.compute, startFailures);
     if (tick.started > 0) {
       const line = `launch: ${tick.visible} waiting, ${tick.starting} starting, ${tick.idle} idle, ${tick.busy} busy; started ${tick.started} (max ${tick.max})`;
       if (line !== lastLaunchLine) log(line);
       lastLaunchLine = line;
     }
-  }, (error) => log(`launch controller: ${(error as Error).message}`));
+    const { reason } = startFailures.state();
+    if (reason && startFailures.shouldEndWaiting()) {
+      const ended = await endWaitingImages({ launchQueue: runtime.queues.launch, outputQueue: runtime.queues.output, store: runtime.store, outputBucket: config.outputBucket, reason });
+      if (ended > 0) log(`launch controller: ended ${ended} waiting ${ended === 1 ? 'image' : 'images'} as errors, because ${reason}`);
+    }
+  });
 
   const monitorOptions = {
     store: runtime.store,
     outputBucket: config.outputBucket,
-    queues: runtime.queues,
+    // Each notice names the instance that took an image: proof that workers start fine.
+    queues: { ...runtime.queues, monitor: noticingInstances(runtime.queues.monitor, (id) => startFailures.tookImage(id)) },
     compute: runtime.compute,
     deadlineSeconds: config.deadlineSeconds,
     checkSeconds: config.monitorCheckSeconds,
@@ -31,14 +53,56 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
     log: (line: string) => log(`monitor: ${line}`),
   };
   // The monitor long-polls, so its loop needs no pause between ticks.
-  const monitor = every(0, async (signal) => {
+  const monitor = every({ name: 'monitor controller', intervalMs: 0, log, onHealthChange: publish }, async (signal) => {
     await monitorTick(monitorOptions, 1, signal);
-  }, (error) => log(`monitor controller: ${(error as Error).message}`));
+  });
 
-  const loops: Loop[] = [launch, monitor];
+  const health = (): LoopHealth[] => [launch.health(), monitor.health(), workers.health()];
+  // The web tier may be another process: it learns the controllers' health from the bucket.
+  let bucketReady = config.store !== 'fs';
+  publisher = every({ name: 'controller health report', intervalMs: CONTROLLER_HEALTH_EVERY_MS, log }, async () => {
+    // A fresh data folder has no bucket folders until the web tier starts; an S3 bucket
+    // comes from provisioning and is never created here.
+    if (!bucketReady) {
+      await runtime.store.ensureBucket(config.outputBucket);
+      bucketReady = true;
+    }
+    const report: ControllerHealth = { writtenAt: Date.now(), loops: health() };
+    await runtime.store.put(config.outputBucket, CONTROLLER_HEALTH_KEY, Buffer.from(JSON.stringify(report)), { contentType: 'application/json' });
+  });
+
+  const loops: Loop[] = [launch, monitor, publisher];
   return {
+    health,
     async stop() {
       await Promise.all(loops.map((loop) => loop.stop()));
     },
+  };
+}
+
+function reportStartFailures(workers: FailureLog, state: StartFailureState): void {
+  if (state.failing && state.reason) workers.failed(new Error(state.reason), 'start failure');
+  else workers.succeeded('working again: an instance took an image after failures at start');
+}
+
+/** The monitor queue, telling `onInstance` which instance each received notice names. */
+function noticingInstances(queue: Queue, onInstance: (id: string) => void): Queue {
+  return {
+    name: queue.name,
+    send: (body, options) => queue.send(body, options),
+    async receive(options) {
+      const messages = await queue.receive(options);
+      for (const message of messages) {
+        try {
+          onInstance(parseMonitorNotice(message.body).instanceId);
+        } catch {
+          // The monitor reports malformed notices itself.
+        }
+      }
+      return messages;
+    },
+    delete: (handle) => queue.delete(handle),
+    changeVisibility: (handle, seconds) => queue.changeVisibility(handle, seconds),
+    counts: () => queue.counts(),
   };
 }

@@ -1,34 +1,177 @@
 /**
- * Runs a tick function every interval until stopped, never overlapping ticks, and keeps
- * going after a failed tick (logging it) because controllers must outlive passing faults.
+ * The long-running loops of the service (launch and monitor controllers, the output phase,
+ * status broadcasts) and how they live with faults: a failed pass is retried after a wait
+ * that grows while the failure lasts, and the failure is logged once with a count instead
+ * of once per pass, because a fault that persists (queues missing, a full disk) would
+ * otherwise flood the log and the service it cannot reach.
  */
+import { Backoff, sleep, type BackoffOptions } from '../backoff.js';
+import { describeProblem, errorDetail, type LoopHealth } from '../health.js';
+
+/** Repeated failures are summarised in the log at most this often while they last. */
+const SUMMARY_EVERY_MS = 60_000;
+const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 500, maxMs: 15_000 };
+
+interface FailureKind {
+  detail: string;
+  problem: string;
+  /** Failures of this kind since it was last written to the log. */
+  unlogged: number;
+}
+
+/**
+ * Tracks one loop's run of failures: logs each kind of failure when it first appears,
+ * then a count at most once a minute, and one line when the loop works again.
+ */
+export class FailureLog {
+  private since: number | undefined;
+  private failuresInRun = 0;
+  private lastSummaryAt = 0;
+  private readonly kinds = new Map<string, FailureKind>();
+  private latest: FailureKind | undefined;
+
+  constructor(
+    readonly name: string,
+    private readonly log: (line: string) => void,
+    private readonly onChange: (health: LoopHealth) => void = () => {},
+  ) {}
+
+  get failing(): boolean {
+    return this.since !== undefined;
+  }
+
+  /** When the current run of failures began. */
+  get failingSince(): number | undefined {
+    return this.since;
+  }
+
+  /**
+   * Records a failure. `key` says which failures count as the same one; by default the
+   * message with its numbers left out, so ids and timings do not make each one new.
+   */
+  failed(error: unknown, key?: string): void {
+    const now = Date.now();
+    const detail = errorDetail(error);
+    const problem = describeProblem(error);
+    const kindKey = key ?? detail.replace(/\d+/g, '#');
+    const first = this.since === undefined;
+    if (first) {
+      this.since = now;
+      this.lastSummaryAt = now;
+    }
+    this.failuresInRun++;
+    let kind = this.kinds.get(kindKey);
+    const changed = first || kind === undefined || this.latest !== kind || kind.problem !== problem;
+    if (!kind) {
+      kind = { detail, problem, unlogged: 0 };
+      this.kinds.set(kindKey, kind);
+      this.log(`${this.name}: ${problem.includes(detail) ? problem : `${problem} (${detail})`}`);
+    } else {
+      kind.unlogged++;
+      kind.detail = detail;
+      kind.problem = problem;
+    }
+    this.latest = kind;
+    if (now - this.lastSummaryAt >= SUMMARY_EVERY_MS) this.summarise(now, 'still failing: ');
+    if (changed) this.onChange(this.health());
+  }
+
+  /** Records a pass that worked; logs the recovery (or `how`) when it ends a run of failures. */
+  succeeded(how?: string): void {
+    if (this.since === undefined) return;
+    const now = Date.now();
+    this.summarise(now, '');
+    this.log(`${this.name}: ${how ?? `working again after ${this.failuresInRun} failed ${this.failuresInRun === 1 ? 'attempt' : 'attempts'}`} in ${seconds(now - this.since)}`);
+    this.since = undefined;
+    this.failuresInRun = 0;
+    this.kinds.clear();
+    this.latest = undefined;
+    this.onChange(this.health());
+  }
+
+  health(): LoopHealth {
+    if (this.since === undefined || !this.latest) return { loop: this.name, ok: true };
+    return { loop: this.name, ok: false, problem: this.latest.problem, detail: this.latest.detail, since: this.since, failures: this.failuresInRun };
+  }
+
+  private summarise(now: number, prefix: string): void {
+    for (const kind of this.kinds.values()) {
+      if (kind.unlogged === 0) continue;
+      this.log(`${this.name}: ${prefix}${kind.detail} (repeated ${kind.unlogged} ${kind.unlogged === 1 ? 'time' : 'times'} in ${seconds(now - this.lastSummaryAt)})`);
+      kind.unlogged = 0;
+    }
+    this.lastSummaryAt = now;
+  }
+}
+
+function seconds(ms: number): string {
+  return `${Math.max(1, Math.round(ms / 1000))} s`;
+}
+
+export interface LoopOptions {
+  /** As users know the loop, in logs and in the status: "launch controller". */
+  name: string;
+  /** Pause between passes that worked. */
+  intervalMs: number;
+  log: (line: string) => void;
+  /** Waits after failed passes; default from 0.5 s doubling to 15 s. */
+  backoff?: BackoffOptions;
+  /** Told when the loop starts failing, fails differently, or works again. */
+  onHealthChange?: (health: LoopHealth) => void;
+}
+
 export interface Loop {
+  /** Ends the current pause early (not a backoff wait), e.g. because there is news to publish. */
+  wake(): void;
+  health(): LoopHealth;
   stop(): Promise<void>;
 }
 
-export function every(intervalMs: number, tick: (signal: AbortSignal) => Promise<void>, onError: (error: unknown) => void): Loop {
-  const controller = new AbortController();
-  let timer: NodeJS.Timeout | undefined;
-  let wake: (() => void) | undefined;
+/**
+ * Runs a pass every interval until stopped, never overlapping passes, and keeps going
+ * after a failed pass because the loops must outlive passing faults.
+ */
+export function every(options: LoopOptions, pass: (signal: AbortSignal) => Promise<void>): Loop {
+  const stopping = new AbortController();
+  const failures = new FailureLog(options.name, options.log, options.onHealthChange);
+  const backoff = new Backoff(options.backoff ?? DEFAULT_BACKOFF);
+  let pause: AbortController | undefined;
+  /** A wake that came during a pass ends the pause that follows it. */
+  let woken = false;
   const running = (async () => {
-    while (!controller.signal.aborted) {
+    while (!stopping.signal.aborted) {
+      let wait = options.intervalMs;
+      let wakeable = true;
       try {
-        await tick(controller.signal);
+        await pass(stopping.signal);
+        backoff.reset();
+        failures.succeeded();
       } catch (error) {
-        if (!controller.signal.aborted) onError(error);
+        if (stopping.signal.aborted) break;
+        failures.failed(error);
+        wait = Math.max(options.intervalMs, backoff.next());
+        wakeable = false;
       }
-      if (controller.signal.aborted) break;
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-        timer = setTimeout(resolve, intervalMs);
-      });
+      if (stopping.signal.aborted) break;
+      if (wakeable && woken) {
+        woken = false;
+        continue;
+      }
+      pause = new AbortController();
+      const ended = wakeable ? AbortSignal.any([stopping.signal, pause.signal]) : stopping.signal;
+      await sleep(wait, ended);
+      pause = undefined;
+      if (wakeable) woken = false;
     }
   })();
   return {
+    wake: () => {
+      woken = true;
+      pause?.abort();
+    },
+    health: () => failures.health(),
     async stop() {
-      controller.abort();
-      clearTimeout(timer);
-      wake?.();
+      stopping.abort();
       await running;
     },
   };

@@ -37,6 +37,7 @@ import {
   type ReceivedMessage,
   type SendOptions,
 } from './port.js';
+import { backoffDelay, sleep } from '../backoff.js';
 
 export interface SqsRetryOptions {
   /** Attempts in all for a throttled request, the first included. Default 5. */
@@ -208,7 +209,7 @@ export class SqsQueueProvider implements QueueProvider {
       } catch (error) {
         if (error instanceof QueueError) throw error;
         if (isThrottled(error) && attempt < this.retry.attempts && !signal?.aborted) {
-          await backoff(this.retry.baseDelayMs, attempt, signal);
+          await sleep(backoffDelay(attempt, { initialMs: this.retry.baseDelayMs, maxMs: this.retry.baseDelayMs * 2 ** this.retry.attempts }), signal);
           continue;
         }
         throw toQueueError(error, fullName, what, attempt);
@@ -402,21 +403,6 @@ export function toQueueError(error: unknown, queueName: string, what: string, at
     return new QueueError('invalid-argument', `SQS refused the request to ${what} queue ${queueName}: ${detail}`, { cause: error });
   }
   return new QueueError('unavailable', `could not ${what} SQS queue ${queueName}: ${detail}`, { cause: error });
-}
-
-async function backoff(baseDelayMs: number, attempt: number, signal?: AbortSignal): Promise<void> {
-  // Full jitter in the upper half, so many throttled workers do not retry in step.
-  const ceiling = baseDelayMs * 2 ** (attempt - 1);
-  const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-  await new Promise<void>((resolve) => {
-    const timer = setTimeout(done, delay);
-    function done(): void {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
 }
 
 function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {

@@ -2,7 +2,7 @@
 import { TimeChart, type Point } from './chart.js';
 import { byId, h, setText } from './dom.js';
 import { formatCount, formatDuration, shortId } from './format.js';
-import type { QueueCounts, StatusSnapshot } from './types.js';
+import type { LoopHealth, QueueCounts, StatusSnapshot } from './types.js';
 
 const WINDOW_MS = 5 * 60_000;
 const STATES = ['busy', 'idle', 'starting'] as const;
@@ -39,6 +39,9 @@ export class Dashboard {
   private readonly max = byId('scale-max');
   private readonly tableBody = byId<HTMLTableSectionElement>('instance-rows');
   private readonly emptyRow = byId('instances-empty');
+  private readonly problems = byId('service-problems');
+  private readonly problemList = byId<HTMLUListElement>('problem-list');
+  private shownProblems = '';
   private peak = 0;
   private lastAt = 0;
 
@@ -82,5 +85,19 @@ export class Dashboard {
       });
     this.tableBody.replaceChildren(...rows);
     this.emptyRow.hidden = rows.length > 0;
+    this.showProblems((status.health ?? []).filter((loop) => !loop.ok), status.at);
+  }
+
+  /** Each failing loop with what to do about it; redrawn only when that changes. */
+  private showProblems(failing: LoopHealth[], now: number): void {
+    const text = failing.map((loop) => `${loop.loop}: ${loop.problem ?? loop.detail ?? 'failing'}`);
+    this.panel.dataset.problems = String(failing.length);
+    const key = JSON.stringify([text, failing.map((loop) => (loop.since ? Math.floor((now - loop.since) / 60_000) : 0))]);
+    if (key === this.shownProblems) return;
+    this.shownProblems = key;
+    this.problems.hidden = failing.length === 0;
+    this.problemList.replaceChildren(...failing.map((loop, i) => h('li', { attrs: { title: loop.detail ?? '' } },
+      h('span', { class: 'problem-text', text: text[i]! }),
+      loop.since ? h('span', { class: 'muted small', text: ` (for ${formatDuration(Math.max(0, now - loop.since))})` }) : null)));
   }
 }

@@ -69,11 +69,25 @@ export interface InstanceStatus {
   processed?: number;
 }
 
+/** One loop of the service (launch controller, output phase, ...) and its current error. */
+export interface LoopHealth {
+  loop: string;
+  ok: boolean;
+  /** What is wrong and what to do about it. */
+  problem?: string;
+  detail?: string;
+  since?: number;
+  failures?: number;
+}
+
 export interface StatusSnapshot {
   max: number;
-  queues: Record<QueueName, QueueCounts>;
+  /** A queue whose counts could not be read is missing; `health` says why. */
+  queues: Partial<Record<QueueName, QueueCounts>>;
   instances: InstanceStatus[];
   images?: Record<string, number>;
+  /** Absent from servers older than the health report. */
+  health?: LoopHealth[];
   at: number;
 }
 

@@ -1,7 +1,9 @@
 /** The web tier as one service: HTTP server, output phase and status broadcasts. */
 import path from 'node:path';
 import { every, type Loop } from '../controller/loop.js';
+import { CONTROLLER_HEALTH_KEY, CONTROLLER_HEALTH_STALE_MS, describeProblem, errorDetail, parseControllerHealth, type LoopHealth } from '../health.js';
 import { projectRoot, type Runtime } from '../runtime.js';
+import type { ObjectStore } from '../storage/port.js';
 import { outputTick, ResultsIndex } from './results.js';
 import { createWebServer, type WebServer } from './server.js';
 import { relaunch } from './upload.js';
@@ -27,13 +29,17 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
     const sent = await relaunch(pending, { store: runtime.store, inputBucket: config.inputBucket, launchQueue: runtime.queues.launch, index });
     log(`an upload to batch ${pending.manifest.batchId} was interrupted before all its images were queued: queued ${sent} again`);
   }
-  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log });
-  const output: Loop = every(0, async (signal) => {
+  const loops: Loop[] = [];
+  const controllerHealth = controllerHealthReader(runtime.store, config.outputBucket);
+  const health = async (): Promise<LoopHealth[]> => [...loops.map((loop) => loop.health()), ...(await controllerHealth())];
+  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log, health });
+  const output: Loop = every({ name: 'output phase', intervalMs: 0, log }, async (signal) => {
     await outputTick(index, runtime.queues.output, 1, signal, log);
-  }, (error) => log(`output phase: ${(error as Error).message}`));
-  const statusLoop: Loop = every(1000, async () => {
+  });
+  const statusLoop: Loop = every({ name: 'status broadcast', intervalMs: 1000, log }, async () => {
     if (server.hub.clientCount > 0) server.hub.broadcastStatus(await server.status());
-  }, (error) => log(`status: ${(error as Error).message}`));
+  });
+  loops.push(output, statusLoop);
   const address = await server.app.listen({ host: config.host, port: config.port });
   const url = publicUrl(address, config.host);
   return {
@@ -48,6 +54,36 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
       await server.app.close();
       await Promise.all([output.stop(), statusLoop.stop()]);
     },
+  };
+}
+
+/**
+ * The controllers' health as they last published it, read at most once a second however
+ * many clients ask. A report that stopped coming is itself the problem to show.
+ */
+function controllerHealthReader(store: ObjectStore, bucket: string): () => Promise<LoopHealth[]> {
+  let cached: { at: number; health: Promise<LoopHealth[]> } | undefined;
+  const read = async (): Promise<LoopHealth[]> => {
+    let object;
+    try {
+      object = await store.get(bucket, CONTROLLER_HEALTH_KEY);
+    } catch (error) {
+      return [{ loop: 'controllers', ok: false, problem: `cannot read the controllers' health report: ${describeProblem(error)}`, detail: errorDetail(error) }];
+    }
+    // None yet: no controller has run against these buckets, or it is only starting.
+    if (!object) return [];
+    const report = parseControllerHealth(object.body.toString('utf8'));
+    if (!report) return [{ loop: 'controllers', ok: false, problem: `the controllers' health report (${CONTROLLER_HEALTH_KEY} in bucket ${bucket}) is not valid` }];
+    const age = Date.now() - report.writtenAt;
+    if (age > CONTROLLER_HEALTH_STALE_MS) {
+      return [{ loop: 'controllers', ok: false, problem: `no report from the controllers for ${Math.round(age / 1000)} s: is icaas controller (or icaas start) running?`, since: report.writtenAt }];
+    }
+    return report.loops;
+  };
+  return () => {
+    const now = Date.now();
+    if (!cached || now - cached.at >= 1000) cached = { at: now, health: read() };
+    return cached.health;
   };
 }
 

@@ -7,6 +7,8 @@ import multipart from '@fastify/multipart';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { FailureLog } from '../controller/loop.js';
+import type { LoopHealth } from '../health.js';
 import { inputKey } from '../messages.js';
 import type { Runtime } from '../runtime.js';
 import { EventHub, publicImage, statusForBatch } from './events.js';
@@ -20,13 +22,18 @@ export interface WebOptions {
   /** Folder of the built browser page (index.html and its assets). */
   uiDir: string;
   log?: (line: string) => void;
+  /** The health of the service's loops: the web tier's own and the controllers' last report. */
+  health?: () => Promise<LoopHealth[]>;
 }
 
 export interface StatusSnapshot {
   max: number;
-  queues: Record<'launch' | 'monitor' | 'output', { visible: number; inFlight: number; delayed: number }>;
+  /** A queue whose counts cannot be read is left out; `health` says why. */
+  queues: Partial<Record<'launch' | 'monitor' | 'output', { visible: number; inFlight: number; delayed: number }>>;
   instances: { id: string; state: string; startedAt: number; imageId?: string; processed?: number }[];
   images: Record<string, number>;
+  /** Each loop of the service, with its current error in words a user can act on. */
+  health: LoopHealth[];
   at: number;
 }
 
@@ -192,18 +199,30 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
       .send(object.body);
   });
 
+  // The status must answer even when the queues or instances cannot be read: that is
+  // when users most need it. Its own failures are logged once, like a loop's.
+  const statusFailures = new FailureLog('web tier', options.log ?? (() => {}));
   const status = async (): Promise<StatusSnapshot> => {
-    const [launch, monitor, output, instances] = await Promise.all([
-      runtime.queues.launch.counts(),
-      runtime.queues.monitor.counts(),
-      runtime.queues.output.counts(),
-      runtime.compute.list(),
+    const errors: unknown[] = [];
+    const orElse = <T>(work: Promise<T>, fallback: T): Promise<T> => work.catch((error: unknown) => {
+      errors.push(error);
+      return fallback;
+    });
+    const [launch, monitor, output, instances, health] = await Promise.all([
+      orElse(runtime.queues.launch.counts(), undefined),
+      orElse(runtime.queues.monitor.counts(), undefined),
+      orElse(runtime.queues.output.counts(), undefined),
+      orElse(runtime.compute.list(), []),
+      orElse(options.health?.() ?? Promise.resolve([]), []),
     ]);
+    if (errors.length > 0) statusFailures.failed(errors[0]);
+    else statusFailures.succeeded();
     return {
       max: runtime.compute.maxInstances,
-      queues: { launch, monitor, output },
+      queues: { ...(launch ? { launch } : {}), ...(monitor ? { monitor } : {}), ...(output ? { output } : {}) },
       instances: instances.map((instance) => ({ ...instance })),
       images: index.totals(),
+      health: [statusFailures.health(), ...health],
       at: Date.now(),
     };
   };

@@ -1,12 +1,13 @@
 /** `icaas worker`: one instance, in its own process, until the queue is empty. */
 import path from 'node:path';
-import type { Config } from '../config.js';
+import { ConfigError, type Config } from '../config.js';
 import { loadClassifier } from '../classifier/index.js';
 import { openRuntime, projectRoot } from '../runtime.js';
 import { runWorker } from './worker.js';
 
 export async function workerMain(config: Config, instanceIdFlag: string | undefined, log: (line: string) => void): Promise<number> {
-  const instanceId = instanceIdFlag ?? process.env.ICAAS_INSTANCE_ID ?? (await ownInstanceId(config));
+  const instanceId = instanceIdFlag ?? (process.env.ICAAS_INSTANCE_ID || (await ownInstanceId(config)));
+  if (!INSTANCE_ID.test(instanceId)) throw new ConfigError(`--instance-id must be 1-100 letters, digits, ".", "_" or "-", got ${JSON.stringify(instanceId)}`);
   const runtime = await openRuntime(config);
   const stopping = new AbortController();
   const onSignal = () => {
@@ -51,10 +52,12 @@ export async function workerMain(config: Config, instanceIdFlag: string | undefi
   }
 }
 
+const INSTANCE_ID = /^[A-Za-z0-9._-]{1,100}$/;
+
 async function ownInstanceId(config: Config): Promise<string> {
   if (config.compute === 'ec2') {
     const { instanceIdFromImds } = await import('../compute/imds.js');
     return instanceIdFromImds();
   }
-  throw new Error('icaas worker needs --instance-id (the launch controller passes it when it starts a worker)');
+  throw new ConfigError('needs --instance-id (the launch controller passes it when it starts a worker)');
 }

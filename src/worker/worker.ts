@@ -3,7 +3,9 @@
  * lose nothing: the monitor notice is sent before the launch message is deleted, so a
  * crash between the two can duplicate work but never drop an image.
  */
+import { Backoff, sleep } from '../backoff.js';
 import type { Classifier } from '../classifier/port.js';
+import { FailureLog } from '../controller/loop.js';
 import { ImageDecodeError } from '../classifier/port.js';
 import type { Compute } from '../compute/port.js';
 import {
@@ -15,7 +17,7 @@ import {
   parseLaunchMessage,
   resultKey,
 } from '../messages.js';
-import type { Queue } from '../queue/port.js';
+import type { Queue, ReceivedMessage } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
 
 export interface WorkerQueues {
@@ -37,6 +39,12 @@ export interface WorkerOptions {
   /** How long a received launch message stays hidden before the notice takes over. */
   launchVisibilitySeconds?: number;
   log?: (line: string) => void;
+  /**
+   * How long the launch queue may keep failing before the worker gives up with the error
+   * (it is retried meanwhile, with growing waits). Default 30 s: a fault that lasts longer
+   * is for the operator to see, and an instance that cannot get work should not hold a slot.
+   */
+  receiveFailureLimitMs?: number;
   /** Stops the loop after the current image (graceful shutdown). */
   signal?: AbortSignal;
   /** Test-only fault injection, by substring of the image's file name. */
@@ -52,14 +60,11 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
   const { instanceId, queues, compute, log = () => {} } = options;
   let processed = 0;
   await compute.report(instanceId, { state: 'idle', imageId: null, processed });
+  const receive = receiver(options, log);
   for (;;) {
     if (options.signal?.aborted) return { processed, reason: 'stopped' };
-    const messages = await queues.launch.receive({
-      maxMessages: 1,
-      waitSeconds: options.idleWaitSeconds,
-      visibilityTimeoutSeconds: options.launchVisibilitySeconds ?? 30,
-      ...(options.signal ? { signal: options.signal } : {}),
-    });
+    const messages = await receive();
+    if (messages === 'stopped') return { processed, reason: 'stopped' };
     const message = messages[0];
     if (!message) {
       if (options.signal?.aborted) return { processed, reason: 'stopped' };
@@ -112,6 +117,37 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
     log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${result.status === 'ok' ? `${result.label} ${result.probability.toFixed(3)}` : `error: ${result.error}`} in ${Date.now() - startedAt} ms`);
     await compute.report(instanceId, { state: 'idle', imageId: null, processed });
   }
+}
+
+/**
+ * Receives from the launch queue, retrying failures with growing waits and logging a
+ * repeated one once, until they have lasted `receiveFailureLimitMs`: then the error ends
+ * the worker. 'stopped' when the worker was asked to stop meanwhile.
+ */
+function receiver(options: WorkerOptions, log: (line: string) => void): () => Promise<ReceivedMessage[] | 'stopped'> {
+  const failures = new FailureLog('launch queue', log);
+  const backoff = new Backoff({ initialMs: 250, maxMs: 5_000 });
+  const limitMs = options.receiveFailureLimitMs ?? 30_000;
+  return async () => {
+    for (;;) {
+      try {
+        const messages = await options.queues.launch.receive({
+          maxMessages: 1,
+          waitSeconds: options.idleWaitSeconds,
+          visibilityTimeoutSeconds: options.launchVisibilitySeconds ?? 30,
+          ...(options.signal ? { signal: options.signal } : {}),
+        });
+        backoff.reset();
+        failures.succeeded();
+        return messages;
+      } catch (error) {
+        if (options.signal?.aborted) return 'stopped';
+        failures.failed(error);
+        if (Date.now() - (failures.failingSince ?? Date.now()) >= limitMs) throw error;
+        if (!(await sleep(backoff.next(), options.signal))) return 'stopped';
+      }
+    }
+  };
 }
 
 async function classifyOne(options: WorkerOptions, launch: LaunchMessage, startedAt: number): Promise<ImageResult> {

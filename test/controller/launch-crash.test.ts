@@ -1,0 +1,98 @@
+/**
+ * Workers that fail at start (here real `icaas worker` processes configured with a model
+ * that does not exist): the launch controller stops starting them, says why in the status
+ * with the worker's own last words, and after the timeout ends waiting images as errors.
+ */
+import { describe, it, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import Database from 'better-sqlite3';
+import path from 'node:path';
+import { loadConfig } from '../../src/config.js';
+import { startControllers, type Controllers } from '../../src/controller/index.js';
+import type { LoopHealth } from '../../src/health.js';
+import { parseImageResult, resultKey, type LaunchMessage, type MonitorNotice } from '../../src/messages.js';
+import { openRuntime, type Runtime } from '../../src/runtime.js';
+import { startWebTier, type WebTier } from '../../src/web/index.js';
+import { makeTempDir, waitFor } from '../helpers.js';
+
+describe('workers that fail at start', async () => {
+  const temp = await makeTempDir();
+  const lines: string[] = [];
+  const log = (line: string) => lines.push(line);
+  let runtime: Runtime | undefined;
+  let controllers: Controllers | undefined;
+  let web: WebTier | undefined;
+  after(async () => {
+    await controllers?.stop();
+    await web?.stop();
+    for (const instance of (await runtime?.compute.list()) ?? []) await runtime!.compute.terminate(instance.id).catch(() => {});
+    await runtime?.close();
+    await temp.cleanup();
+  });
+
+  const spawned = () => {
+    const db = new Database(path.join(temp.dir, 'instances.db'), { readonly: true });
+    try {
+      return (db.prepare('SELECT COUNT(*) AS n FROM instances').get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  };
+  const workersHealth = async (): Promise<LoopHealth | undefined> => {
+    const { health } = (await (await fetch(`${web!.url}/api/status`)).json()) as { health: LoopHealth[] };
+    return health.find((entry) => entry.loop === 'workers');
+  };
+  const launch = (imageId: string): LaunchMessage => ({ type: 'launch', imageId, batchId: 'b1', name: `${imageId}.jpg`, key: `images/b1/${imageId}`, attempt: 1, queuedAt: Date.now() });
+
+  it('holds back starts and shows why, with the last lines of the worker log', async () => {
+    const { config } = loadConfig({
+      argv: ['--host', '127.0.0.1', '--port', '0', '--data', temp.dir, '--model', path.join(temp.dir, 'gone.onnx'), '--max-instances', '3',
+        '--launch-interval', '100', '--start-failures', '3', '--start-failure-timeout', '6'],
+      env: {},
+    });
+    runtime = await openRuntime(config);
+    web = await startWebTier(runtime, log);
+    await runtime.queues.launch.send(JSON.stringify(launch('waiting1')));
+    controllers = startControllers(runtime, log);
+
+    const failing = await waitFor('the status to say workers fail at start', async () => {
+      const workers = await workersHealth();
+      return workers?.ok === false ? workers : undefined;
+    }, { timeoutMs: 60_000, intervalMs: 100 });
+    assert.match(failing.problem ?? '', /^workers fail at start: .*gone\.onnx/);
+    assert.match(failing.problem ?? '', /does not exist/);
+
+    // Held back: no start for at least the first backoff (2.5 s or more).
+    const before = spawned();
+    await sleep(2000);
+    assert.ok(spawned() - before <= 1, `no new workers while held back (${before} before, ${spawned()} after)`);
+    assert.equal(lines.filter((line) => line.startsWith('workers: workers fail at start')).length, 1, `logged once:\n${lines.join('\n')}`);
+  });
+
+  it('ends waiting images as errors with the reason once the timeout has passed', async () => {
+    await runtime!.queues.launch.send(JSON.stringify(launch('waiting2')));
+    // The web tier's output phase takes the announcements; the results are in the bucket.
+    const errors = await waitFor('both waiting images to end as errors', async () => {
+      const found: string[] = [];
+      for (const imageId of ['waiting1', 'waiting2']) {
+        const stored = await runtime!.store.get(runtime!.config.outputBucket, resultKey(imageId));
+        const result = stored && parseImageResult(stored.body.toString('utf8'));
+        if (result?.status === 'error') found.push(result.error);
+      }
+      return found.length === 2 ? found : undefined;
+    }, { timeoutMs: 60_000, intervalMs: 200 });
+    for (const error of errors) assert.match(error, /^workers fail at start: .*gone\.onnx/);
+    assert.ok(lines.some((line) => /ended 2 waiting images as errors, because workers fail at start/.test(line)), lines.join('\n'));
+    assert.equal((await runtime!.queues.launch.counts()).visible, 0);
+    // At most one start per backoff after the first few: far from one per tick.
+    assert.ok(spawned() <= 8, `spawned ${spawned()} workers`);
+  });
+
+  it('clears when an instance takes an image', async () => {
+    const notice: MonitorNotice = { type: 'monitor', imageId: 'waiting1', batchId: 'b1', name: 'waiting1.jpg', key: 'images/b1/waiting1', attempt: 1, instanceId: 'i-000000000001', startedAt: Date.now() };
+    await runtime!.queues.monitor.send(JSON.stringify(notice));
+    await waitFor('the workers entry to be ok again', async () => (await workersHealth())?.ok === true, { timeoutMs: 15_000 });
+    assert.ok(lines.some((line) => line.startsWith('workers: working again: an instance took an image')), lines.join('\n'));
+  });
+});
