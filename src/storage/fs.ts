@@ -28,6 +28,7 @@ import type { Dirent } from 'node:fs';
 import { mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import {
   InvalidKeyError,
   validateBucket,
@@ -37,6 +38,8 @@ import {
   type ObjectStore,
   type PutOptions,
   type StoredObject,
+  type StreamedObject,
+  type StreamPutOptions,
 } from './port.js';
 
 const MAGIC = Buffer.from('ICAASOB1', 'ascii');
@@ -94,6 +97,59 @@ export class FsObjectStore implements ObjectStore {
     } finally {
       await temp.handle.close().catch(() => undefined);
       if (!renamed) await unlink(temp.path).catch(() => undefined);
+    }
+  }
+
+  async putStream(bucket: string, key: string, body: Readable, options: StreamPutOptions = {}): Promise<{ size: number }> {
+    // Until the loop below reads it, an error of the body must not go unheard (an 'error'
+    // event without a listener ends the process); the loop still sees it.
+    body.on('error', ignoreError);
+    try {
+      const bucketDir = this.bucketDir(bucket);
+      const target = this.objectPath(bucketDir, key);
+      const temp = await this.createTempFile(bucket, bucketDir);
+      let renamed = false;
+      let size = 0;
+      try {
+        await writeAll(temp.handle, encodeHeader(options));
+        for await (const chunk of body) {
+          const bytes = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+          await writeAll(temp.handle, bytes);
+          size += bytes.length;
+        }
+        await temp.handle.sync();
+        await temp.handle.close();
+        await renameIntoPlace(temp.path, target);
+        renamed = true;
+        await syncDirectory(path.dirname(target));
+      } finally {
+        await temp.handle.close().catch(() => undefined);
+        if (!renamed) await unlink(temp.path).catch(() => undefined);
+      }
+      return { size };
+    } finally {
+      body.off('error', ignoreError);
+    }
+  }
+
+  async getStream(bucket: string, key: string): Promise<StreamedObject | null> {
+    const bucketDir = this.bucketDir(bucket);
+    const file = this.objectPath(bucketDir, key);
+    const handle = await openIfExists(file);
+    if (!handle) return null;
+    try {
+      const { header, size, lastModified, bodyOffset } = await readInfo(handle, file);
+      const info = { key, size, contentType: header.contentType, metadata: header.metadata, lastModified };
+      if (size === 0) {
+        await handle.close();
+        return { info, body: Readable.from([]) };
+      }
+      // The open file stays the version it was when opened, even if a put replaces it now;
+      // the stream closes it when it ends or is destroyed.
+      return { info, body: handle.createReadStream({ start: bodyOffset, end: bodyOffset + size - 1 }) };
+    } catch (error) {
+      await handle.close();
+      throw error;
     }
   }
 
@@ -265,6 +321,42 @@ function normalizeMetadata(metadata: Record<string, string> | undefined): Record
   return result;
 }
 
+function ignoreError(): void {}
+
+/** The preamble and header of an object file, as put writes them before the body. */
+function encodeHeader(options: StreamPutOptions): Buffer {
+  const header: Header = { contentType: options.contentType ?? DEFAULT_CONTENT_TYPE, metadata: normalizeMetadata(options.metadata) };
+  const headerBytes = Buffer.from(JSON.stringify(header), 'utf8');
+  const preamble = Buffer.alloc(PREAMBLE_BYTES);
+  MAGIC.copy(preamble, 0);
+  preamble.writeUInt32BE(headerBytes.length, MAGIC.length);
+  return Buffer.concat([preamble, headerBytes]);
+}
+
+async function writeAll(handle: FileHandle, chunk: Buffer): Promise<void> {
+  let offset = 0;
+  while (offset < chunk.length) {
+    const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset);
+    offset += bytesWritten;
+  }
+}
+
+/**
+ * A concurrent delete prunes empty folders, and may remove the one just created for this
+ * object between mkdir and rename; recreating it and trying again is enough.
+ */
+async function renameIntoPlace(temp: string, target: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    await mkdir(path.dirname(target), { recursive: true });
+    try {
+      await rename(temp, target);
+      return;
+    } catch (error) {
+      if (errorCode(error) !== 'ENOENT' || attempt >= 5) throw error;
+    }
+  }
+}
+
 async function writeAllAndSync(handle: FileHandle, chunks: Buffer[]): Promise<void> {
   for (const chunk of chunks) {
     let offset = 0;
@@ -318,12 +410,13 @@ async function readExactly(handle: FileHandle, length: number, position: number,
   return buffer;
 }
 
-async function readInfo(handle: FileHandle, file: string): Promise<{ header: Header; size: number; lastModified: Date }> {
+async function readInfo(handle: FileHandle, file: string): Promise<{ header: Header; size: number; lastModified: Date; bodyOffset: number }> {
   const stats = await handle.stat();
   const preamble = await readExactly(handle, PREAMBLE_BYTES, 0, file);
   const headerLength = checkPreamble(preamble, stats.size, file);
   const header = decodeHeader(await readExactly(handle, headerLength, PREAMBLE_BYTES, file), file);
-  return { header, size: stats.size - PREAMBLE_BYTES - headerLength, lastModified: stats.mtime };
+  const bodyOffset = PREAMBLE_BYTES + headerLength;
+  return { header, size: stats.size - bodyOffset, lastModified: stats.mtime, bodyOffset };
 }
 
 function parseHeader(bytes: Buffer, file: string): { header: Header; bodyOffset: number } {

@@ -2,6 +2,8 @@
  * Object-store port: bytes by bucket and key, with a content type and string metadata.
  * Adapters: files under a folder (embedded default) and S3 (distributed).
  */
+import type { Readable } from 'node:stream';
+
 export interface PutOptions {
   contentType?: string;
   metadata?: Record<string, string>;
@@ -19,6 +21,15 @@ export interface StoredObject extends ObjectInfo {
   body: Buffer;
 }
 
+/** What a streamed put stores besides the body. */
+export type StreamPutOptions = Pick<PutOptions, 'contentType' | 'metadata'>;
+
+export interface StreamedObject {
+  info: ObjectInfo;
+  /** The body, read as it is consumed; destroy it when it is not read to the end. */
+  body: Readable;
+}
+
 export interface ListedObject {
   key: string;
   size: number;
@@ -30,6 +41,14 @@ export interface ObjectStore {
   put(bucket: string, key: string, body: Buffer, options?: PutOptions): Promise<void>;
   /** The object, or null when there is none under that key. */
   get(bucket: string, key: string): Promise<StoredObject | null>;
+  /**
+   * Stores a body of unknown length as it is read, with memory bounded whatever its size.
+   * Whole or not at all, as put: if the body fails or ends in an error, nothing becomes
+   * visible and the promise rejects with the body's error.
+   */
+  putStream(bucket: string, key: string, body: Readable, options?: StreamPutOptions): Promise<{ size: number }>;
+  /** The object's info and its body as a stream, or null when there is none. */
+  getStream(bucket: string, key: string): Promise<StreamedObject | null>;
   /** The object's info without its body, or null when there is none. */
   head(bucket: string, key: string): Promise<ObjectInfo | null>;
   /** Every object whose key starts with the prefix, in ascending key order. */

@@ -7,8 +7,12 @@
  * name written in mixed case reads back the same way from either store.
  */
 import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
 import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
   CreateBucketCommand,
+  CreateMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
@@ -16,6 +20,7 @@ import {
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
+  UploadPartCommand,
   type BucketLocationConstraint,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
@@ -27,6 +32,8 @@ import {
   type ObjectStore,
   type PutOptions,
   type StoredObject,
+  type StreamedObject,
+  type StreamPutOptions,
 } from './port.js';
 
 export interface S3ObjectStoreOptions {
@@ -42,6 +49,11 @@ export interface S3ObjectStoreOptions {
 }
 
 const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
+/**
+ * Part size of streamed puts: what one streamed put holds in memory. S3 wants parts of at
+ * least 5 MiB (but the last) and at most 10,000 of them, so objects up to 78 GiB fit.
+ */
+const PART_BYTES = 8 * 1024 * 1024;
 
 export class S3ObjectStore implements ObjectStore {
   private readonly client: S3Client;
@@ -87,6 +99,54 @@ export class S3ObjectStore implements ObjectStore {
       );
     } catch (error) {
       throw describeError('put', bucket, key, error);
+    }
+  }
+
+  /**
+   * A body that fits in one part is stored with one PutObject; a longer one as a multipart
+   * upload, one part in memory at a time. S3 shows a multipart object only once it is
+   * completed, so a body that fails midway leaves nothing visible (the upload is aborted).
+   */
+  async putStream(bucket: string, key: string, body: Readable, options: StreamPutOptions = {}): Promise<{ size: number }> {
+    // Until the parts below read it, an error of the body must not go unheard (an 'error'
+    // event without a listener ends the process); the reader still sees it.
+    body.on('error', ignoreError);
+    try {
+      validateBucket(bucket);
+      validateKey(key);
+      const parts = partsOf(body, PART_BYTES);
+      const first = await parts.next();
+      const firstPart = first.done ? Buffer.alloc(0) : first.value;
+      if (firstPart.length < PART_BYTES) {
+        await this.put(bucket, key, firstPart, { contentType: options.contentType, metadata: options.metadata });
+        return { size: firstPart.length };
+      }
+      return await this.multipartUpload(bucket, key, firstPart, parts, options);
+    } finally {
+      body.off('error', ignoreError);
+    }
+  }
+
+  async getStream(bucket: string, key: string): Promise<StreamedObject | null> {
+    validateBucket(bucket);
+    validateKey(key);
+    try {
+      const response = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      // In Node.js the SDK's body is the HTTP response itself, a Readable.
+      const body = response.Body instanceof Readable ? response.Body : Readable.from(response.Body ? [await response.Body.transformToByteArray()] : []);
+      return {
+        info: {
+          key,
+          size: response.ContentLength ?? 0,
+          contentType: response.ContentType ?? DEFAULT_CONTENT_TYPE,
+          metadata: { ...(response.Metadata ?? {}) },
+          lastModified: response.LastModified ?? new Date(0),
+        },
+        body,
+      };
+    } catch (error) {
+      if (isMissing(error)) return null;
+      throw describeError('get', bucket, key, error);
     }
   }
 
@@ -194,6 +254,51 @@ export class S3ObjectStore implements ObjectStore {
     if (this.ownsClient) this.client.destroy();
   }
 
+  private async multipartUpload(bucket: string, key: string, firstPart: Buffer, rest: AsyncIterator<Buffer>, options: StreamPutOptions): Promise<{ size: number }> {
+    let uploadId: string | undefined;
+    try {
+      const created = await this.client.send(new CreateMultipartUploadCommand({
+        Bucket: bucket,
+        Key: key,
+        ContentType: options.contentType ?? DEFAULT_CONTENT_TYPE,
+        Metadata: options.metadata ?? {},
+      }));
+      uploadId = created.UploadId;
+      if (!uploadId) throw new Error('the service returned no upload id');
+    } catch (error) {
+      throw describeError('put', bucket, key, error);
+    }
+    const done: { ETag: string; PartNumber: number }[] = [];
+    let size = 0;
+    try {
+      for (let part: Buffer | undefined = firstPart; part; ) {
+        const PartNumber = done.length + 1;
+        const uploaded = await this.client.send(new UploadPartCommand({
+          Bucket: bucket,
+          Key: key,
+          UploadId: uploadId,
+          PartNumber,
+          Body: part,
+          ContentLength: part.length,
+          ContentMD5: createHash('md5').update(part).digest('base64'),
+        })).catch((error: unknown) => { throw describeError('put', bucket, key, error); });
+        done.push({ ETag: uploaded.ETag ?? '', PartNumber });
+        size += part.length;
+        const next = await rest.next();
+        part = next.done || next.value.length === 0 ? undefined : next.value;
+      }
+      await this.client.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: done } }))
+        .catch((error: unknown) => { throw describeError('put', bucket, key, error); });
+      return { size };
+    } catch (error) {
+      await rest.return?.(undefined).catch(() => undefined);
+      // Parts of an upload never completed are not an object; aborting frees their storage.
+      // A bucket lifecycle rule for incomplete uploads catches any abort that fails.
+      await this.client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
+      throw error;
+    }
+  }
+
   private async bucketExists(bucket: string): Promise<boolean> {
     try {
       await this.client.send(new HeadBucketCommand({ Bucket: bucket }));
@@ -203,6 +308,27 @@ export class S3ObjectStore implements ObjectStore {
       throw describeError('check bucket', bucket, undefined, error);
     }
   }
+}
+
+function ignoreError(): void {}
+
+/** The body in pieces of exactly `bytes` bytes, but the last, which may be shorter or empty. */
+async function* partsOf(body: Readable, bytes: number): AsyncGenerator<Buffer, void, undefined> {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  for await (const chunk of body) {
+    const buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
+    pending.push(buffer);
+    pendingBytes += buffer.length;
+    while (pendingBytes >= bytes) {
+      const joined = Buffer.concat(pending, pendingBytes);
+      yield joined.subarray(0, bytes);
+      // A copy, so the part just yielded is not kept alive by the few bytes after it.
+      pending = [Buffer.from(joined.subarray(bytes))];
+      pendingBytes -= bytes;
+    }
+  }
+  yield Buffer.concat(pending, pendingBytes);
 }
 
 function errorName(error: unknown): string | undefined {

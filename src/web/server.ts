@@ -58,8 +58,31 @@ const UI_CONTENT_TYPES: Record<string, string> = {
   '.map': 'application/json',
 };
 
+/**
+ * Who may call a route, declared in its `config`. With API keys set, every route needs one
+ * unless it declares itself public, and so does a request no route matches: a route that
+ * says nothing is protected, so a new one cannot be left open by mistake.
+ * `key-or-query` also takes the key as `?key=` on GET, for what browsers fetch without
+ * headers (event streams, images).
+ */
+export type RouteAuth = 'public' | 'key' | 'key-or-query';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    auth?: RouteAuth;
+  }
+}
+
+export interface RouteAccess {
+  method: string;
+  url: string;
+  auth: RouteAuth;
+}
+
 export interface WebServer {
   app: FastifyInstance;
+  /** Every route with who may call it, as registered. */
+  routes: readonly RouteAccess[];
   hub: EventHub;
   status(): Promise<StatusSnapshot>;
   /** Stops accepting uploads (answers 503) while in-flight requests finish. */
@@ -108,14 +131,18 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     return payload;
   });
 
+  const routes: RouteAccess[] = [];
+  app.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) routes.push({ method, url: route.url, auth: route.config?.auth ?? 'key' });
+  });
   const keyDigests = config.apiKeys.map(digest);
-  const needsKey = (url: string) => url.startsWith('/api/') || url === '/metrics';
   app.addHook('onRequest', async (request, reply) => {
     if (keyDigests.length === 0) return;
-    const url = request.url.split('?')[0]!;
-    const isSync = request.method === 'POST' && (url === '/' || url === '/classify');
-    if (!needsKey(url) && !isSync) return;
-    const presented = presentedKey(request, url);
+    // The route the router matched decides, never the URL's text: the router decodes and
+    // matches the URL its own way, so a check of the text can be spelled around.
+    const auth = request.routeOptions.config.auth ?? 'key';
+    if (auth === 'public') return;
+    const presented = presentedKey(request, auth === 'key-or-query');
     // Compare digests so timing reveals neither the key nor its length.
     const ok = presented !== undefined && keyDigests.some((expected) => timingSafeEqual(expected, digest(presented)));
     if (!ok) {
@@ -188,12 +215,14 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     return publicImage(image);
   });
 
-  app.get('/api/images/:id/input', async (request: FastifyRequest<{ Params: { id: string } }>, reply) => {
+  app.get('/api/images/:id/input', { config: { auth: 'key-or-query' } }, async (request: FastifyRequest<{ Params: { id: string } }>, reply) => {
     const image = index.image(request.params.id);
-    const object = image ? await runtime.store.get(config.inputBucket, inputKey(image.batchId, image.id)) : null;
+    // Streamed from the store: a download holds no more than a stream buffer, whatever its size.
+    const object = image ? await runtime.store.getStream(config.inputBucket, inputKey(image.batchId, image.id)) : null;
     if (!image || !object) return reply.code(404).send({ error: `no image ${request.params.id}` });
     return reply
-      .header('content-type', object.contentType)
+      .header('content-type', object.info.contentType)
+      .header('content-length', String(object.info.size))
       .header('cache-control', 'private, max-age=86400, immutable')
       .header('content-disposition', `inline; filename*=UTF-8''${encodeURIComponent(image.name.slice(image.name.lastIndexOf('/') + 1))}`)
       .send(object.body);
@@ -231,13 +260,13 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
   // are capabilities, and the status is visible to every client.
   app.get('/api/status', async (request: FastifyRequest<{ Querystring: { batch?: string } }>) => statusForBatch(await status(), index, request.query.batch || undefined));
 
-  app.get('/api/events', (request: FastifyRequest<{ Querystring: { batch?: string } }>, reply) => {
+  app.get('/api/events', { config: { auth: 'key-or-query' } }, (request: FastifyRequest<{ Querystring: { batch?: string } }>, reply) => {
     reply.hijack();
     const lastEventId = request.headers['last-event-id'];
     hub.attach(request.raw, reply.raw, request.query.batch || undefined, Array.isArray(lastEventId) ? lastEventId[0] : lastEventId);
   });
 
-  app.get('/healthz', async () => ({ ok: true }));
+  app.get('/healthz', { config: { auth: 'public' } }, async () => ({ ok: true }));
 
   app.get('/metrics', async (_request, reply) => {
     const snapshot = await status();
@@ -298,8 +327,8 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
       return reply.code(404).send({ error: extension === '.html' ? 'the page is not built: run `npm run build`' : 'not found' });
     }
   };
-  app.get('/', async (_request, reply) => serveUi('index.html', reply));
-  app.get('/assets/:file', async (request: FastifyRequest<{ Params: { file: string } }>, reply) => {
+  app.get('/', { config: { auth: 'public' } }, async (_request, reply) => serveUi('index.html', reply));
+  app.get('/assets/:file', { config: { auth: 'public' } }, async (request: FastifyRequest<{ Params: { file: string } }>, reply) => {
     // One flat folder and a strict name pattern: no way to walk out of it.
     if (!/^[A-Za-z0-9_.-]+$/.test(request.params.file) || request.params.file.startsWith('.')) return reply.code(404).send({ error: 'not found' });
     return serveUi(request.params.file, reply);
@@ -307,6 +336,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
 
   return {
     app,
+    routes,
     hub,
     status,
     drain: () => { draining = true; },
@@ -318,14 +348,14 @@ function digest(key: string): Buffer {
   return createHash('sha256').update(key).digest();
 }
 
-function presentedKey(request: FastifyRequest, url: string): string | undefined {
+function presentedKey(request: FastifyRequest, queryAllowed: boolean): string | undefined {
   const authorization = request.headers.authorization;
   if (authorization?.startsWith('Bearer ')) return authorization.slice(7).trim();
   const header = request.headers['x-api-key'];
   if (typeof header === 'string') return header;
   // EventSource and <img> cannot send headers, so the event stream and stored images also
   // take the key as a parameter. Nowhere else: keys in URLs end up in logs and histories.
-  if (request.method !== 'GET' || !(url === '/api/events' || /^\/api\/images\/[^/]+\/input$/.test(url))) return undefined;
+  if (!queryAllowed || (request.method !== 'GET' && request.method !== 'HEAD')) return undefined;
   const query = (request.query as Record<string, unknown> | undefined)?.key;
   return typeof query === 'string' ? query : undefined;
 }

@@ -1,6 +1,8 @@
 /**
- * Upload of many images in one multipart request. Each file is checked and stored as it
- * arrives; launch messages are sent only once the whole request has been read, and if the
+ * Upload of many images in one multipart request. Each file streams to the store as it
+ * arrives, checked on the way (see inspect.ts), so a request holds a few small buffers
+ * whatever the number and size of its files; a file refused midway is never stored. Launch
+ * messages are sent only once the whole request has been read, and if the
  * request fails midway everything it stored is deleted again, so a failed upload leaves
  * nothing behind and queues nothing.
  *
@@ -11,12 +13,13 @@
  * skip images that have a result, and the first final result wins.
  */
 import { randomBytes } from 'node:crypto';
+import type { Readable } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
 import type {} from '@fastify/multipart';
 import { type BatchManifest, type LaunchMessage, batchManifestKey, inputKey } from '../messages.js';
 import type { Queue } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
-import { displayName, inspectImage, type ImageLimits } from './inspect.js';
+import { displayName, formatBytes, ImageInspector, ImageRejected, type ImageLimits } from './inspect.js';
 import type { ResultsIndex } from './results.js';
 
 export interface UploadContext {
@@ -75,21 +78,18 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
       if (part.type !== 'file') continue;
       files++;
       const name = displayName(decodeFormFileName(part.filename));
-      const body = await part.toBuffer();
-      const inspection = await inspectImage(body, context.limits, part.file.truncated);
-      if (!inspection.ok) {
-        rejected.push({ name, reason: inspection.reason });
-        continue;
-      }
       const imageId = newId();
       const key = inputKey(batchId, imageId);
-      await context.store.put(context.inputBucket, key, body, {
-        contentType: inspection.contentType,
-        metadata: { batch: batchId, name: encodeURIComponent(name) },
-      });
+      // Listed before it exists, so a failure at any point of the store's write rolls it back.
       stored.push(key);
-      images.push({ id: imageId, name, status: 'queued', size: body.length, contentType: inspection.contentType });
-      manifest.images.push({ imageId, name, key, size: body.length, contentType: inspection.contentType });
+      const outcome = await storeFile(part.file, key, { batch: batchId, name: encodeURIComponent(name) }, context);
+      if ('reason' in outcome) {
+        stored.pop();
+        rejected.push({ name, reason: outcome.reason });
+        continue;
+      }
+      images.push({ id: imageId, name, status: 'queued', size: outcome.size, contentType: outcome.contentType });
+      manifest.images.push({ imageId, name, key, size: outcome.size, contentType: outcome.contentType });
     }
     if (files === 0) throw new UploadError(400, 'the request holds no files: send images as multipart/form-data file parts');
     if (images.length > 0) {
@@ -121,6 +121,34 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     // per unfinished image when the next web tier starts.
   });
   return { batchId, images, rejected };
+}
+
+/**
+ * Streams one file part through the inspector into the store. A file the inspector refuses
+ * fails the store's write before it completes, so nothing of it is stored; the rest of it
+ * is then read and dropped, so the next part can follow.
+ */
+async function storeFile(file: Readable & { truncated?: boolean }, key: string, metadata: Record<string, string>, context: UploadContext): Promise<{ size: number; contentType: string } | { reason: string }> {
+  const inspector = new ImageInspector(context.limits, () => file.truncated === true);
+  // The parser stops passing the file on at the size limit: no need to wait for its end.
+  const onLimit = () => inspector.destroy(new ImageRejected(`file is larger than the ${formatBytes(context.limits.maxFileBytes)} limit`));
+  // A request that breaks off ends the file with an error; the write must fail with it.
+  const onError = (error: Error) => inspector.destroy(error);
+  file.once('limit', onLimit).once('error', onError).pipe(inspector);
+  // Its failure reaches this function through the promises below; an 'error' event nobody
+  // listens to would end the process instead.
+  inspector.on('error', () => undefined);
+  try {
+    const contentType = await inspector.contentType;
+    const { size } = await context.store.putStream(context.inputBucket, key, inspector, { contentType, metadata });
+    return { size, contentType };
+  } catch (error) {
+    if (error instanceof ImageRejected) return { reason: error.message };
+    throw error;
+  } finally {
+    file.off('limit', onLimit).off('error', onError).unpipe(inspector);
+    file.resume();
+  }
 }
 
 async function markLaunched(pending: PendingLaunch, store: ObjectStore, bucket: string): Promise<void> {

@@ -5,7 +5,8 @@
  * Metadata names are lower-case throughout because S3 lower-cases them (see src/storage/s3.ts).
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { PassThrough, Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { InvalidKeyError, type ObjectStore } from '../../src/storage/port.js';
 
@@ -238,6 +239,8 @@ export function objectStoreContract(adapterName: string, setup: () => Promise<Co
         await assert.rejects(store().get(bucket, key), InvalidKeyError, `get ${label}`);
         await assert.rejects(store().head(bucket, key), InvalidKeyError, `head ${label}`);
         await assert.rejects(store().delete(bucket, key), InvalidKeyError, `delete ${label}`);
+        await assert.rejects(store().putStream(bucket, key, Readable.from([Buffer.from('evil')])), InvalidKeyError, `putStream ${label}`);
+        await assert.rejects(store().getStream(bucket, key), InvalidKeyError, `getStream ${label}`);
       }
       assert.deepEqual(await listKeys(bucket), ['sentinel']);
       assert.deepEqual(await listKeys(other), ['victim']);
@@ -287,6 +290,99 @@ export function objectStoreContract(adapterName: string, setup: () => Promise<Co
       );
     });
 
+    it('putStream then get and getStream return the same bytes, content type and metadata', async () => {
+      const bucket = await freshBucket();
+      // Chunks of odd sizes, one of them empty, and bytes that are not valid UTF-8.
+      const chunks = [Buffer.from([0, 0xff, 0xc3, 0x28]), randomBytes(1), Buffer.alloc(0), randomBytes(70_001), randomBytes(3)];
+      const body = Buffer.concat(chunks);
+      const startedAt = Date.now();
+      const { size } = await store().putStream(bucket, 'streamed/a.jpg', Readable.from(chunks), { contentType: 'image/jpeg', metadata: { name: 'a.jpg' } });
+      assert.equal(size, body.length);
+      const object = await store().get(bucket, 'streamed/a.jpg');
+      assert.ok(object, 'the object is found');
+      assert.ok(object.body.equals(body), 'get returns the streamed bytes');
+      assert.equal(object.contentType, 'image/jpeg');
+      assert.deepEqual(object.metadata, { name: 'a.jpg' });
+      const streamed = await store().getStream(bucket, 'streamed/a.jpg');
+      assert.ok(streamed);
+      assert.deepEqual({ ...streamed.info, lastModified: undefined }, { key: 'streamed/a.jpg', size: body.length, contentType: 'image/jpeg', metadata: { name: 'a.jpg' }, lastModified: undefined });
+      assertRecent(streamed.info.lastModified, startedAt);
+      assert.ok((await readAll(streamed.body)).equals(body), 'getStream returns the same bytes');
+      // A put's object streams out too, and an empty body streams in and out.
+      await store().put(bucket, 'put', Buffer.from('put bytes'), { contentType: 'text/plain' });
+      assert.equal((await readAll((await store().getStream(bucket, 'put'))!.body)).toString(), 'put bytes');
+      assert.deepEqual(await store().putStream(bucket, 'empty', Readable.from([])), { size: 0 });
+      const empty = await store().getStream(bucket, 'empty');
+      assert.equal(empty?.info.size, 0);
+      assert.equal(empty.info.contentType, 'application/octet-stream');
+      assert.equal((await readAll(empty.body)).length, 0);
+    });
+
+    it('getStream of a missing key, or in a missing bucket, returns null; putStream into a missing bucket fails naming it', async () => {
+      const bucket = await freshBucket();
+      assert.equal(await store().getStream(bucket, 'nope'), null);
+      const missing = missingBucket();
+      assert.equal(await store().getStream(missing, 'k'), null);
+      await assert.rejects(store().putStream(missing, 'k', Readable.from([Buffer.from('x')])), new RegExp(missing));
+      assert.equal(await store().head(missing, 'k'), null);
+    });
+
+    it('a 50 MB object streams in and out intact', async () => {
+      const bucket = await freshBucket();
+      const total = 50 * 1024 * 1024;
+      const written = createHash('sha256');
+      const source = Readable.from((function* () {
+        for (let sent = 0; sent < total; sent += 1024 * 1024) {
+          const chunk = randomBytes(Math.min(1024 * 1024, total - sent));
+          written.update(chunk);
+          yield chunk;
+        }
+      })());
+      assert.deepEqual(await store().putStream(bucket, 'large/streamed.bin', source, { metadata: { kind: 'large' } }), { size: total });
+      const expected = written.digest('hex');
+      assert.equal((await store().head(bucket, 'large/streamed.bin'))?.size, total);
+      const streamed = await store().getStream(bucket, 'large/streamed.bin');
+      assert.ok(streamed);
+      assert.equal(streamed.info.size, total);
+      assert.deepEqual(streamed.info.metadata, { kind: 'large' });
+      const read = createHash('sha256');
+      let bytes = 0;
+      for await (const chunk of streamed.body) {
+        read.update(chunk as Buffer);
+        bytes += (chunk as Buffer).length;
+      }
+      assert.equal(bytes, total);
+      assert.equal(read.digest('hex'), expected, 'the streamed body round-trips byte for byte');
+    });
+
+    it('a source stream that fails midway stores nothing, and leaves an older object whole', async () => {
+      const bucket = await freshBucket();
+      await store().put(bucket, 'kept', Buffer.from('the older object'), { contentType: 'text/plain', metadata: { version: '1' } });
+      // 20 MB: more than one part of a multipart upload, so a half-sent upload is abandoned.
+      for (const key of ['kept', 'fresh']) {
+        const source = new PassThrough();
+        const putting = store().putStream(bucket, key, source, { contentType: 'image/png', metadata: { version: '2' } });
+        for (let i = 0; i < 20; i++) {
+          if (!source.write(randomBytes(1024 * 1024))) await new Promise((resolve) => source.once('drain', resolve));
+        }
+        // While the body streams in, readers see the older object or none, never part of the new one.
+        assert.equal((await store().get(bucket, key))?.body.toString() ?? null, key === 'kept' ? 'the older object' : null);
+        const during = await store().getStream(bucket, key);
+        during?.body.destroy();
+        assert.equal(during?.info.size ?? null, key === 'kept' ? 16 : null);
+        source.destroy(new Error('the client went away'));
+        await assert.rejects(putting, /the client went away/, `putStream of ${key} rejects with the source's error`);
+      }
+      const kept = await store().get(bucket, 'kept');
+      assert.equal(kept?.body.toString(), 'the older object');
+      assert.equal(kept.contentType, 'text/plain');
+      assert.deepEqual(kept.metadata, { version: '1' });
+      assert.equal(await store().get(bucket, 'fresh'), null);
+      assert.equal(await store().head(bucket, 'fresh'), null);
+      assert.equal(await store().getStream(bucket, 'fresh'), null);
+      assert.deepEqual(await listKeys(bucket), ['kept']);
+    });
+
     it('concurrent puts of one key end with one complete object; readers never see a mix', async () => {
       const bucket = await freshBucket();
       // Different lengths and fill bytes per writer, so a torn or mixed body cannot pass.
@@ -332,6 +428,12 @@ export function objectStoreContract(adapterName: string, setup: () => Promise<Co
       assert.deepEqual(await listKeys(bucket), ['contended']);
     });
   });
+}
+
+export async function readAll(body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
 }
 
 /** Ascending order of the keys' UTF-8 bytes, as S3 lists them. */

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { FsObjectStore } from '../../src/storage/fs.js';
 import { InvalidKeyError } from '../../src/storage/port.js';
-import { makeTempDir } from '../helpers.js';
+import { makeTempDir, waitFor } from '../helpers.js';
 import { invalidKeys, objectStoreContract } from './contract.js';
 
 objectStoreContract('fs', async () => {
@@ -79,6 +80,23 @@ describe('FsObjectStore on disk', () => {
     await store.ensureBucket('tidy');
     await Promise.all(Array.from({ length: 10 }, (_, i) => store.put('tidy', `k/${i % 3}`, Buffer.alloc(10_000, i))));
     assert.deepEqual(await readdir(path.join(root, 'tidy', '.tmp')), []);
+  });
+
+  it('a streamed put that fails midway leaves no temp file; one that succeeds neither', async () => {
+    await store.ensureBucket('streams');
+    const source = new PassThrough();
+    const putting = store.putStream('streams', 'k', source);
+    source.write(Buffer.alloc(100_000, 1));
+    await waitFor('the temp file to receive the body', async () => {
+      const names = await readdir(path.join(root, 'streams', '.tmp'));
+      return names.length === 1 && (await stat(path.join(root, 'streams', '.tmp', names[0]!))).size > 0;
+    });
+    source.destroy(new Error('cut off'));
+    await assert.rejects(putting, /cut off/);
+    assert.deepEqual(await readdir(path.join(root, 'streams', '.tmp')), []);
+    assert.deepEqual(await readdir(path.join(root, 'streams')), ['.tmp']);
+    await store.putStream('streams', 'k', Readable.from([Buffer.from('whole')]));
+    assert.deepEqual(await readdir(path.join(root, 'streams', '.tmp')), []);
   });
 
   it('keys cannot read or write outside the root', async () => {

@@ -8,6 +8,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { resultKey, type ImageResult } from '../../src/messages.js';
@@ -54,6 +55,82 @@ async function readStream(url: string, headers: Record<string, string>, until: (
     controller.abort();
   }
   return { status: response.status, headers: response.headers, text };
+}
+
+/**
+ * Sends a request with its target exactly as written (fetch would normalise it) and returns
+ * the status and what arrived of the body within a short time: a stream that was let
+ * through would never end.
+ */
+async function rawRequest(port: number, method: string, target: string, headers: Record<string, string> = {}, body?: Buffer): Promise<{ status: number; head: string; body: string }> {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  let received = Buffer.alloc(0);
+  const done = new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, 2000);
+    socket.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      const end = received.indexOf('\r\n\r\n');
+      const length = /\r\ncontent-length: *(\d+)/i.exec(received.subarray(0, Math.max(end, 0)).toString('latin1'))?.[1];
+      if (end >= 0 && length !== undefined && received.length >= end + 4 + Number(length)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  const lines = [`${method} ${target} HTTP/1.1`, 'Host: 127.0.0.1', 'Connection: close', ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`)];
+  if (body) lines.push(`Content-Length: ${body.length}`);
+  socket.write(Buffer.concat([Buffer.from(`${lines.join('\r\n')}\r\n\r\n`, 'latin1'), body ?? Buffer.alloc(0)]));
+  await done;
+  socket.destroy();
+  const text = received.toString('latin1');
+  const end = text.indexOf('\r\n\r\n');
+  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0), head: end >= 0 ? text.slice(0, end) : text, body: end >= 0 ? text.slice(end + 4) : '' };
+}
+
+/** Ways to write a path that a router, a proxy or a string check might each read differently. */
+function spellings(route: string, origin: string): string[] {
+  const segments = route.split('/').slice(1);
+  const hex = (char: string, upper: boolean) => `%${char.charCodeAt(0).toString(16)[upper ? 'toUpperCase' : 'toLowerCase']()}`;
+  const encodeLetters = (text: string, upper: boolean) => text.replace(/[a-z]/gi, (char) => hex(char, upper));
+  const firstLetterEncoded = '/' + segments.map((segment) => segment.replace(/^[a-z]/i, (char) => hex(char, true))).join('/');
+  const spelled = [
+    route,
+    firstLetterEncoded,
+    '/' + segments.map((segment) => encodeLetters(segment, true)).join('/'),
+    '/' + segments.map((segment) => encodeLetters(segment, false)).join('/'),
+    '/' + segments.map((segment, i) => (i % 2 ? encodeLetters(segment, true) : encodeLetters(segment, false))).join('/'),
+    '/' + segments.join('%2F'),
+    '/' + segments.join('%2f'),
+    '/' + segments.join('//'),
+    '/' + route,
+    route + '/',
+    route + '?',
+    route + '#',
+    route + '?#',
+    route + '#/',
+    route + ';',
+    route + '%00',
+    route + '%20',
+    route.toUpperCase(),
+    '/' + segments.map((segment) => segment.charAt(0).toUpperCase() + segment.slice(1)).join('/'),
+    '/x/..' + route,
+    '/x/%2e%2e' + route,
+    '/x/%2E%2E' + route,
+    '/%2e%2e' + route,
+    '/.' + route,
+    '/%2e' + route,
+    '/' + segments[0] + '/.' + route.slice(segments[0]!.length + 1),
+    '/' + segments[0] + '/%2e' + route.slice(segments[0]!.length + 1),
+    '/' + segments.join('\\'),
+    `${origin}${route}`,
+    `${origin}${firstLetterEncoded}`,
+  ];
+  return [...new Set(spelled)];
 }
 
 describe('access control and exposure', async () => {
@@ -134,6 +211,68 @@ describe('access control and exposure', async () => {
     const postWithQueryKey = new FormData();
     postWithQueryKey.append('images', new Blob([tench]), 'q.jpg');
     assert.equal((await fetch(`${url}/api/images?key=${KEYS[0]}`, { method: 'POST', body: postWithQueryKey })).status, 401);
+  });
+
+  it('decides access by the route the router matched, whatever the spelling of the path', async () => {
+    const { body } = await upload('spelled.jpg');
+    await drainQueue(runtime.queues.launch);
+    const batchId = body.batchId as string;
+    const imageId = body.images[0].id as string;
+    const port = Number(new URL(url).port);
+    const inputKeys = async () => {
+      const keys: string[] = [];
+      for await (const object of runtime.store.list(runtime.config.inputBucket)) keys.push(object.key);
+      return keys;
+    };
+
+    // Every route says who may call it; only these are open to all, and only these take a
+    // key in the query. A new route is protected unless it is added here deliberately.
+    const routes = web.server.routes;
+    const named = (auth: string) => routes.filter((route) => route.auth === auth).map((route) => `${route.method} ${route.url}`).sort();
+    assert.deepEqual(named('public'), ['GET /', 'GET /assets/:file', 'GET /healthz', 'HEAD /', 'HEAD /assets/:file', 'HEAD /healthz']);
+    assert.deepEqual(named('key-or-query'), ['GET /api/events', 'GET /api/images/:id/input', 'HEAD /api/events', 'HEAD /api/images/:id/input']);
+    for (const route of routes) assert.ok(['public', 'key', 'key-or-query'].includes(route.auth), `${route.method} ${route.url}: ${route.auth}`);
+    const guarded = routes.filter((route) => route.auth !== 'public');
+    assert.ok(guarded.length >= 13, `the protected routes are listed: ${guarded.map((route) => `${route.method} ${route.url}`).join(', ')}`);
+
+    const form = new FormData();
+    form.append('images', new Blob([tench]), 'sneaky.jpg');
+    const encoded = new Response(form);
+    const uploadBody = Buffer.from(await encoded.arrayBuffer());
+    const uploadType = encoded.headers.get('content-type')!;
+    const keysBefore = await inputKeys();
+    let requests = 0;
+    for (const route of guarded) {
+      // Real ids, so a request let through would answer with data.
+      const target = route.url.replace(':id', route.url.startsWith('/api/images') ? imageId : batchId).replace(/:\w+/g, 'x');
+      const withBody = route.method === 'POST' || route.method === 'PUT' || route.method === 'PATCH';
+      for (const spelling of spellings(target, `http://127.0.0.1:${port}`)) {
+        for (const query of ['', `${spelling.includes('?') ? '&' : '?'}key=not-a-key`]) {
+          const answer = await rawRequest(port, route.method, spelling + query, withBody ? { 'content-type': uploadType } : {}, withBody ? uploadBody : undefined);
+          requests++;
+          const what = `${route.method} ${spelling + query} (route ${route.url}): ${answer.status} ${answer.body.slice(0, 200)}`;
+          assert.ok([400, 401, 404].includes(answer.status), what);
+          for (const secret of [batchId, imageId, 'queues', 'icaas_', 'event:', '\xff\xd8\xff']) assert.ok(!answer.body.includes(secret), `${what} reveals ${JSON.stringify(secret)}`);
+          if (answer.status !== 400 && route.method !== 'HEAD') assert.deepEqual(Object.keys(JSON.parse(answer.body) as object), ['error'], what);
+        }
+      }
+    }
+    assert.ok(requests > 500, `${requests} requests`);
+    assert.deepEqual(await inputKeys(), keysBefore, 'no request stored anything');
+    assert.deepEqual(await drainQueue(runtime.queues.launch), [], 'no request queued anything');
+  });
+
+  it('answers a path no route matches as it answers a protected one, so neither leaks', async () => {
+    const port = Number(new URL(url).port);
+    const answers = await Promise.all(['/api/status', '/api/nope', '/nope', '/api/batches', '/.env', '/metrics/'].map((target) => rawRequest(port, 'GET', target)));
+    for (const answer of answers) {
+      assert.equal(answer.status, 401);
+      assert.equal(answer.body, answers[0]!.body);
+    }
+    // With a key, an unknown path is a plain 404.
+    const unknown = await fetch(`${url}/api/nope`, { headers: bearer });
+    assert.equal(unknown.status, 404);
+    assert.deepEqual(await unknown.json(), { error: 'no route GET /api/nope' });
   });
 
   it('lets a valid key in by Authorization: Bearer, x-api-key, and ?key= for events and images', async () => {

@@ -5,7 +5,7 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -83,6 +83,8 @@ describe('hostile uploads', async () => {
     const outcome = await attempt();
     assert.deepEqual(await inputKeys(), keysBefore, 'the input bucket is unchanged');
     assert.equal(await queued(), queuedBefore, 'nothing was queued');
+    // A file refused while it streamed in leaves not even a partial write behind.
+    assert.deepEqual(await readdir(path.join(temp.dir, 'buckets', runtime.config.inputBucket, '.tmp')), [], 'no temp file is left');
     return outcome;
   };
   const post = async (files: RawFile[]) => {

@@ -2,8 +2,12 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import sharp from 'sharp';
-import { displayName, inspectImage, sniffImageType, stem } from '../../src/web/inspect.js';
+import { ImageDecodeError } from '../../src/classifier/port.js';
+import { preprocess } from '../../src/classifier/preprocess.js';
+import { displayName, ImageInspector, inspectImage, sniffImageType, stem } from '../../src/web/inspect.js';
 import { sharedImagesDir } from '../helpers.js';
 
 const limits = { maxFileBytes: 5 * 1024 * 1024, maxPixels: 10_000_000 };
@@ -41,6 +45,81 @@ describe('upload inspection', async () => {
     assert.match(await reason(jpeg.subarray(0, 40)), /header|truncated|corrupt/);
     const big = await sharp({ create: { width: 4000, height: 3000, channels: 3, background: '#888' } }).jpeg().toBuffer();
     assert.match(await reason(big, false, { maxFileBytes: limits.maxFileBytes, maxPixels: 1_000_000 }), /4000x3000 pixels, over the limit of 1,000,000/);
+  });
+
+  /** One image per accepted format, 37 x 23 so width and height cannot be swapped unnoticed. */
+  const formats = async () => {
+    const base = sharp({ create: { width: 37, height: 23, channels: 3, background: '#3a7' } });
+    return {
+      'image/jpeg': await base.clone().jpeg().toBuffer(),
+      'image/jpeg (progressive, with EXIF)': await base.clone().withMetadata({ exif: { IFD0: { Copyright: 'x'.repeat(3000) } } }).jpeg({ progressive: true }).toBuffer(),
+      'image/png': await base.clone().png().toBuffer(),
+      'image/gif': await base.clone().gif().toBuffer(),
+      'image/webp': await base.clone().webp().toBuffer(),
+      'image/webp (lossless)': await base.clone().webp({ lossless: true }).toBuffer(),
+      'image/webp (extended)': await base.clone().ensureAlpha(0.5).webp().withMetadata({ exif: { IFD0: { Copyright: 'y' } } }).toBuffer(),
+      'image/tiff': await base.clone().tiff().toBuffer(),
+      'image/avif': await base.clone().avif().toBuffer(),
+    };
+  };
+
+  it('reads the size of every accepted format from its header, in chunks of any size', async () => {
+    for (const [format, bytes] of Object.entries(await formats())) {
+      for (const chunkBytes of [1, 7, 4096, bytes.length]) {
+        const chunks = Array.from({ length: Math.ceil(bytes.length / chunkBytes) }, (_, i) => bytes.subarray(i * chunkBytes, (i + 1) * chunkBytes));
+        const inspector = new ImageInspector(limits);
+        const passed: Buffer[] = [];
+        await pipeline(Readable.from(chunks), inspector, new Writable({ write: (chunk: Buffer, _encoding, callback) => { passed.push(chunk); callback(); } }));
+        assert.equal(await inspector.contentType, format.split(' ')[0], format);
+        assert.deepEqual([inspector.width, inspector.height], [37, 23], `${format} in chunks of ${chunkBytes}`);
+        assert.ok(Buffer.concat(passed).equals(bytes), `${format}: every byte is passed on unchanged`);
+      }
+    }
+  });
+
+  it('refuses a JPEG, PNG or WebP cut short anywhere, and an image over the pixel limit in any format', async () => {
+    for (const [format, bytes] of Object.entries(await formats())) {
+      const result = await inspectImage(bytes, { ...limits, maxPixels: 37 * 23 - 1 });
+      assert.ok(!result.ok && /37x23 pixels, over the limit of 850 pixels/.test(result.reason), `${format}: ${JSON.stringify(result)}`);
+      if (!/jpeg|png|webp/.test(format)) continue;
+      for (const cut of [1, 2, 10, 20, 30, Math.floor(bytes.length / 2), bytes.length - 2, bytes.length - 1]) {
+        const cutShort = await inspectImage(bytes.subarray(0, cut), limits);
+        assert.ok(!cutShort.ok && /header cannot be read|truncated or corrupt|not an image/.test(cutShort.reason), `${format} cut at ${cut} of ${bytes.length}: ${JSON.stringify(cutShort)}`);
+      }
+    }
+    // Bytes after the end of a JPEG (cameras append data there) are fine.
+    assert.ok((await inspectImage(Buffer.concat([jpeg, Buffer.from('trailing data')]), limits)).ok);
+  });
+
+  it('holds only a few bytes of a file at a time, however large it is', async () => {
+    // A 12 MB JPEG-looking stream whose size arrives in the header and whose end never does.
+    const header = jpeg.subarray(0, 2000);
+    const inspector = new ImageInspector({ maxFileBytes: 64 * 1024 * 1024, maxPixels: limits.maxPixels });
+    let most = 0;
+    const consumer = new Writable({
+      highWaterMark: 1,
+      write: (_chunk, _encoding, callback) => {
+        most = Math.max(most, inspector.writableLength + inspector.readableLength);
+        callback();
+      },
+    });
+    const chunks = function* () {
+      yield header;
+      for (let i = 0; i < 200; i++) yield Buffer.alloc(64 * 1024, 0x11);
+    };
+    await assert.rejects(pipeline(Readable.from(chunks()), inspector, consumer), /truncated or corrupt/);
+    assert.deepEqual([inspector.width, inspector.height], [500, 375]);
+    assert.ok(most <= 256 * 1024, `at most ${most} bytes were buffered in the inspector`);
+  });
+
+  it('leaves corrupt pixel data to the worker, whose decoder says what is wrong', async () => {
+    // The structure is whole, so the header check passes; the compressed pixels are garbage.
+    const png = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#abc' } }).png({ compressionLevel: 0 }).toBuffer();
+    const corrupt = Buffer.from(png);
+    const data = corrupt.indexOf('IDAT') + 4;
+    corrupt.fill(0x5a, data + 2, data + 200);
+    assert.ok((await inspectImage(corrupt, limits)).ok, 'passes the header check');
+    await assert.rejects(preprocess(corrupt), (error: Error) => error instanceof ImageDecodeError && /cannot decode image: .+/.test(error.message));
   });
 
   it('makes display names safe and short, keeping unicode', () => {

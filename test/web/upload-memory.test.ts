@@ -1,0 +1,86 @@
+/**
+ * One request of many large files costs the web tier a bounded amount of memory: files
+ * stream to the store, checked on the way, and are never held whole. A real `icaas web`
+ * process receives 600 MB in one request; its peak resident memory (VmHWM, the kernel's
+ * high-water mark, so nothing depends on when it is sampled) must stay far below that.
+ */
+import { describe, it, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import http from 'node:http';
+import sharp from 'sharp';
+import { cliPath, makeTempDir, waitFor } from '../helpers.js';
+
+const FILES = 100;
+const PEAK_LIMIT_BYTES = 300 * 1024 * 1024;
+
+/** Sends `count` copies of `image` as one multipart request, with the socket's back-pressure. */
+async function postMany(url: string, image: Buffer, count: number): Promise<{ status: number; body: any }> {
+  const boundary = `----icaas${randomBytes(8).toString('hex')}`;
+  return new Promise((resolve, reject) => {
+    const request = http.request(`${url}/api/images`, { method: 'POST', headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) }));
+      response.on('error', reject);
+    });
+    request.on('error', reject);
+    void (async () => {
+      const write = (chunk: Buffer | string) => (request.write(chunk) ? undefined : new Promise((resolve) => request.once('drain', resolve)));
+      for (let i = 0; i < count; i++) {
+        await write(`--${boundary}\r\nContent-Disposition: form-data; name="images"; filename="noise-${i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`);
+        await write(image);
+        await write('\r\n');
+      }
+      request.end(`--${boundary}--\r\n`);
+    })();
+  });
+}
+
+async function peakResidentBytes(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kib = /^VmHWM:\s+(\d+) kB$/m.exec(status)?.[1];
+  assert.ok(kib, 'the kernel reports VmHWM');
+  return Number(kib) * 1024;
+}
+
+describe('memory of one large upload', { skip: process.platform !== 'linux' && 'needs /proc' }, async () => {
+  const temp = await makeTempDir('icaas-upload-memory-');
+  after(() => temp.cleanup());
+
+  it(`stays bounded: ${FILES} files of 6 MB in one request to a real web tier`, async (t) => {
+    // Noise does not compress: about 6 MB as a JPEG, a valid image the inspector walks to its end.
+    const [width, height] = [2400, 1800];
+    const image = await sharp(randomBytes(width * height * 3), { raw: { width, height, channels: 3 } }).jpeg({ quality: 100 }).toBuffer();
+    assert.ok(image.length > 5_500_000, `the image is ${image.length} bytes`);
+    const child = spawn(process.execPath, [cliPath, 'web', '--host', '127.0.0.1', '--port', '0', '--data', temp.dir], {
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    try {
+      const url = await waitFor('the web tier to listen', () => {
+        if (child.exitCode !== null) throw new Error(`exited: ${output}`);
+        return /listening on (http:\/\/\S+)/.exec(output)?.[1];
+      }, { timeoutMs: 20_000 });
+      const before = await peakResidentBytes(child.pid!);
+      const { status, body } = await postMany(url, image, FILES);
+      assert.equal(status, 202, JSON.stringify(body).slice(0, 500));
+      assert.equal(body.images.length, FILES);
+      assert.deepEqual(body.rejected, []);
+      assert.ok(body.images.every((accepted: { size: number }) => accepted.size === image.length));
+      const peak = await peakResidentBytes(child.pid!);
+      const uploaded = image.length * FILES;
+      t.diagnostic(`peak resident memory ${(peak / 2 ** 20).toFixed(0)} MiB (${(before / 2 ** 20).toFixed(0)} MiB at start) for ${(uploaded / 2 ** 20).toFixed(0)} MiB uploaded`);
+      assert.ok(peak < PEAK_LIMIT_BYTES, `peak resident memory ${(peak / 2 ** 20).toFixed(0)} MiB (${(before / 2 ** 20).toFixed(0)} MiB before) for ${(uploaded / 2 ** 20).toFixed(0)} MiB uploaded; limit ${PEAK_LIMIT_BYTES / 2 ** 20} MiB`);
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
+    }
+  });
+});
