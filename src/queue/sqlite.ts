@@ -111,6 +111,7 @@ export class SqliteQueueProvider implements QueueProvider {
   private readonly closing = new AbortController();
   private closed = false;
   private readonly claimTransaction: (queue: string, maxMessages: number, visibilityMs: number) => ReceivedMessage[];
+  private readonly atQueueTime: Database.Transaction<(write: (now: number) => unknown) => unknown>;
 
   static open(filePath: string, options: SqliteQueueProviderOptions = {}): SqliteQueueProvider {
     return new SqliteQueueProvider(filePath, options);
@@ -154,6 +155,7 @@ export class SqliteQueueProvider implements QueueProvider {
         return { id: row.id, body: row.body, receiptHandle, receiveCount: row.receiveCount, sentAt: row.sentAt };
       });
     });
+    this.atQueueTime = this.db.transaction((write: (now: number) => unknown) => write(this.queueTime(true)));
     // BEGIN IMMEDIATE takes the write lock before the SELECT, so no other connection can
     // claim the same rows between our read and our update.
     this.claimTransaction = (queue, maxMessages, visibilityMs) => claim.immediate(queue, maxMessages, visibilityMs);
@@ -228,7 +230,7 @@ export class SqliteQueueProvider implements QueueProvider {
 
   /** @internal Runs `write` in one write transaction, with the queue time at its start. */
   writeAtQueueTime<T>(what: string, write: (statements: Statements, now: number) => T): T {
-    return this.run(what, (statements) => this.db.transaction(() => write(statements, this.queueTime(true))).immediate());
+    return this.run(what, (statements) => this.atQueueTime.immediate((now) => write(statements, now)) as T);
   }
 
   /** Kept apart from the versioned schema: files of any version gain it on open. */

@@ -339,7 +339,7 @@ async function withLock<T>(lockPath: string, work: () => Promise<T>): Promise<T>
 }
 
 async function acquireLock(lockPath: string): Promise<bigint> {
-  const giveUpAt = Date.now() + LOCK_WAIT_MS;
+  const giveUpAt = performance.now() + LOCK_WAIT_MS;
   for (let delayMs = 1; ; delayMs = Math.min(delayMs * 2, 50)) {
     try {
       const handle = await open(lockPath, 'wx');
@@ -353,7 +353,7 @@ async function acquireLock(lockPath: string): Promise<bigint> {
       if (errorCode(error) !== 'EEXIST') throw error;
     }
     await breakIfStale(lockPath);
-    if (Date.now() > giveUpAt) throw new Error(`timed out after ${LOCK_WAIT_MS} ms waiting for the write lock ${lockPath}`);
+    if (performance.now() > giveUpAt) throw new Error(`timed out after ${LOCK_WAIT_MS} ms waiting for the write lock ${lockPath}`);
     await new Promise((resolve) => setTimeout(resolve, delayMs * (0.5 + Math.random())));
   }
 }
