@@ -5,9 +5,16 @@
  * are each killed (SIGKILL) and restarted once mid-run. At the end it checks and prints:
  * every accepted image has exactly one final result (API and output bucket), none is
  * lost, no result was shown twice on the live event stream (followed across the web-tier
- * restart with Last-Event-ID), and the instance count never exceeded the maximum.
+ * restart with Last-Event-ID), the instance count never exceeded the maximum, and no
+ * image ran more attempts than allowed (its result and the retry claims in the output
+ * bucket). Variants: `--controllers 2` runs two controller processes at once against the
+ * one data folder (the first is the one killed and restarted); `--clock-step=-30` steps
+ * the wall clock of every process (web, controllers, workers) back 30 s mid-run, through
+ * the clock file that ICAAS_TEST_CLOCK_FILE names (see src/clock.ts).
  *
  *   npm run chaos [-- --images 500 --clients 50 --duration 60 --max-instances 20]
+ *   npm run chaos -- --controllers 2
+ *   npm run chaos -- --clock-step=-30
  *   node dist/bench/chaos.js --help
  *
  * Exit status 0 when every check holds, 1 otherwise. `test/e2e/chaos.test.ts` runs a short
@@ -15,12 +22,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import Database from 'better-sqlite3';
 import { parseImageResult, resultKey } from '../src/messages.js';
+import { attemptClaimSchema } from '../src/outcomes.js';
 import { FsObjectStore } from '../src/storage/fs.js';
 import { cliPath, makeTempDir, serverSentEvents, sharedImagesDir } from '../test/helpers.js';
 
@@ -40,6 +48,12 @@ export interface ChaosOptions {
   timeoutSeconds: number;
   /** Keep the data folder (buckets, queues, registry, worker logs) for a look afterwards. */
   keep: boolean;
+  /** Controller processes running at once against the one data folder. */
+  controllers: number;
+  /** Milliseconds by which every process's wall clock is stepped mid-run (negative: back); 0 for none. */
+  clockStepMs: number;
+  /** The service's --max-attempts. */
+  maxAttempts: number;
   log: (line: string) => void;
 }
 
@@ -54,6 +68,9 @@ export const DEFAULT_CHAOS: ChaosOptions = {
   filesPerRequest: 4,
   timeoutSeconds: 300,
   keep: false,
+  controllers: 1,
+  clockStepMs: 0,
+  maxAttempts: 3,
   log: () => {},
 };
 
@@ -72,6 +89,10 @@ export interface ChaosReport {
   /** Images stored by requests the client never got an answer to (not accepted), and whether they all finished. */
   unacknowledged: { images: number; unfinished: number; orphans: number };
   instances: { max: number; peakStatus: number; peakRegistry: number; peakProcesses: number };
+  /** Attempts per image, from the results and the retry claims in the output bucket. */
+  attempts: AttemptsReport;
+  /** When the wall clock was stepped, in seconds from the start; null when it was not. */
+  clockSteppedAt: number | null;
   killed: { workers: number; web: number; controllers: number };
   failures: string[];
   /** The images behind the failures, for a look at what went wrong. */
@@ -86,17 +107,32 @@ interface ImageFile {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+export interface AttemptsReport {
+  limit: number;
+  /** The most attempts any image's result records, or any retry claim names. */
+  maxSeen: number;
+  /** Retries claimed (attempt markers), over all images. */
+  retries: number;
+  /** Images whose result or claims go past the limit. */
+  overLimit: number;
+}
+
 /** One part of the service (`icaas web` or `icaas controller`) as a child process. */
 class Part {
   private child: ChildProcess | undefined;
   private exited: Promise<void> = Promise.resolve();
   output = '';
 
-  constructor(readonly name: 'web' | 'controller', private readonly args: () => string[], private readonly ready: RegExp) {}
+  constructor(
+    readonly name: 'web' | 'controller',
+    private readonly args: () => string[],
+    private readonly ready: RegExp,
+    private readonly env: Record<string, string> = {},
+  ) {}
 
   async start(timeoutMs = 60_000): Promise<RegExpExecArray> {
     const child = spawn(process.execPath, [cliPath, this.name, ...this.args()], {
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' },
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child = child;
@@ -181,7 +217,7 @@ async function sharedImageFiles(): Promise<ImageFile[]> {
 interface Follower {
   /** Final results seen per image id, on the stream. */
   onStream: Map<string, number>;
-  /** Images first seen final in a reload after a reset. */
+  /** Images first seen final in a reload (once connected, or after a reset). */
   afterReset: Set<string>;
   resets: number;
   reconnects: number;
@@ -189,8 +225,9 @@ interface Follower {
 }
 
 /**
- * Follows one batch's event stream the way a browser's EventSource does: reconnects after
- * any failure with the last event id it saw, and on `reset` reloads the batch once.
+ * Follows one batch's event stream the way the page does: loads the batch once the stream
+ * is open (the stream carries only what happens after it connects), reconnects after any
+ * failure with the last event id it saw, as EventSource does, and on `reset` reloads.
  */
 function followBatch(url: () => string, batchId: string): Follower {
   const onStream = new Map<string, number>();
@@ -221,6 +258,7 @@ function followBatch(url: () => string, batchId: string): Follower {
           signal: controller.signal,
         });
         if (!response.ok || !response.body) throw new Error(`events: ${response.status}`);
+        if (lastEventId === undefined) await reload();
         for await (const { id, event, data } of serverSentEvents(response.body)) {
           if (id !== undefined) lastEventId = id;
           if (event === 'image') {
@@ -246,6 +284,54 @@ function followBatch(url: () => string, batchId: string): Follower {
   return follower;
 }
 
+/**
+ * The clock file every process reads its wall-clock offset from (src/clock.ts), or none when
+ * the run does not step the clock. Starts at no offset.
+ */
+async function prepareClockFile(dataDir: string, options: ChaosOptions): Promise<Record<string, string>> {
+  if (options.clockStepMs === 0) return {};
+  const file = path.join(dataDir, 'clock-offset');
+  await writeFile(file, '0');
+  return { ICAAS_TEST_CLOCK_FILE: file };
+}
+
+/** Steps every process's wall clock once, midway through the uploads; resolves with when (seconds from `started`). */
+async function stepClockMidRun(env: Record<string, string>, options: ChaosOptions, started: number, log: (line: string) => void): Promise<number | null> {
+  const file = env.ICAAS_TEST_CLOCK_FILE;
+  if (!file) return null;
+  await sleep(options.durationSeconds * 1000 * 0.5);
+  await writeFile(file, String(options.clockStepMs));
+  log(`stepped every process's wall clock by ${options.clockStepMs / 1000}s`);
+  return (performance.now() - started) / 1000;
+}
+
+/**
+ * Attempts per image from the output bucket: the attempt count of each result and the
+ * retry claims (attempts/<image>/<n>, one per retry sent). Neither may pass the limit.
+ */
+async function countAttempts(store: FsObjectStore, imageIds: Iterable<string>, limit: number, details: string[]): Promise<AttemptsReport> {
+  const report: AttemptsReport = { limit, maxSeen: 0, retries: 0, overLimit: 0 };
+  for (const id of imageIds) {
+    let most = 0;
+    const object = await store.get('icaas-output', resultKey(id));
+    if (object) most = parseImageResult(object.body.toString('utf8')).attempts;
+    const claimed: number[] = [];
+    for await (const marker of store.list('icaas-output', `attempts/${id}/`)) {
+      const claim = await store.get('icaas-output', marker.key);
+      if (!claim) continue;
+      claimed.push(attemptClaimSchema.parse(JSON.parse(claim.body.toString('utf8'))).attempt);
+    }
+    report.retries += claimed.length;
+    most = Math.max(most, ...claimed);
+    report.maxSeen = Math.max(report.maxSeen, most);
+    if (most > limit) {
+      report.overLimit++;
+      details.push(`${id}: ${most} attempts (claims ${claimed.sort((a, b) => a - b).join(', ') || 'none'}), over the limit of ${limit}`);
+    }
+  }
+  return report;
+}
+
 export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<ChaosReport> {
   const options: ChaosOptions = { ...DEFAULT_CHAOS, ...input };
   const { log } = options;
@@ -256,11 +342,14 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
   let port = 0;
   const common = () => [
     '--host', '127.0.0.1', '--data', dataDir,
-    '--max-instances', String(options.maxInstances),
+    '--max-instances', String(options.maxInstances), '--max-attempts', String(options.maxAttempts),
     '--idle-wait', '2', '--deadline', '30', '--monitor-check', '0.5', '--launch-interval', '200',
   ];
-  const web = new Part('web', () => [...common(), '--port', String(port)], /listening on (http:\/\/\S+)/);
-  const controllers = new Part('controller', common, /model: /);
+  const clockEnv = await prepareClockFile(dataDir, options);
+  const web = new Part('web', () => [...common(), '--port', String(port)], /listening on (http:\/\/\S+)/, clockEnv);
+  const allControllers = Array.from({ length: options.controllers }, () => new Part('controller', common, /model: /, clockEnv));
+  // The first is the one killed and restarted; any others keep running throughout.
+  const controllers = allControllers[0]!;
   const failures: string[] = [];
   const killed = { workers: 0, web: 0, controllers: 0 };
   const uploads = { requests: 0, accepted: 0, retried: 0, refusedConnection: 0, reset: 0, busy: 0, shuttingDown: 0, serverErrors: 0 };
@@ -273,8 +362,9 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
     const [, address] = await web.start();
     const url = address!;
     port = Number(new URL(url).port);
-    await controllers.start();
-    log(`service up at ${url}, data in ${dataDir}`);
+    for (const part of allControllers) await part.start();
+    log(`service up at ${url} with ${allControllers.length} controller process${allControllers.length === 1 ? '' : 'es'}, data in ${dataDir}`);
+    const clockStep = stepClockMidRun(clockEnv, options, started, log);
 
     // Samplers: status (as users see it), the registry, and the processes themselves.
     background.push((async () => {
@@ -427,7 +517,7 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
       }
     })();
 
-    await Promise.all([...clientWork.map((_, index) => client(index)), restarts]);
+    await Promise.all([...clientWork.map((_, index) => client(index)), restarts, clockStep]);
     log(`uploads done after ${((Date.now() - uploadStart) / 1000).toFixed(1)}s: ${accepted.size} images accepted in ${batches.size} batches`);
 
     // Wait until every batch is complete (the killer keeps going meanwhile).
@@ -515,6 +605,7 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
       for (const image of (JSON.parse(manifest!.body.toString('utf8')) as { images: { key: string }[] }).images) listed.add(image.key);
     }
     for await (const object of store.list('icaas-input', 'images/')) if (!listed.has(object.key)) unacknowledged.orphans++;
+    const attempts = await countAttempts(store, accepted.keys(), options.maxAttempts, details);
     await store.close();
     const stream = { shown: 0, onStream: 0, afterReset: 0, shownTwice: 0, notShown: 0, resets: 0, reconnects: 0 };
     const shownIds = new Set<string>();
@@ -547,6 +638,7 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
     for (const [what, peak] of [['status', instances.peakStatus], ['registry', instances.peakRegistry], ['processes', instances.peakProcesses]] as const) {
       if (peak > options.maxInstances) failures.push(`instances peaked at ${peak} (${what}), over the maximum of ${options.maxInstances}`);
     }
+    if (attempts.overLimit > 0) failures.push(`${attempts.overLimit} images ran more than ${options.maxAttempts} attempts`);
     if (options.restartWeb && killed.web !== 1) failures.push('the web tier was not restarted');
     if (options.restartControllers && killed.controllers !== 1) failures.push('the controllers were not restarted');
 
@@ -565,6 +657,8 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
       stream,
       unacknowledged,
       instances,
+      attempts,
+      clockSteppedAt: await clockStep,
       killed,
       failures,
       details,
@@ -575,7 +669,7 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
     await Promise.allSettled(background);
     await Promise.allSettled(followers.filter(Boolean).map((follower) => follower.stop()));
     await web.kill('SIGKILL');
-    await controllers.kill('SIGKILL');
+    for (const part of allControllers) await part.kill('SIGKILL');
     // Workers are detached from the controller: find and kill every one of this data folder.
     for (let round = 0; round < 20; round++) {
       const pids = [...new Set([...workerProcesses(dataDir), ...registryInstances(registryPath).map((instance) => instance.pid).filter((pid): pid is number => pid !== null)])];
@@ -598,17 +692,25 @@ export function formatReport(report: ChaosReport): string {
   const { options: o, uploads: u, stream: s, instances: i, bucket: b, killed: k } = report;
   return [
     `chaos: ${o.images} images by ${o.clients} clients over ${o.durationSeconds}s, at most ${o.maxInstances} instances`,
-    `faults: ${k.workers} worker instances killed (one every ${o.killEveryMs / 1000}s), web tier killed and restarted ${k.web}x, controllers ${k.controllers}x`,
+    `faults: ${k.workers} worker instances killed (one every ${o.killEveryMs / 1000}s), web tier killed and restarted ${k.web}x, controllers ${k.controllers}x; ${o.controllers} controller process${o.controllers === 1 ? '' : 'es'} at once`,
+    ...(report.clockSteppedAt !== null ? [`clock: every process's wall clock stepped by ${o.clockStepMs / 1000}s at ${report.clockSteppedAt.toFixed(1)}s`] : []),
     `uploads: ${u.accepted} requests accepted; ${u.retried} retried (${u.refusedConnection} connection refused, ${u.reset} cut off, ${u.shuttingDown} 503, ${u.busy} 429, ${u.serverErrors} 5xx)`,
     `accepted images: ${report.accepted}; with one final result: ${report.final} (${report.ok} ok, ${report.errors} error); lost: ${report.lost}; listed twice: ${report.duplicateIds}`,
     `output bucket: ${b.results} result objects, ${b.missing} missing, ${b.disagree} disagreeing with the API`,
-    `live stream: ${s.shown} of ${report.accepted} results shown (${s.onStream} as events, ${s.afterReset} by the reload after a reset), ${s.shownTwice} shown twice, ${s.notShown} never shown; ${s.resets} resets, ${s.reconnects} reconnects`,
+    `live stream: ${s.shown} of ${report.accepted} results shown (${s.onStream} as events, ${s.afterReset} by a reload on connecting or after a reset), ${s.shownTwice} shown twice, ${s.notShown} never shown; ${s.resets} resets, ${s.reconnects} reconnects`,
     `unacknowledged uploads: ${report.unacknowledged.images} images accepted without an answer reaching the client (${report.unacknowledged.unfinished} unfinished), ${report.unacknowledged.orphans} stored before the upload was cut off (never queued)`,
     `instances: peak ${i.peakStatus} in /api/status, ${i.peakRegistry} in the registry, ${i.peakProcesses} worker processes; maximum ${i.max}`,
+    `attempts: at most ${report.attempts.maxSeen} per image (limit ${report.attempts.limit}); ${report.attempts.retries} retries claimed; ${report.attempts.overLimit} images over the limit`,
     `took ${report.seconds.toFixed(1)}s`,
     ...(report.dataDir ? [`data kept in ${report.dataDir}`] : []),
     report.failures.length === 0 ? 'PASS: every check holds' : `FAIL:\n${[...report.failures, ...report.details].map((line) => `  - ${line}`).join('\n')}`,
   ].join('\n');
+}
+
+function clockStepSeconds(value: string): number {
+  const parsed = Number(value);
+  if (!Number.isFinite(parsed) || Math.abs(parsed) > 3600) throw new Error(`--clock-step must be a number of seconds within an hour either way, got ${value}`);
+  return parsed;
 }
 
 async function main(): Promise<number> {
@@ -622,6 +724,9 @@ async function main(): Promise<number> {
       'files-per-request': { type: 'string', default: String(DEFAULT_CHAOS.filesPerRequest) },
       timeout: { type: 'string', default: String(DEFAULT_CHAOS.timeoutSeconds) },
       'no-restarts': { type: 'boolean', default: false },
+      controllers: { type: 'string', default: String(DEFAULT_CHAOS.controllers) },
+      'clock-step': { type: 'string', default: '0' },
+      'max-attempts': { type: 'string', default: String(DEFAULT_CHAOS.maxAttempts) },
       keep: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -638,6 +743,9 @@ async function main(): Promise<number> {
       `  --files-per-request N  most files per upload request (default ${DEFAULT_CHAOS.filesPerRequest})`,
       `  --timeout S            seconds to wait for every image after the uploads (default ${DEFAULT_CHAOS.timeoutSeconds})`,
       '  --no-restarts          do not kill and restart the web tier and the controllers',
+      `  --controllers N        controller processes at once against the one data folder (default ${DEFAULT_CHAOS.controllers})`,
+      '  --clock-step=S         step every process\'s wall clock by S seconds midway through the uploads (e.g. --clock-step=-30; the = is needed for a negative S); 0 for none',
+      `  --max-attempts N       the service's attempts per image (default ${DEFAULT_CHAOS.maxAttempts})`,
       '  --keep                 keep the data folder (buckets, queues, registry, worker logs) afterwards',
       '',
     ].join('\n'));
@@ -656,6 +764,9 @@ async function main(): Promise<number> {
     killEveryMs: number('kill-every', values['kill-every'], 0) * 1000,
     filesPerRequest: Math.round(number('files-per-request', values['files-per-request'], 1)),
     timeoutSeconds: number('timeout', values.timeout, 1),
+    controllers: Math.round(number('controllers', values.controllers, 1)),
+    clockStepMs: clockStepSeconds(values['clock-step']) * 1000,
+    maxAttempts: Math.round(number('max-attempts', values['max-attempts'], 1)),
     restartWeb: !values['no-restarts'],
     restartControllers: !values['no-restarts'],
     keep: values.keep,

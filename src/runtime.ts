@@ -150,7 +150,7 @@ function withoutEmpty(env: Record<string, string>): Record<string, string> {
 /** Fault-injection switches pass through to workers only when a test set them. */
 function testFaultEnv(): Record<string, string> {
   const env: Record<string, string> = {};
-  for (const name of ['ICAAS_TEST_HANG_ON', 'ICAAS_TEST_CRASH_ON', 'ICAAS_TEST_DELAY_MS']) {
+  for (const name of ['ICAAS_TEST_HANG_ON', 'ICAAS_TEST_CRASH_ON', 'ICAAS_TEST_DELAY_MS', 'ICAAS_TEST_CLOCK_FILE']) {
     const value = process.env[name];
     if (value) env[name] = value;
   }

@@ -3,18 +3,18 @@
  * flight on the monitor queue and comes back every check interval; when an image has no
  * result by its deadline (or its instance is gone), the instance is terminated and the
  * image goes back to the launch queue, until the last attempt ends it as an error.
+ *
+ * Any number of monitors may run, and one may be slower than the check interval, so the
+ * same notice (or two notices for one attempt, after a worker crash) can be looked at
+ * twice at once. Two rules keep that harmless (see ../outcomes.ts): a retry is sent only by
+ * the monitor whose create-if-absent of its claim succeeds, and the error result is written
+ * create-if-absent like every result, so the first final result stands.
  */
+import { clock as systemClock, type Clock } from '../clock.js';
 import type { Compute } from '../compute/port.js';
-import {
-  type ImageResult,
-  type LaunchMessage,
-  type MonitorNotice,
-  InvalidMessageError,
-  parseImageResult,
-  parseMonitorNotice,
-  resultKey,
-} from '../messages.js';
-import type { Queue, ReceivedMessage } from '../queue/port.js';
+import { type ImageResult, type LaunchMessage, type MonitorNotice, InvalidMessageError, parseMonitorNotice } from '../messages.js';
+import { readClaim, readFinalResult, storeFirstResult, writeClaim, type AttemptClaim } from '../outcomes.js';
+import { QueueError, type Queue, type ReceivedMessage } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
 
 export interface MonitorOptions {
@@ -26,6 +26,7 @@ export interface MonitorOptions {
   checkSeconds: number;
   maxAttempts: number;
   log?: (line: string) => void;
+  clock?: Clock;
 }
 
 export interface MonitorTickSummary {
@@ -33,10 +34,12 @@ export interface MonitorTickSummary {
   finished: number;
   retried: number;
   failed: number;
+  /** Notices of attempts whose retry another monitor (or an earlier check) had already sent. */
+  superseded: number;
 }
 
 export async function monitorTick(options: MonitorOptions, waitSeconds: number, signal?: AbortSignal): Promise<MonitorTickSummary> {
-  const summary: MonitorTickSummary = { received: 0, finished: 0, retried: 0, failed: 0 };
+  const summary: MonitorTickSummary = { received: 0, finished: 0, retried: 0, failed: 0, superseded: 0 };
   const messages = await options.queues.monitor.receive({
     maxMessages: 10,
     waitSeconds,
@@ -47,13 +50,27 @@ export async function monitorTick(options: MonitorOptions, waitSeconds: number, 
   summary.received = messages.length;
   const alive = new Set((await options.compute.list()).filter((instance) => instance.state !== 'stopped').map((instance) => instance.id));
   for (const message of messages) {
-    const outcome = await checkNotice(options, message, alive);
+    const outcome = await checkNoticeUnlessTaken(options, message, alive);
     if (outcome !== 'waiting') summary[outcome]++;
   }
   return summary;
 }
 
-type Outcome = 'waiting' | 'finished' | 'retried' | 'failed';
+type Outcome = 'waiting' | 'finished' | 'retried' | 'failed' | 'superseded';
+
+/**
+ * A notice whose check outlasted its visibility timeout has been received again, maybe by
+ * another monitor; this one's receipt handle is then stale and that check is the one that
+ * counts. Its writes were conditional, so nothing it did conflicts.
+ */
+async function checkNoticeUnlessTaken(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>): Promise<Outcome> {
+  try {
+    return await checkNotice(options, message, alive);
+  } catch (error) {
+    if (error instanceof QueueError && error.code === 'not-in-flight') return 'waiting';
+    throw error;
+  }
+}
 
 async function checkNotice(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>): Promise<Outcome> {
   const { queues, log = () => {} } = options;
@@ -66,36 +83,18 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
     await queues.monitor.delete(message.receiptHandle);
     return 'finished';
   }
-  const hasResult = async () => (await options.store.head(options.outputBucket, resultKey(notice.imageId))) !== null;
-  /**
-   * The instance stores the result, then announces it on the output queue. An instance that
-   * dies between the two leaves a result nobody is told about: the web tier would show the
-   * image unfinished until it next restarts and reads the bucket. The monitor cannot tell
-   * whether the announcement went out, so it sends it again before it lets go of the
-   * notice; the output phase records the first and ignores the other.
-   */
-  const finish = async () => {
-    const stored = await options.store.get(options.outputBucket, resultKey(notice.imageId));
-    if (stored) {
-      try {
-        await queues.output.send(JSON.stringify({ type: 'result', result: parseImageResult(stored.body.toString('utf8')) }));
-      } catch (error) {
-        if (!(error instanceof InvalidMessageError)) throw error;
-        log(`${notice.imageId}: the stored result is not valid (${error.message}); not announced again`);
-      }
-    }
-    await queues.monitor.delete(message.receiptHandle);
-    return 'finished' as const;
-  };
-  if (await hasResult()) return finish();
-  const ageSeconds = (Date.now() - notice.startedAt) / 1000;
+  const stored = await readFinalResult(options.store, options.outputBucket, notice.imageId);
+  if (stored?.valid) return finish(options, message, stored.result);
+  if (stored) {
+    // Its instance has finished with the image, badly: no point waiting or killing it.
+    log(`${notice.imageId}: the stored result is not valid (${stored.reason}); treating the attempt as failed`);
+    return conclude(options, message, notice, `attempt ${notice.attempt} stored an invalid result`);
+  }
   const instanceGone = !alive.has(notice.instanceId);
-  if (ageSeconds < options.deadlineSeconds && !instanceGone) {
-    const next = Math.min(options.checkSeconds, options.deadlineSeconds - ageSeconds);
-    await queues.monitor.changeVisibility(message.receiptHandle, Math.max(0.1, next));
+  if (noticeAgeSeconds(options, notice, message) < options.deadlineSeconds && !instanceGone) {
+    await queues.monitor.changeVisibility(message.receiptHandle, options.checkSeconds);
     return 'waiting';
   }
-
   const reason = instanceGone
     ? `instance ${notice.instanceId} stopped while holding the image`
     : `no result within ${options.deadlineSeconds}s on instance ${notice.instanceId}`;
@@ -107,36 +106,112 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
     }
   }
   // Checked again after the instance is gone: a result written just before the kill counts.
-  if (await hasResult()) return finish();
-  if (notice.attempt >= options.maxAttempts) {
-    const result: ImageResult = {
-      status: 'error',
-      imageId: notice.imageId,
-      batchId: notice.batchId,
-      name: notice.name,
-      attempts: notice.attempt,
-      instanceId: notice.instanceId,
-      error: `failed after ${notice.attempt} attempt${notice.attempt === 1 ? '' : 's'}; last: ${reason}`,
-      finishedAt: Date.now(),
-    };
-    await options.store.put(options.outputBucket, resultKey(notice.imageId), Buffer.from(JSON.stringify(result)), { contentType: 'application/json' });
-    await queues.output.send(JSON.stringify({ type: 'result', result }));
+  const after = await readFinalResult(options.store, options.outputBucket, notice.imageId);
+  if (after?.valid) return finish(options, message, after.result);
+  return conclude(options, message, notice, reason);
+}
+
+/**
+ * How long the image has been on its instance. The notice's start time comes from the
+ * worker's wall clock and `now` from this monitor's, so a clock step (or two machines that
+ * disagree) would shift it: a step back would let a hung image live on by the size of the
+ * step, a step forward would kill a healthy one early. The receive count bounds it from
+ * both sides without any clock: every receive hides the notice for a full check interval,
+ * so at the k-th receive at least (k-1) intervals have passed, and normally less than one
+ * more. A monitor that fell behind thus grants at most one deadline extra, never less.
+ */
+function noticeAgeSeconds(options: MonitorOptions, notice: MonitorNotice, message: ReceivedMessage): number {
+  const now = (options.clock ?? systemClock).now();
+  const floor = (message.receiveCount - 1) * options.checkSeconds;
+  return Math.min(Math.max((now - notice.startedAt) / 1000, floor), floor + options.checkSeconds);
+}
+
+/**
+ * The instance stores the result, then announces it on the output queue. An instance that
+ * dies between the two leaves a result nobody is told about: the web tier would show the
+ * image unfinished until it next restarts and reads the bucket. The monitor cannot tell
+ * whether the announcement went out, so it sends it again before it lets go of the
+ * notice; the output phase records the first and ignores the other.
+ */
+async function finish(options: MonitorOptions, message: ReceivedMessage, result: ImageResult): Promise<'finished'> {
+  await options.queues.output.send(JSON.stringify({ type: 'result', result }));
+  await options.queues.monitor.delete(message.receiptHandle);
+  return 'finished';
+}
+
+/** The attempt has failed: the next one, or the error result after the last. */
+async function conclude(options: MonitorOptions, message: ReceivedMessage, notice: MonitorNotice, reason: string): Promise<Outcome> {
+  if (notice.attempt >= options.maxAttempts) return failImage(options, message, notice, reason);
+  return retry(options, message, notice, reason);
+}
+
+async function failImage(options: MonitorOptions, message: ReceivedMessage, notice: MonitorNotice, reason: string): Promise<Outcome> {
+  const { queues, log = () => {} } = options;
+  const error: ImageResult = {
+    status: 'error',
+    imageId: notice.imageId,
+    batchId: notice.batchId,
+    name: notice.name,
+    attempts: notice.attempt,
+    instanceId: notice.instanceId,
+    error: `failed after ${notice.attempt} attempt${notice.attempt === 1 ? '' : 's'}; last: ${reason}`,
+    finishedAt: (options.clock ?? systemClock).now(),
+  };
+  const { won, result } = await storeFirstResult(options.store, options.outputBucket, error);
+  // A loser announces the result that stands, in case its writer died before announcing it.
+  await queues.output.send(JSON.stringify({ type: 'result', result }));
+  await queues.monitor.delete(message.receiptHandle);
+  if (!won) return 'finished';
+  log(`${notice.imageId} (${notice.name}): ${error.error}`);
+  return 'failed';
+}
+
+/**
+ * Sends attempt n+1, at most once across all monitors: only the holder of its claim sends
+ * it, and marks the claim sent afterwards. A claim still unsent after the notice it was
+ * made for has come back `takeoverReceives` more times belongs to a monitor that died
+ * between claiming and sending (those steps take milliseconds), and is taken over.
+ */
+async function retry(options: MonitorOptions, message: ReceivedMessage, notice: MonitorNotice, reason: string): Promise<Outcome> {
+  const { queues, store, outputBucket, log = () => {} } = options;
+  const attempt = notice.attempt + 1;
+  const claim: AttemptClaim = {
+    imageId: notice.imageId,
+    attempt,
+    noticeId: message.id,
+    receiveCount: message.receiveCount,
+    sent: false,
+    claimedAt: (options.clock ?? systemClock).now(),
+  };
+  const existing = await readClaim(store, outputBucket, notice.imageId, attempt);
+  if (existing?.claim.sent) {
     await queues.monitor.delete(message.receiptHandle);
-    log(`${notice.imageId} (${notice.name}): ${result.error}`);
-    return 'failed';
+    log(`${notice.imageId} (${notice.name}): attempt ${notice.attempt} ended (${reason}); attempt ${attempt} was already sent`);
+    return 'superseded';
   }
-  const retry: LaunchMessage = {
+  const takeoverReceives = Math.max(2, Math.ceil(options.deadlineSeconds / options.checkSeconds));
+  const abandoned = existing !== null && existing.claim.noticeId === message.id && message.receiveCount >= existing.claim.receiveCount + takeoverReceives;
+  const etag = existing === null || abandoned ? await writeClaim(store, outputBucket, claim, existing?.etag) : null;
+  if (etag === null) {
+    // Another monitor holds the claim and may be sending right now: look again next check.
+    await queues.monitor.changeVisibility(message.receiptHandle, options.checkSeconds);
+    return 'waiting';
+  }
+  const launch: LaunchMessage = {
     type: 'launch',
     imageId: notice.imageId,
     batchId: notice.batchId,
     name: notice.name,
     key: notice.key,
-    attempt: notice.attempt + 1,
-    queuedAt: Date.now(),
+    attempt,
+    queuedAt: claim.claimedAt,
   };
   // Resent before the notice is deleted, for the same reason the worker orders its steps.
-  await queues.launch.send(JSON.stringify(retry));
+  await queues.launch.send(JSON.stringify(launch));
+  if ((await writeClaim(store, outputBucket, { ...claim, sent: true }, etag)) === null) {
+    log(`${notice.imageId}: the claim on attempt ${attempt} was taken over while this monitor sent it; that attempt may run twice`);
+  }
   await queues.monitor.delete(message.receiptHandle);
-  log(`${notice.imageId} (${notice.name}): ${reason}; retrying, attempt ${retry.attempt} of ${options.maxAttempts}`);
+  log(`${notice.imageId} (${notice.name}): ${reason}; retrying, attempt ${attempt} of ${options.maxAttempts}`);
   return 'retried';
 }

@@ -9,11 +9,21 @@
  * two receivers can never claim the same row while it is hidden. Delete and change of
  * visibility match the receipt handle, so a handle from an earlier receive no longer
  * reaches the message once someone else has received it.
+ *
+ * Time: every visibility decision uses one queue time, the wall clock clamped so that it
+ * never goes back: max(now, the latest queue time any process has written to the file).
+ * After the clock is stepped back, queue time stands still until the clock catches up, so
+ * a visible message never becomes hidden again, and an in-flight one is neither released
+ * early nor hidden longer than its timeout plus the step. A step forward cannot be told
+ * from time passing: in-flight messages and delays end early by up to the step, and the
+ * file keeps the later time, so if the clock is then stepped back again, time stands still
+ * (as above) until it has caught up. Long-poll waits use the monotonic clock instead.
  */
 import Database from 'better-sqlite3';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { clock as systemClock, type Clock } from '../clock.js';
 import {
   QueueError,
   checkReceiveOptions,
@@ -36,6 +46,8 @@ export interface SqliteQueueProviderOptions {
    * here last well under a millisecond, so in practice it is only ever waited on briefly.
    */
   busyTimeoutMs?: number;
+  /** The wall and monotonic clock; tests inject one to step it. */
+  clock?: Clock;
 }
 
 export interface SqliteQueueOptions {
@@ -69,6 +81,12 @@ interface CountsRow {
   delayed: number | null;
 }
 
+/** Reads and advances the queue time kept in the file (see "Time" above). */
+interface ClockStatements {
+  read: Database.Statement<[]>;
+  advance: Database.Statement<[number]>;
+}
+
 /** Statements prepared once per connection and shared by all its queues. */
 interface Statements {
   insert: Database.Statement<[string, string, string, number, number]>;
@@ -84,12 +102,16 @@ export class SqliteQueueProvider implements QueueProvider {
   readonly filePath: string;
   private readonly db: Database.Database;
   private readonly statements: Statements;
+  private readonly clockStatements: ClockStatements;
+  /** @internal */
+  readonly clock: Clock;
   private readonly defaultVisibilityMs: number;
   private readonly busyTimeoutMs: number;
   /** Wakes long polls that are sleeping between queries when the provider closes. */
   private readonly closing = new AbortController();
   private closed = false;
   private readonly claimTransaction: (queue: string, maxMessages: number, visibilityMs: number) => ReceivedMessage[];
+  private readonly atQueueTime: Database.Transaction<(write: (now: number) => unknown) => unknown>;
 
   static open(filePath: string, options: SqliteQueueProviderOptions = {}): SqliteQueueProvider {
     return new SqliteQueueProvider(filePath, options);
@@ -100,6 +122,7 @@ export class SqliteQueueProvider implements QueueProvider {
     checkVisibilityTimeout(visibility);
     this.defaultVisibilityMs = secondsToMs(visibility);
     this.busyTimeoutMs = options.busyTimeoutMs ?? 5000;
+    this.clock = options.clock ?? systemClock;
     this.filePath = filePath;
     mkdirSync(path.dirname(path.resolve(filePath)), { recursive: true });
     // `timeout` is SQLite's busy timeout: a connection that finds the file locked by
@@ -116,6 +139,7 @@ export class SqliteQueueProvider implements QueueProvider {
       this.db.pragma('synchronous = FULL');
       this.migrate();
       this.statements = this.prepare();
+      this.clockStatements = this.prepareClock();
     } catch (error) {
       this.db.close();
       throw toQueueError(error, `could not open the queue file ${filePath}`);
@@ -123,7 +147,7 @@ export class SqliteQueueProvider implements QueueProvider {
     const claim = this.db.transaction((queue: string, maxMessages: number, visibilityMs: number): ReceivedMessage[] => {
       // The time is taken after the write lock is held, so a wait for the lock can
       // neither hand out a message that became hidden meanwhile nor shorten its timeout.
-      const now = Date.now();
+      const now = this.queueTime(true);
       const rows = this.statements.selectVisible.all(queue, now, maxMessages) as { seq: number }[];
       return rows.map(({ seq }) => {
         const receiptHandle = randomBytes(24).toString('base64url');
@@ -131,6 +155,7 @@ export class SqliteQueueProvider implements QueueProvider {
         return { id: row.id, body: row.body, receiptHandle, receiveCount: row.receiveCount, sentAt: row.sentAt };
       });
     });
+    this.atQueueTime = this.db.transaction((write: (now: number) => unknown) => write(this.queueTime(true)));
     // BEGIN IMMEDIATE takes the write lock before the SELECT, so no other connection can
     // claim the same rows between our read and our update.
     this.claimTransaction = (queue, maxMessages, visibilityMs) => claim.immediate(queue, maxMessages, visibilityMs);
@@ -187,9 +212,34 @@ export class SqliteQueueProvider implements QueueProvider {
   claim(queue: string, maxMessages: number, visibilityMs: number): ReceivedMessage[] {
     return this.run(`receive from ${queue}`, (statements) => {
       // A read first: idle pollers, the common case, then never take the write lock.
-      if (statements.anyVisible.get(queue, Date.now()) === undefined) return [];
+      if (statements.anyVisible.get(queue, this.queueTime(false)) === undefined) return [];
       return this.claimTransaction(queue, maxMessages, visibilityMs);
     });
+  }
+
+  /**
+   * @internal The queue time (see "Time" above). With `advance`, which callers use only
+   * inside a write transaction, it is also recorded for every other process.
+   */
+  queueTime(advance: boolean): number {
+    const last = (this.clockStatements.read.get() as { lastMs: number } | undefined)?.lastMs ?? 0;
+    const now = Math.max(Math.floor(this.clock.now()), last);
+    if (advance && now > last) this.clockStatements.advance.run(now);
+    return now;
+  }
+
+  /** @internal Runs `write` in one write transaction, with the queue time at its start. */
+  writeAtQueueTime<T>(what: string, write: (statements: Statements, now: number) => T): T {
+    return this.run(what, (statements) => this.atQueueTime.immediate((now) => write(statements, now)) as T);
+  }
+
+  /** Kept apart from the versioned schema: files of any version gain it on open. */
+  private prepareClock(): ClockStatements {
+    this.db.exec(`CREATE TABLE IF NOT EXISTS queue_clock (id INTEGER PRIMARY KEY CHECK (id = 1), last_ms INTEGER NOT NULL)`);
+    return {
+      read: this.db.prepare(`SELECT last_ms AS lastMs FROM queue_clock WHERE id = 1`),
+      advance: this.db.prepare(`INSERT INTO queue_clock (id, last_ms) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)`),
+    };
   }
 
   private migrate(): void {
@@ -256,8 +306,7 @@ class SqliteQueue implements Queue {
     if (typeof body !== 'string') throw new QueueError('invalid-argument', `message body must be a string, got ${typeof body}`);
     const delaySeconds = checkSendOptions(body, options);
     const id = randomUUID();
-    this.provider.run(`send to ${this.name}`, (statements) => {
-      const now = Date.now();
+    this.provider.writeAtQueueTime(`send to ${this.name}`, (statements, now) => {
       statements.insert.run(id, this.name, body, now, now + delaySeconds * 1000);
     });
     return id;
@@ -268,7 +317,8 @@ class SqliteQueue implements Queue {
     const visibilityMs = options?.visibilityTimeoutSeconds === undefined ? this.visibilityMs : secondsToMs(options.visibilityTimeoutSeconds);
     const signal = options?.signal;
     this.provider.ensureOpen();
-    const deadline = Date.now() + waitSeconds * 1000;
+    const clock = this.provider.clock;
+    const deadline = clock.monotonic() + waitSeconds * 1000;
     for (;;) {
       // Checked before each claim, never after: a message claimed here is always returned,
       // because one dropped on the floor would stay hidden for its whole timeout.
@@ -280,9 +330,9 @@ class SqliteQueue implements Queue {
         // Another process held the write lock for the whole busy timeout: try again on the
         // next poll while the wait lasts, and report it only when the wait is over.
         const busy = error instanceof QueueError && isBusy(error.cause);
-        if (!busy || this.provider.isClosed || Date.now() >= deadline) throw error;
+        if (!busy || this.provider.isClosed || clock.monotonic() >= deadline) throw error;
       }
-      const remaining = deadline - Date.now();
+      const remaining = deadline - clock.monotonic();
       if (remaining <= 0) return [];
       // Jittered, so processes that started polling together do not keep querying in step.
       const interval = POLL_MIN_MS + Math.random() * (POLL_MAX_MS - POLL_MIN_MS);
@@ -298,8 +348,7 @@ class SqliteQueue implements Queue {
   async changeVisibility(receiptHandle: string, visibilityTimeoutSeconds: number): Promise<void> {
     checkReceiptHandle(receiptHandle);
     checkVisibilityTimeout(visibilityTimeoutSeconds);
-    const changed = this.provider.run(`change visibility on ${this.name}`, (statements) => {
-      const now = Date.now();
+    const changed = this.provider.writeAtQueueTime(`change visibility on ${this.name}`, (statements, now) => {
       return statements.changeVisibility.run(now + secondsToMs(visibilityTimeoutSeconds), this.name, receiptHandle, now).changes;
     });
     if (changed === 0) {
@@ -308,7 +357,7 @@ class SqliteQueue implements Queue {
   }
 
   async counts(): Promise<QueueCounts> {
-    const row = this.provider.run(`count ${this.name}`, (statements) => statements.counts.get({ queue: this.name, now: Date.now() }) as CountsRow);
+    const row = this.provider.run(`count ${this.name}`, (statements) => statements.counts.get({ queue: this.name, now: this.provider.queueTime(false) }) as CountsRow);
     return { visible: row.visible ?? 0, inFlight: row.inFlight ?? 0, delayed: row.delayed ?? 0 };
   }
 }

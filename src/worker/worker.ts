@@ -1,13 +1,17 @@
 /**
  * The instance loop: one image at a time. The order of steps is what makes the service
  * lose nothing: the monitor notice is sent before the launch message is deleted, so a
- * crash between the two can duplicate work but never drop an image.
+ * crash between the two can duplicate work but never drop an image. Duplicates stay
+ * harmless (see ../outcomes.ts): an attempt already superseded by a claimed retry is
+ * dropped before it starts, and the result is stored create-if-absent, so a duplicate that
+ * finishes second neither replaces nor announces its own result.
  */
 import { Backoff, sleep } from '../backoff.js';
 import type { Classifier } from '../classifier/port.js';
 import { FailureLog } from '../controller/loop.js';
 import { ImageDecodeError } from '../classifier/port.js';
 import type { Compute } from '../compute/port.js';
+import { clock as systemClock, type Clock } from '../clock.js';
 import {
   type ImageResult,
   type LaunchMessage,
@@ -15,8 +19,8 @@ import {
   type OutputMessage,
   InvalidMessageError,
   parseLaunchMessage,
-  resultKey,
 } from '../messages.js';
+import { attemptKey, readFinalResult, storeFirstResult } from '../outcomes.js';
 import type { Queue, ReceivedMessage } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
 
@@ -49,6 +53,7 @@ export interface WorkerOptions {
   signal?: AbortSignal;
   /** Test-only fault injection, by substring of the image's file name. */
   faults?: { hangOn?: string; crashOn?: string; delayMs?: number };
+  clock?: Clock;
 }
 
 export interface WorkerSummary {
@@ -80,12 +85,15 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       await queues.launch.delete(message.receiptHandle);
       continue;
     }
-    if (await options.store.head(options.outputBucket, resultKey(launch.imageId))) {
-      // A duplicate delivery of an image that already has its final result.
+    const stale = await staleDelivery(options, launch);
+    if (stale) {
+      log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): dropped, ${stale}`);
       await queues.launch.delete(message.receiptHandle);
       continue;
     }
-    const startedAt = Date.now();
+    const clock = options.clock ?? systemClock;
+    const startedAt = clock.now();
+    const started = clock.monotonic();
     const notice: MonitorNotice = {
       type: 'monitor',
       imageId: launch.imageId,
@@ -108,13 +116,15 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       at: startedAt,
     });
 
-    const result = await classifyOne(options, launch, startedAt);
-    await options.store.put(options.outputBucket, resultKey(launch.imageId), Buffer.from(JSON.stringify(result)), {
-      contentType: 'application/json',
-    });
+    const own = await classifyOne(options, launch, started);
+    const { won, result } = await storeFirstResult(options.store, options.outputBucket, own);
+    // The loser announces the result that stands (its writer may have died before
+    // announcing it); the output phase keeps the first announcement of each image.
     await sendOutput(queues.output, { type: 'result', result });
     processed++;
-    log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${result.status === 'ok' ? `${result.label} ${result.probability.toFixed(3)}` : `error: ${result.error}`} in ${Date.now() - startedAt} ms`);
+    const elapsed = Math.round(clock.monotonic() - started);
+    const outcome = own.status === 'ok' ? `${own.label} ${own.probability.toFixed(3)}` : `error: ${own.error}`;
+    log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${outcome} in ${elapsed} ms${won ? '' : `; not stored, the image already had its result (${result.status})`}`);
     await compute.report(instanceId, { state: 'idle', imageId: null, processed });
   }
 }
@@ -150,9 +160,23 @@ function receiver(options: WorkerOptions, log: (line: string) => void): () => Pr
   };
 }
 
-async function classifyOne(options: WorkerOptions, launch: LaunchMessage, startedAt: number): Promise<ImageResult> {
+/**
+ * Why a launch message is a duplicate not worth starting, or null. An image with a valid
+ * final result is done; an attempt whose successor is claimed was already given up by the
+ * monitor (this is a second delivery of it, after a crash between notice and delete).
+ */
+async function staleDelivery(options: WorkerOptions, launch: LaunchMessage): Promise<string | null> {
+  const stored = await readFinalResult(options.store, options.outputBucket, launch.imageId);
+  if (stored?.valid) return 'the image already has its final result';
+  if (await options.store.head(options.outputBucket, attemptKey(launch.imageId, launch.attempt + 1))) return `attempt ${launch.attempt + 1} has already been claimed`;
+  return null;
+}
+
+/** `started` is on the monotonic clock, so a wall-clock step cannot make a duration negative. */
+async function classifyOne(options: WorkerOptions, launch: LaunchMessage, started: number): Promise<ImageResult> {
+  const clock = options.clock ?? systemClock;
   const base = { imageId: launch.imageId, batchId: launch.batchId, name: launch.name, attempts: launch.attempt, instanceId: options.instanceId };
-  const failed = (error: string): ImageResult => ({ status: 'error', ...base, error, finishedAt: Date.now() });
+  const failed = (error: string): ImageResult => ({ status: 'error', ...base, error, finishedAt: clock.now() });
   const image = await options.store.get(options.inputBucket, launch.key);
   if (!image) return failed('the stored image is missing from the input bucket');
   await injectFaults(options.faults, launch.name);
@@ -166,8 +190,8 @@ async function classifyOne(options: WorkerOptions, launch: LaunchMessage, starte
       label: best.label,
       probability: best.probability,
       top5: predictions.map(({ label, probability }) => ({ label, probability })),
-      durationMs: Date.now() - startedAt,
-      finishedAt: Date.now(),
+      durationMs: Math.max(0, clock.monotonic() - started),
+      finishedAt: clock.now(),
     };
   } catch (error) {
     // A decode failure is a property of the image: retrying on another instance cannot help.

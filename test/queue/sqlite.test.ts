@@ -5,6 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { QueueError } from '../../src/queue/port.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
+import { resetWallClock, stepWallClock } from '../clock-step.js';
 import { makeTempDir, waitFor } from '../helpers.js';
 import { queueContract } from './contract.js';
 
@@ -233,5 +234,106 @@ describe('SqliteQueueProvider', () => {
     const queue = open(freshFile()).queue('handles');
     await assert.rejects(queue.delete(''), isQueueError('invalid-argument'));
     await assert.rejects(queue.changeVisibility(42 as unknown as string, 1), isQueueError('invalid-argument'));
+  });
+});
+
+describe('SqliteQueueProvider when the wall clock is stepped', () => {
+  let temp: { dir: string; cleanup(): Promise<void> };
+  let provider: SqliteQueueProvider;
+  let other: SqliteQueueProvider;
+  let run = 0;
+
+  before(async () => {
+    temp = await makeTempDir('icaas-sqlite-clock-');
+  });
+  after(async () => {
+    resetWallClock();
+    await temp.cleanup();
+  });
+
+  /** Two connections to one file, as two processes would have. */
+  const openPair = (): void => {
+    const file = path.join(temp.dir, `clock-${++run}.db`);
+    provider = new SqliteQueueProvider(file);
+    other = new SqliteQueueProvider(file);
+  };
+  const closePair = async (): Promise<void> => {
+    resetWallClock();
+    await provider.close();
+    await other.close();
+  };
+
+  it('a step back hides no visible message and delays nothing that was due', async () => {
+    openPair();
+    try {
+      const queue = provider.queue('q');
+      await queue.send('due');
+      stepWallClock(-30_000);
+      assert.deepEqual(await queue.counts(), { visible: 1, inFlight: 0, delayed: 0 }, 'still counted visible');
+      const [message] = await other.queue('q').receive();
+      assert.equal(message?.body, 'due', 'a message visible before the step stays visible');
+    } finally {
+      await closePair();
+    }
+  });
+
+  it('a message received while the clock is back is not released early once it is right again', async () => {
+    openPair();
+    try {
+      const queue = provider.queue('q');
+      await queue.send('work');
+      stepWallClock(-30_000);
+      const [received] = await queue.receive({ visibilityTimeoutSeconds: 10 });
+      assert.ok(received, 'received while stepped back');
+      await queue.send('sent while back');
+      resetWallClock();
+      // Another process, or this one after NTP puts the clock right: the 10 s are not over.
+      const seen = await other.queue('q').receive({ maxMessages: 10 });
+      assert.deepEqual(seen.map((m) => m.body), ['sent while back'], 'the in-flight message is still hidden');
+      assert.equal((await queue.counts()).inFlight, 2);
+    } finally {
+      await closePair();
+    }
+  });
+
+  it('an in-flight message comes back within its timeout plus the step, never before its timeout', async () => {
+    openPair();
+    try {
+      const queue = provider.queue('q');
+      await queue.send('work');
+      const [received] = await queue.receive({ visibilityTimeoutSeconds: 0.5 });
+      assert.ok(received);
+      const started = performance.now();
+      stepWallClock(-1_500);
+      const again = await waitFor('the message to come back', async () => (await other.queue('q').receive())[0], { timeoutMs: 10_000, intervalMs: 20 });
+      const waitedMs = performance.now() - started;
+      assert.equal(again.id, received.id);
+      assert.ok(waitedMs >= 450, `not released before its timeout (after ${waitedMs.toFixed(0)} ms)`);
+      assert.ok(waitedMs < 0.5 * 1000 + 1_500 + 2_000, `hidden no longer than timeout plus step (${waitedMs.toFixed(0)} ms)`);
+    } finally {
+      await closePair();
+    }
+  });
+
+  it('a step forward ends timeouts early by at most the step, and stepping back after it hides nothing longer', async () => {
+    openPair();
+    try {
+      const queue = provider.queue('q');
+      await queue.send('a');
+      await queue.send('b');
+      const [a] = await queue.receive({ visibilityTimeoutSeconds: 60 });
+      stepWallClock(30_000);
+      assert.equal((await queue.counts()).inFlight, 1, 'a 60 s timeout outlives a 30 s step');
+      const [b] = await queue.receive({ visibilityTimeoutSeconds: 0.2 });
+      assert.equal(b?.body, 'b');
+      resetWallClock();
+      // b's 0.2 s were counted from the later time, which the file keeps: it comes back
+      // only once the clock has caught up, i.e. after at most the step.
+      assert.deepEqual(await other.queue('q').receive(), [], 'b is still in flight after the step back');
+      assert.equal((await queue.counts()).inFlight, 2);
+      assert.ok(a);
+    } finally {
+      await closePair();
+    }
   });
 });

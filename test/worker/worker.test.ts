@@ -8,12 +8,16 @@ import path from 'node:path';
 import { loadClassifier } from '../../src/classifier/index.js';
 import type { Classifier } from '../../src/classifier/port.js';
 import { ProcessCompute } from '../../src/compute/process.js';
-import { inputKey, parseImageResult, parseMonitorNotice, parseOutputMessage, resultKey, type LaunchMessage } from '../../src/messages.js';
+import { monitorTick, type MonitorOptions } from '../../src/controller/monitor.js';
+import { inputKey, parseImageResult, parseMonitorNotice, parseOutputMessage, resultKey, type ImageResult, type LaunchMessage, type MonitorNotice } from '../../src/messages.js';
+import { attemptKey } from '../../src/outcomes.js';
 import type { Queue } from '../../src/queue/port.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { FsObjectStore } from '../../src/storage/fs.js';
 import { runWorker, type WorkerOptions } from '../../src/worker/worker.js';
-import { drainQueue as drain, makeTempDir, sharedImagesDir } from '../helpers.js';
+import { resetWallClock, stepWallClock } from '../clock-step.js';
+import { drainQueue as drain, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
+import { startInProcessWebTier } from '../web/in-process.js';
 
 describe('worker instance loop', async () => {
   const temp = await makeTempDir();
@@ -25,12 +29,14 @@ describe('worker instance loop', async () => {
   let compute: ProcessCompute;
   let queues: { launch: Queue; monitor: Queue; output: Queue };
   let run = 0;
+  let dir: string;
 
   before(async () => {
     classifier = (await loadClassifier({ allowDownload: false })).classifier;
   });
   beforeEach(async () => {
-    const dir = path.join(temp.dir, String(++run));
+    resetWallClock();
+    dir = path.join(temp.dir, String(++run));
     store = new FsObjectStore(path.join(dir, 'buckets'));
     await store.ensureBucket('in-bucket');
     await store.ensureBucket('out-bucket');
@@ -39,6 +45,7 @@ describe('worker instance loop', async () => {
     compute = new ProcessCompute({ registryPath: path.join(dir, 'instances.db'), maxInstances: 5 });
   });
   after(async () => {
+    resetWallClock();
     await classifier?.close();
     await temp.cleanup();
   });
@@ -105,5 +112,87 @@ describe('worker instance loop', async () => {
     const summary = await runWorker({ ...options(), signal: stop.signal, log: () => stop.abort() });
     assert.deepEqual(summary, { processed: 1, reason: 'stopped' });
     assert.equal((await queues.launch.counts()).visible, 1);
+  });
+
+  const monitorOptions = (overrides: Partial<MonitorOptions> = {}): MonitorOptions => ({
+    store, outputBucket: 'out-bucket', queues, compute, deadlineSeconds: 1, checkSeconds: 0.2, maxAttempts: 3, ...overrides,
+  });
+  const resultsAnnounced = (messages: string[], imageId: string): ImageResult[] =>
+    messages.map(parseOutputMessage).flatMap((m) => (m.type === 'result' && m.result.imageId === imageId ? [m.result] : []));
+
+  it('a launch message delivered again after a crash between notice and delete gives one result and no extra attempt', async () => {
+    await enqueue('dup', 'dup.jpg', tench);
+    // The first worker sends its notice and dies before deleting the launch message.
+    const [first] = await queues.launch.receive({ visibilityTimeoutSeconds: 0.3 });
+    assert.ok(first);
+    const notice: MonitorNotice = { type: 'monitor', imageId: 'dup', batchId: 'b1', name: 'dup.jpg', key: inputKey('b1', 'dup'), attempt: 1, instanceId: 'i-crashed', startedAt: Date.now() };
+    await queues.monitor.send(JSON.stringify(notice));
+    // The monitor finds the instance gone and sends attempt 2; attempt 1 comes back too.
+    await waitFor('the monitor to retry', async () => (await monitorTick(monitorOptions(), 0.2)).retried === 1, { timeoutMs: 10_000 });
+    await waitFor('both launch messages to be visible', async () => (await queues.launch.counts()).visible === 2, { timeoutMs: 5_000 });
+    // Two workers take one each at the same moment.
+    const slow = { ...options(), faults: { delayMs: 300 } };
+    await Promise.all([runWorker({ ...slow, instanceId: 'i-a' }), runWorker({ ...slow, instanceId: 'i-b' })]);
+    await waitFor('the monitor to settle', async () => {
+      await monitorTick(monitorOptions(), 0.1);
+      const counts = await queues.monitor.counts();
+      return counts.visible + counts.inFlight + counts.delayed === 0;
+    }, { timeoutMs: 15_000, intervalMs: 10 });
+
+    const stored = parseImageResult((await store.get('out-bucket', resultKey('dup')))!.body.toString());
+    assert.equal(stored.attempts, 2, 'the result is attempt 2\'s');
+    const announced = resultsAnnounced(await drain(queues.output), 'dup');
+    assert.ok(announced.length >= 1 && announced.every((result) => JSON.stringify(result) === JSON.stringify(stored)), `only the stored result is announced: ${JSON.stringify(announced)}`);
+    assert.equal(await store.head('out-bucket', attemptKey('dup', 3)), null, 'no third attempt was claimed');
+    assert.deepEqual(await drain(queues.launch), []);
+  });
+
+  it('a late ok after the error result leaves the error, in the bucket and in the API after a web-tier restart', async () => {
+    const webDir = path.join(dir, 'web');
+    let web = await startInProcessWebTier(webDir);
+    try {
+      const { store: webStore, queues: webQueues, compute: webCompute, config } = web.runtime;
+      const form = new FormData();
+      form.append('images', new Blob([tench]), 'late.jpg');
+      const uploaded = (await (await fetch(`${web.url}/api/images`, { method: 'POST', body: form })).json()) as { images: { id: string }[] };
+      const imageId = uploaded.images[0]!.id;
+      // A worker that is slow with its only attempt: the monitor gives up on it first.
+      const worker = runWorker({
+        instanceId: 'i-late', store: webStore, inputBucket: config.inputBucket, outputBucket: config.outputBucket, queues: webQueues,
+        compute: webCompute, classifier, idleWaitSeconds: 0.3, faults: { delayMs: 1_500 },
+      });
+      const monitor: MonitorOptions = { store: webStore, outputBucket: config.outputBucket, queues: webQueues, compute: webCompute, deadlineSeconds: 1, checkSeconds: 0.2, maxAttempts: 1 };
+      await waitFor('the monitor to end the image as an error', async () => (await monitorTick(monitor, 0.2)).failed === 1, { timeoutMs: 10_000 });
+      await worker;
+      const stored = parseImageResult((await webStore.get(config.outputBucket, resultKey(imageId)))!.body.toString());
+      assert.equal(stored.status, 'error', 'the late ok did not replace the error in the bucket');
+      const shown = await waitFor('the API to show a final result', async () => {
+        const image = (await (await fetch(`${web.url}/api/images/${imageId}`)).json()) as { status: string };
+        return image.status === 'done' || image.status === 'error' ? image.status : null;
+      });
+      assert.equal(shown, 'error');
+      await web.stop();
+      web = await startInProcessWebTier(webDir);
+      const afterRestart = (await (await fetch(`${web.url}/api/images/${imageId}`)).json()) as { status: string };
+      assert.equal(afterRestart.status, 'error', 'a restarted web tier shows the same result');
+    } finally {
+      await web.stop();
+    }
+  });
+
+  it('a wall clock stepped back 30 s during classification still gives a valid result', async () => {
+    await enqueue('step', 'step.jpg', tench);
+    const timer = setTimeout(() => stepWallClock(-30_000), 100);
+    try {
+      const summary = await runWorker({ ...options(), faults: { delayMs: 300 } });
+      assert.equal(summary.processed, 1);
+    } finally {
+      clearTimeout(timer);
+      resetWallClock();
+    }
+    const stored = parseImageResult((await store.get('out-bucket', resultKey('step')))!.body.toString());
+    assert.ok(stored.status === 'ok' && stored.durationMs >= 0, JSON.stringify(stored));
+    const announced = resultsAnnounced(await drain(queues.output), 'step');
+    assert.equal(announced.length, 1, 'the result is announced');
   });
 });
