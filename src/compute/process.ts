@@ -3,15 +3,21 @@
  * The registry of instances is a SQLite file, so every process (web tier, controllers,
  * workers, a restarted `icaas start`) sees the same instances, and the maximum holds
  * across them because starting is decided inside one write transaction.
+ *
+ * Every instance ends by its deadlines (enforceDeadlines): a worker that never reports, one
+ * idle past the idle wait, one holding an image or exiting for too long is killed. A kill
+ * that does not take (the process belongs to another user, say) is recorded and retried
+ * on every sweep; the instance keeps its slot until its process is gone, because a slot
+ * freed while the process still runs would let one more than the maximum start.
  */
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, openSync, closeSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
-import type { Compute, InstanceInfo, InstanceReport, InstanceState } from './port.js';
+import { describeDeadline, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
 
-export interface ProcessComputeOptions {
+export interface ProcessComputeOptions extends InstanceDeadlines {
   /** SQLite file holding the instance registry. */
   registryPath: string;
   maxInstances: number;
@@ -23,18 +29,26 @@ export interface ProcessComputeOptions {
   logDir?: string;
   /** How long a stopped instance stays in list() so users see it leave. */
   keepStoppedMs?: number;
-  /** An instance that has not reported within this time after starting is counted as failed. */
-  startTimeoutMs?: number;
+  /** How long the registry keeps a stopped instance's row at all. Default one hour. */
+  retainStoppedMs?: number;
 }
+
+/**
+ * 'exiting': the worker said it stopped but its process has not gone yet. Listed as
+ * stopped, yet it keeps its slot until the process is gone.
+ */
+type RowState = InstanceState | 'exiting';
 
 interface Row {
   id: string;
   pid: number | null;
-  state: InstanceState;
+  state: RowState;
   started_at: number;
   updated_at: number;
   image_id: string | null;
   processed: number;
+  /** When a terminate was first asked for; set until the process is confirmed gone. */
+  terminating_since: number | null;
 }
 
 const LOG_FILES_KEPT = 200;
@@ -42,10 +56,10 @@ const LOG_FILES_KEPT = 200;
 export class ProcessCompute implements Compute {
   readonly maxInstances: number;
   private readonly db: Database.Database;
-  private readonly options: Required<Pick<ProcessComputeOptions, 'keepStoppedMs' | 'startTimeoutMs'>> & ProcessComputeOptions;
+  private readonly options: Required<Pick<ProcessComputeOptions, 'keepStoppedMs' | 'retainStoppedMs' | 'startTimeoutMs'>> & ProcessComputeOptions;
 
   constructor(options: ProcessComputeOptions) {
-    this.options = { keepStoppedMs: 60_000, startTimeoutMs: 60_000, ...options };
+    this.options = { keepStoppedMs: 60_000, retainStoppedMs: 3_600_000, startTimeoutMs: 60_000, ...options };
     this.maxInstances = options.maxInstances;
     mkdirSync(path.dirname(options.registryPath), { recursive: true });
     this.db = new Database(options.registryPath);
@@ -58,8 +72,12 @@ export class ProcessCompute implements Compute {
       started_at INTEGER NOT NULL,
       updated_at INTEGER NOT NULL,
       image_id TEXT,
-      processed INTEGER NOT NULL DEFAULT 0
+      processed INTEGER NOT NULL DEFAULT 0,
+      terminating_since INTEGER
     )`);
+    // A registry written before terminates were tracked lacks the column.
+    const columns = this.db.prepare(`PRAGMA table_info(instances)`).all() as { name: string }[];
+    if (!columns.some((column) => column.name === 'terminating_since')) this.db.exec(`ALTER TABLE instances ADD COLUMN terminating_since INTEGER`);
     if (options.logDir) mkdirSync(options.logDir, { recursive: true });
   }
 
@@ -101,7 +119,10 @@ export class ProcessCompute implements Compute {
       });
       child.unref();
       if (child.pid === undefined) throw new Error('spawn returned no pid');
-      this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ?`).run(child.pid, Date.now(), id);
+      const recorded = this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ? AND state != 'stopped'`).run(child.pid, Date.now(), id).changes;
+      // Stopped meanwhile (a sweep or a terminate saw no process yet): the slot is gone, so
+      // the process must not run.
+      if (recorded === 0) killGroup(child.pid);
       child.on('error', () => this.markStopped(id));
     } catch (error) {
       this.markStopped(id);
@@ -118,41 +139,81 @@ export class ProcessCompute implements Compute {
       .all(Date.now() - this.options.keepStoppedMs) as Row[];
     return rows.map((row) => ({
       id: row.id,
-      state: row.state,
+      state: row.state === 'exiting' ? 'stopped' : row.state,
       startedAt: row.started_at,
       ...(row.image_id ? { imageId: row.image_id } : {}),
       processed: row.processed,
     }));
   }
 
+  /**
+   * Kills the worker's process group. Throws when the process survives; the terminate is
+   * then recorded, the instance keeps its slot, and enforceDeadlines tries again.
+   */
   async terminate(id: string): Promise<void> {
     const row = this.db.prepare(`SELECT * FROM instances WHERE id = ?`).get(id) as Row | undefined;
     if (!row) throw new Error(`no instance ${id}`);
     if (row.state === 'stopped') return;
-    if (row.pid !== null && isOurProcess(row.pid, id)) {
-      try {
-        // Kill the whole process group: the worker is its leader (detached) and a hung
-        // native decoder thread must not survive it.
-        process.kill(-row.pid, 'SIGKILL');
-      } catch {
-        try { process.kill(row.pid, 'SIGKILL'); } catch { /* already gone */ }
-      }
-      // Marked stopped only once it is gone: a slot freed while the process still runs
-      // could let the launch controller start one more than the maximum.
-      const deadline = Date.now() + 5000;
+    this.db.prepare(`UPDATE instances SET terminating_since = COALESCE(terminating_since, ?) WHERE id = ?`).run(Date.now(), id);
+    if (row.pid === null) {
+      // Reserved, not spawned yet: stopping the row makes the spawning process kill its child.
+      this.markStopped(id);
+      return;
+    }
+    if (isOurProcess(row.pid, id)) {
+      // Kill the whole process group: the worker is its leader (detached) and a hung native
+      // decoder thread must not survive it.
+      const refusal = killGroup(row.pid);
+      const deadline = Date.now() + (refusal ? 0 : 5000);
       while (isOurProcess(row.pid, id) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      if (isOurProcess(row.pid, id)) {
+        throw new Error(`could not terminate ${id} (pid ${row.pid}): ${refusal ? `the kill was refused (${refusal})` : 'still running 5 s after SIGKILL'}; it keeps its slot and is tried again on the next sweep`);
+      }
     }
     this.markStopped(id);
   }
 
+  async enforceDeadlines(): Promise<DeadlineSweep> {
+    const now = Date.now();
+    this.db.transaction(() => this.reapDead()).immediate();
+    const sweep: DeadlineSweep = { terminated: [], failed: [] };
+    const rows = this.db.prepare(`SELECT * FROM instances WHERE state != 'stopped' ORDER BY started_at, id`).all() as Row[];
+    for (const row of rows) {
+      const reason = this.overdue(row, now);
+      if (!reason) continue;
+      try {
+        await this.terminate(row.id);
+        sweep.terminated.push({ id: row.id, reason, detail: describeDeadline(reason, this.options) });
+      } catch (error) {
+        sweep.failed.push({ id: row.id, reason, detail: describeDeadline(reason, this.options), error: (error as Error).message });
+      }
+    }
+    this.db.prepare(`DELETE FROM instances WHERE state = 'stopped' AND updated_at < ?`).run(now - this.options.retainStoppedMs);
+    return sweep;
+  }
+
+  /** Which deadline the instance has overrun, if any. */
+  private overdue(row: Row, now: number): DeadlineReason | null {
+    const { startTimeoutMs, idleTimeoutMs, busyTimeoutMs, exitTimeoutMs } = this.options;
+    const since = now - row.updated_at;
+    if (row.terminating_since !== null) return 'terminate-retry';
+    if (row.state === 'starting' && now - row.started_at > startTimeoutMs) return 'start-timeout';
+    if (row.state === 'idle' && idleTimeoutMs !== undefined && since > idleTimeoutMs) return 'idle-timeout';
+    if (row.state === 'busy' && busyTimeoutMs !== undefined && since > busyTimeoutMs) return 'busy-timeout';
+    if (row.state === 'exiting' && exitTimeoutMs !== undefined && since > exitTimeoutMs) return 'exit-timeout';
+    return null;
+  }
+
   async report(id: string, report: InstanceReport): Promise<void> {
     const sets = ['state = @state', 'updated_at = @now'];
+    // Stopped for good only once the process is gone (reapDead): it may yet hang on its way out.
+    const state: RowState = report.state === 'stopped' ? 'exiting' : report.state;
     if (report.imageId !== undefined) sets.push('image_id = @imageId');
     if (report.processed !== undefined) sets.push('processed = @processed');
     // A stopped instance stays stopped: a late report from a terminated worker must not revive it.
     this.db
       .prepare(`UPDATE instances SET ${sets.join(', ')} WHERE id = @id AND state != 'stopped'`)
-      .run({ id, state: report.state, now: Date.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
+      .run({ id, state, now: Date.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
   }
 
   /**
@@ -212,6 +273,26 @@ export class ProcessCompute implements Compute {
       for (const file of byAge.slice(0, files.length - LOG_FILES_KEPT)) unlinkSync(path.join(dir, file.name));
     } catch {
       // Log pruning is housekeeping; a race with another process pruning is harmless.
+    }
+  }
+}
+
+/**
+ * SIGKILL to the process group led by pid, else to pid alone. Returns why the kill was
+ * refused (e.g. EPERM: the process belongs to another user), or null when it was sent or
+ * the process is already gone.
+ */
+function killGroup(pid: number): string | null {
+  try {
+    process.kill(-pid, 'SIGKILL');
+    return null;
+  } catch {
+    try {
+      process.kill(pid, 'SIGKILL');
+      return null;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      return code === 'ESRCH' ? null : (code ?? (error as Error).message);
     }
   }
 }
