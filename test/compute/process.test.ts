@@ -8,6 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { ProcessCompute, type ProcessComputeOptions } from '../../src/compute/process.js';
+import { launchTick } from '../../src/controller/launch.js';
+import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { makeTempDir, waitFor } from '../helpers.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -269,6 +271,26 @@ describe('process compute deadlines', async () => {
       return registryRows(registryPath) === 1;
     });
     assert.deepEqual((await compute.list()).map((instance) => instance.id), [ids[1]]);
+  });
+
+  it('is enforced by every launch-controller tick, which then starts a replacement in the freed slot', async () => {
+    const compute = open({ startTimeoutMs: 400, workerArgs: ['--never-report'] });
+    const queues = new SqliteQueueProvider(path.join(temp.dir, `queues-${run}.db`));
+    try {
+      const launch = queues.queue('launch');
+      await launch.send('image');
+      const first = await launchTick(launch, compute);
+      assert.equal(first.started, 1);
+      const [stuck] = await compute.list();
+      const tick = await waitFor('a tick that ends the stuck instance', async () => {
+        const result = await launchTick(launch, compute);
+        return result.deadlines ? result : null;
+      });
+      assert.deepEqual(tick.deadlines!.terminated.map(({ id, reason }) => ({ id, reason })), [{ id: stuck!.id, reason: 'start-timeout' }]);
+      assert.equal(tick.started, 1, 'the same tick starts a replacement');
+    } finally {
+      await queues.close();
+    }
   });
 
   it('leaves alone instances within every deadline', async () => {
