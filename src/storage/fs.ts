@@ -20,22 +20,34 @@
  * reader could pair the new body with the old metadata. A crash leaves at most a file in
  * `.tmp/`, which list() never returns and ensureBucket() removes once it is old.
  *
+ * Conditional writes: each write stores a fresh random ETag in the header. Create-if-absent
+ * (`ifNoneMatch: '*'`) writes the temp file as usual and then link()s it to the object's
+ * name; link() refuses with EEXIST when that name exists, so exactly one of any number of
+ * writers, in any number of processes, creates the object. Replace-if-unchanged (`ifMatch`)
+ * compares the current ETag and renames under a per-key lock file in `.tmp/` created with
+ * O_EXCL; such a writer holds the lock for a read and a rename only, so a lock older than
+ * STALE_LOCK_MS was left by a crash and is broken. Unconditional puts and deletes take no
+ * lock: they are last-writer-wins, as on S3.
+ *
  * Limits: a key segment may be at most 251 bytes (file names are limited to 255 bytes), and
  * on a case-insensitive filesystem keys differing only in case would share a file.
  */
-import { randomBytes } from 'node:crypto';
-import type { Dirent } from 'node:fs';
-import { mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
+import { createHash, randomBytes } from 'node:crypto';
+import type { BigIntStats, Dirent } from 'node:fs';
+import { link, mkdir, open, readdir, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import {
   InvalidKeyError,
+  PreconditionFailedError,
   validateBucket,
   validateKey,
+  validatePutConditions,
   type ListedObject,
   type ObjectInfo,
   type ObjectStore,
   type PutOptions,
+  type PutResult,
   type StoredObject,
 } from './port.js';
 
@@ -48,10 +60,19 @@ const MAX_SEGMENT_BYTES = 255 - OBJECT_SUFFIX.length;
 /** A temp file this old belongs to a writer that crashed, not one still writing. */
 const STALE_TEMP_MS = 15 * 60 * 1000;
 const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
+/**
+ * A key lock is held for one read and one rename; one this old belongs to a writer that
+ * died. File times are the machine's clock, so they are compared with Date.now() itself.
+ */
+const STALE_LOCK_MS = 10_000;
+/** Longer than STALE_LOCK_MS, so a waiter always outlives a lock left by a crash. */
+const LOCK_WAIT_MS = 30_000;
 
 interface Header {
   contentType: string;
   metadata: Record<string, string>;
+  /** Absent in objects written before ETags were stored; see fallbackEtag. */
+  etag?: string;
 }
 
 export class FsObjectStore implements ObjectStore {
@@ -61,12 +82,15 @@ export class FsObjectStore implements ObjectStore {
     this.rootDir = path.resolve(rootDir);
   }
 
-  async put(bucket: string, key: string, body: Buffer, options: PutOptions = {}): Promise<void> {
+  async put(bucket: string, key: string, body: Buffer, options: PutOptions = {}): Promise<PutResult> {
+    validatePutConditions(options);
     const bucketDir = this.bucketDir(bucket);
     const target = this.objectPath(bucketDir, key);
+    const etag = randomBytes(16).toString('hex');
     const header: Header = {
       contentType: options.contentType ?? DEFAULT_CONTENT_TYPE,
       metadata: normalizeMetadata(options.metadata),
+      etag,
     };
     const headerBytes = Buffer.from(JSON.stringify(header), 'utf8');
     const preamble = Buffer.alloc(PREAMBLE_BYTES);
@@ -74,26 +98,28 @@ export class FsObjectStore implements ObjectStore {
     preamble.writeUInt32BE(headerBytes.length, MAGIC.length);
 
     const temp = await this.createTempFile(bucket, bucketDir);
-    let renamed = false;
+    let moved = false;
     try {
       await writeAllAndSync(temp.handle, [preamble, headerBytes, body]);
       await temp.handle.close();
-      // A concurrent delete prunes empty folders, and may remove the one just created for
-      // this object between mkdir and rename; recreating it and trying again is enough.
-      for (let attempt = 1; ; attempt++) {
-        await mkdir(path.dirname(target), { recursive: true });
-        try {
-          await rename(temp.path, target);
-          renamed = true;
-          break;
-        } catch (error) {
-          if (errorCode(error) !== 'ENOENT' || attempt >= 5) throw error;
-        }
+      if (options.ifNoneMatch !== undefined) {
+        // link() leaves the temp name in place; the finally below removes it.
+        if (!(await placeFile(temp.path, target, 'create'))) throw new PreconditionFailedError(bucket, key, 'ifNoneMatch');
+      } else if (options.ifMatch !== undefined) {
+        const expected = options.ifMatch;
+        moved = await withLock(this.lockPath(bucketDir, key), async () => {
+          const current = await currentEtag(target);
+          if (current !== expected) throw new PreconditionFailedError(bucket, key, 'ifMatch');
+          return placeFile(temp.path, target, 'replace');
+        });
+      } else {
+        moved = await placeFile(temp.path, target, 'replace');
       }
       await syncDirectory(path.dirname(target));
+      return { etag };
     } finally {
       await temp.handle.close().catch(() => undefined);
-      if (!renamed) await unlink(temp.path).catch(() => undefined);
+      if (!moved) await unlink(temp.path).catch(() => undefined);
     }
   }
 
@@ -103,11 +129,12 @@ export class FsObjectStore implements ObjectStore {
     const handle = await openIfExists(file);
     if (!handle) return null;
     try {
-      const stats = await handle.stat();
+      const stats = await handle.stat({ bigint: true });
       const bytes = await handle.readFile();
       const { header, bodyOffset } = parseHeader(bytes, file);
       const body = bytes.subarray(bodyOffset);
-      return { key, size: body.length, contentType: header.contentType, metadata: header.metadata, lastModified: stats.mtime, body };
+      const etag = header.etag ?? fallbackEtag(stats);
+      return { key, size: body.length, contentType: header.contentType, metadata: header.metadata, lastModified: stats.mtime, etag, body };
     } finally {
       await handle.close();
     }
@@ -119,8 +146,8 @@ export class FsObjectStore implements ObjectStore {
     const handle = await openIfExists(file);
     if (!handle) return null;
     try {
-      const { header, size, lastModified } = await readInfo(handle, file);
-      return { key, size, contentType: header.contentType, metadata: header.metadata, lastModified };
+      const { header, size, lastModified, etag } = await readInfo(handle, file);
+      return { key, size, contentType: header.contentType, metadata: header.metadata, lastModified, etag };
     } finally {
       await handle.close();
     }
@@ -181,6 +208,11 @@ export class FsObjectStore implements ObjectStore {
     // validateKey already rules out escaping; this guards against any gap in it.
     if (!file.startsWith(bucketDir + path.sep)) throw new InvalidKeyError(key, 'resolves outside its bucket');
     return file;
+  }
+
+  /** In the temp folder, named by a hash so any key fits in one file name. */
+  private lockPath(bucketDir: string, key: string): string {
+    return path.join(bucketDir, TEMP_DIR, `${createHash('sha256').update(key).digest('hex')}.lock`);
   }
 
   private async createTempFile(bucket: string, bucketDir: string): Promise<{ path: string; handle: FileHandle }> {
@@ -265,6 +297,102 @@ function normalizeMetadata(metadata: Record<string, string> | undefined): Record
   return result;
 }
 
+/**
+ * Moves a complete temp file to the object's name: 'replace' renames over whatever is there,
+ * 'create' links only if the name is free and returns false when it is taken. A concurrent
+ * delete prunes empty folders, and may remove the one just created for this object between
+ * mkdir and the move; recreating it and trying again is enough.
+ */
+async function placeFile(tempPath: string, target: string, mode: 'replace' | 'create'): Promise<boolean> {
+  for (let attempt = 1; ; attempt++) {
+    await mkdir(path.dirname(target), { recursive: true });
+    try {
+      if (mode === 'replace') await rename(tempPath, target);
+      else await link(tempPath, target);
+      return true;
+    } catch (error) {
+      const code = errorCode(error);
+      if (mode === 'create' && code === 'EEXIST') return false;
+      if (code !== 'ENOENT' || attempt >= 5) throw error;
+    }
+  }
+}
+
+async function currentEtag(file: string): Promise<string | undefined> {
+  const handle = await openIfExists(file);
+  if (!handle) return undefined;
+  try {
+    return (await readInfo(handle, file)).etag;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Runs `work` while holding the lock file; see STALE_LOCK_MS for locks left by a crash. */
+async function withLock<T>(lockPath: string, work: () => Promise<T>): Promise<T> {
+  const ino = await acquireLock(lockPath);
+  try {
+    return await work();
+  } finally {
+    await releaseLock(lockPath, ino);
+  }
+}
+
+async function acquireLock(lockPath: string): Promise<bigint> {
+  const giveUpAt = Date.now() + LOCK_WAIT_MS;
+  for (let delayMs = 1; ; delayMs = Math.min(delayMs * 2, 50)) {
+    try {
+      const handle = await open(lockPath, 'wx');
+      try {
+        await handle.writeFile(`${process.pid}\n`);
+        return (await handle.stat({ bigint: true })).ino;
+      } finally {
+        await handle.close();
+      }
+    } catch (error) {
+      if (errorCode(error) !== 'EEXIST') throw error;
+    }
+    await breakIfStale(lockPath);
+    if (Date.now() > giveUpAt) throw new Error(`timed out after ${LOCK_WAIT_MS} ms waiting for the write lock ${lockPath}`);
+    await new Promise((resolve) => setTimeout(resolve, delayMs * (0.5 + Math.random())));
+  }
+}
+
+/**
+ * Moves a stale lock aside under a unique name, which only one breaker can do. If what it
+ * moved turns out to be a newer lock (another breaker replaced the stale one in between), it
+ * links it back, so a live holder keeps its lock.
+ */
+async function breakIfStale(lockPath: string): Promise<void> {
+  let seen: BigIntStats;
+  try {
+    seen = await stat(lockPath, { bigint: true });
+  } catch {
+    return;
+  }
+  if (Date.now() - Number(seen.mtimeMs) < STALE_LOCK_MS) return;
+  const aside = `${lockPath}.${randomBytes(6).toString('hex')}.stale`;
+  try {
+    await rename(lockPath, aside);
+  } catch {
+    return;
+  }
+  const moved = await stat(aside, { bigint: true }).catch(() => null);
+  if (moved && moved.ino !== seen.ino) await link(aside, lockPath).catch(() => undefined);
+  await unlink(aside).catch(() => undefined);
+}
+
+async function releaseLock(lockPath: string, ino: bigint): Promise<void> {
+  const current = await stat(lockPath, { bigint: true }).catch(() => null);
+  // Not ours any more only if we held it past STALE_LOCK_MS and it was broken.
+  if (current?.ino === ino) await unlink(lockPath).catch(() => undefined);
+}
+
+/** For objects stored without an ETag: the file changes identity on every replacement. */
+function fallbackEtag(stats: BigIntStats): string {
+  return `${stats.ino.toString(16)}-${stats.size.toString(16)}-${stats.mtimeNs.toString(16)}`;
+}
+
 async function writeAllAndSync(handle: FileHandle, chunks: Buffer[]): Promise<void> {
   for (const chunk of chunks) {
     let offset = 0;
@@ -318,12 +446,13 @@ async function readExactly(handle: FileHandle, length: number, position: number,
   return buffer;
 }
 
-async function readInfo(handle: FileHandle, file: string): Promise<{ header: Header; size: number; lastModified: Date }> {
-  const stats = await handle.stat();
+async function readInfo(handle: FileHandle, file: string): Promise<{ header: Header; size: number; lastModified: Date; etag: string }> {
+  const stats = await handle.stat({ bigint: true });
+  const fileSize = Number(stats.size);
   const preamble = await readExactly(handle, PREAMBLE_BYTES, 0, file);
-  const headerLength = checkPreamble(preamble, stats.size, file);
+  const headerLength = checkPreamble(preamble, fileSize, file);
   const header = decodeHeader(await readExactly(handle, headerLength, PREAMBLE_BYTES, file), file);
-  return { header, size: stats.size - PREAMBLE_BYTES - headerLength, lastModified: stats.mtime };
+  return { header, size: fileSize - PREAMBLE_BYTES - headerLength, lastModified: stats.mtime, etag: header.etag ?? fallbackEtag(stats) };
 }
 
 function parseHeader(bytes: Buffer, file: string): { header: Header; bodyOffset: number } {
@@ -350,7 +479,9 @@ function decodeHeader(bytes: Buffer, file: string): Header {
   if (!header || typeof header.contentType !== 'string' || typeof header.metadata !== 'object' || header.metadata === null) {
     throw corrupt(file, 'its header lacks a content type or metadata');
   }
-  return { contentType: header.contentType, metadata: { ...header.metadata } };
+  const decoded: Header = { contentType: header.contentType, metadata: { ...header.metadata } };
+  if (typeof header.etag === 'string' && header.etag !== '') decoded.etag = header.etag;
+  return decoded;
 }
 
 function corrupt(file: string, reason: string): Error {

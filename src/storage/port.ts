@@ -5,6 +5,15 @@
 export interface PutOptions {
   contentType?: string;
   metadata?: Record<string, string>;
+  /** `'*'`: create the object only if the key holds none (S3's If-None-Match). */
+  ifNoneMatch?: '*';
+  /** Replace the object only if its current ETag is this one (S3's If-Match). */
+  ifMatch?: string;
+}
+
+export interface PutResult {
+  /** Identifies this write's version of the object; pass it as `ifMatch` to replace it. */
+  etag: string;
 }
 
 export interface ObjectInfo {
@@ -13,6 +22,8 @@ export interface ObjectInfo {
   contentType: string;
   metadata: Record<string, string>;
   lastModified: Date;
+  /** Changes whenever the object is replaced (opaque; compare it only for equality). */
+  etag: string;
 }
 
 export interface StoredObject extends ObjectInfo {
@@ -26,8 +37,13 @@ export interface ListedObject {
 }
 
 export interface ObjectStore {
-  /** Stores the object whole or not at all: a reader never sees a partial body. */
-  put(bucket: string, key: string, body: Buffer, options?: PutOptions): Promise<void>;
+  /**
+   * Stores the object whole or not at all: a reader never sees a partial body. With
+   * `ifNoneMatch` or `ifMatch` the condition and the write are one atomic step, even
+   * between processes; when the condition does not hold it throws PreconditionFailedError
+   * and changes nothing.
+   */
+  put(bucket: string, key: string, body: Buffer, options?: PutOptions): Promise<PutResult>;
   /** The object, or null when there is none under that key. */
   get(bucket: string, key: string): Promise<StoredObject | null>;
   /** The object's info without its body, or null when there is none. */
@@ -47,6 +63,25 @@ export class InvalidKeyError extends Error {
     super(`invalid object key ${JSON.stringify(key.slice(0, 200))}: ${reason}`);
     this.name = 'InvalidKeyError';
   }
+}
+
+/** A conditional put whose condition did not hold: the key was taken, or changed since it was read. */
+export class PreconditionFailedError extends Error {
+  constructor(readonly bucket: string, readonly key: string, readonly condition: 'ifNoneMatch' | 'ifMatch') {
+    super(
+      condition === 'ifNoneMatch'
+        ? `object ${bucket}/${key} already exists (create-if-absent refused)`
+        : `object ${bucket}/${key} is missing or has changed since it was read (replace-if-unchanged refused)`,
+    );
+    this.name = 'PreconditionFailedError';
+  }
+}
+
+/** Refuses option combinations no store can honour, before anything is written. */
+export function validatePutConditions(options: PutOptions): void {
+  if (options.ifNoneMatch !== undefined && options.ifNoneMatch !== '*') throw new Error(`ifNoneMatch must be '*', not ${JSON.stringify(options.ifNoneMatch)}`);
+  if (options.ifMatch !== undefined && (typeof options.ifMatch !== 'string' || options.ifMatch === '')) throw new Error('ifMatch must be a non-empty ETag');
+  if (options.ifNoneMatch !== undefined && options.ifMatch !== undefined) throw new Error('ifNoneMatch and ifMatch cannot be combined in one put');
 }
 
 const MAX_KEY_BYTES = 1024;

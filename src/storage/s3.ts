@@ -20,12 +20,15 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import {
+  PreconditionFailedError,
   validateBucket,
   validateKey,
+  validatePutConditions,
   type ListedObject,
   type ObjectInfo,
   type ObjectStore,
   type PutOptions,
+  type PutResult,
   type StoredObject,
 } from './port.js';
 
@@ -70,11 +73,12 @@ export class S3ObjectStore implements ObjectStore {
     this.ownsClient = true;
   }
 
-  async put(bucket: string, key: string, body: Buffer, options: PutOptions = {}): Promise<void> {
+  async put(bucket: string, key: string, body: Buffer, options: PutOptions = {}): Promise<PutResult> {
     validateBucket(bucket);
     validateKey(key);
+    validatePutConditions(options);
     try {
-      await this.client.send(
+      const response = await this.client.send(
         new PutObjectCommand({
           Bucket: bucket,
           Key: key,
@@ -83,9 +87,14 @@ export class S3ObjectStore implements ObjectStore {
           ContentMD5: createHash('md5').update(body).digest('base64'),
           ContentType: options.contentType ?? DEFAULT_CONTENT_TYPE,
           Metadata: options.metadata ?? {},
+          ...(options.ifNoneMatch !== undefined ? { IfNoneMatch: options.ifNoneMatch } : {}),
+          ...(options.ifMatch !== undefined ? { IfMatch: options.ifMatch } : {}),
         }),
       );
+      return { etag: response.ETag ?? '' };
     } catch (error) {
+      const failed = failedCondition(options, error);
+      if (failed) throw new PreconditionFailedError(bucket, key, failed);
       throw describeError('put', bucket, key, error);
     }
   }
@@ -103,6 +112,7 @@ export class S3ObjectStore implements ObjectStore {
         contentType: response.ContentType ?? DEFAULT_CONTENT_TYPE,
         metadata: { ...(response.Metadata ?? {}) },
         lastModified: response.LastModified ?? new Date(0),
+        etag: response.ETag ?? '',
         body,
       };
     } catch (error) {
@@ -122,6 +132,7 @@ export class S3ObjectStore implements ObjectStore {
         contentType: response.ContentType ?? DEFAULT_CONTENT_TYPE,
         metadata: { ...(response.Metadata ?? {}) },
         lastModified: response.LastModified ?? new Date(0),
+        etag: response.ETag ?? '',
       };
     } catch (error) {
       // A HEAD response has no body, so a missing bucket and a missing key both arrive as 404.
@@ -216,6 +227,23 @@ function httpStatus(error: unknown): number | undefined {
   if (typeof error !== 'object' || error === null) return undefined;
   const status = (error as { $metadata?: { httpStatusCode?: unknown } }).$metadata?.httpStatusCode;
   return typeof status === 'number' ? status : undefined;
+}
+
+/**
+ * S3 answers a condition that does not hold with 412 PreconditionFailed, and a conditional
+ * write that raced another one on the same key with 409 ConditionalRequestConflict (the
+ * loser may retry, but for create-if-absent and replace-if-unchanged the other write has
+ * already changed the object, so the condition no longer holds). If-Match on a missing key
+ * is 404 NoSuchKey.
+ */
+function failedCondition(options: PutOptions, error: unknown): 'ifNoneMatch' | 'ifMatch' | undefined {
+  const condition = options.ifNoneMatch !== undefined ? 'ifNoneMatch' : options.ifMatch !== undefined ? 'ifMatch' : undefined;
+  if (condition === undefined) return undefined;
+  const name = errorName(error);
+  const status = httpStatus(error);
+  if (name === 'PreconditionFailed' || status === 412 || name === 'ConditionalRequestConflict') return condition;
+  if (condition === 'ifMatch' && name === 'NoSuchKey') return condition;
+  return undefined;
 }
 
 function isMissing(error: unknown): boolean {

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { InvalidKeyError, type ObjectStore } from '../../src/storage/port.js';
+import { InvalidKeyError, PreconditionFailedError, type ObjectStore } from '../../src/storage/port.js';
 
 export interface ContractFixture {
   store: ObjectStore;
@@ -330,6 +330,85 @@ export function objectStoreContract(adapterName: string, setup: () => Promise<Co
       const info = await store().head(bucket, 'contended');
       assert.equal(info?.size, final.size);
       assert.deepEqual(await listKeys(bucket), ['contended']);
+    });
+
+    it('create-if-absent: of 20 concurrent writers exactly one wins, the others change nothing', async () => {
+      const bucket = await freshBucket();
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: 20 }, (_, i) =>
+          store().put(bucket, 'claims/x', Buffer.from(`writer ${i}`), { ifNoneMatch: '*', contentType: 'text/plain', metadata: { writer: String(i) } }),
+        ),
+      );
+      const winners = outcomes.flatMap((outcome, i) => (outcome.status === 'fulfilled' ? [i] : []));
+      assert.equal(winners.length, 1, `exactly one writer creates the object (winners: ${winners.join(', ')})`);
+      for (const outcome of outcomes) {
+        if (outcome.status === 'rejected') assert.ok(outcome.reason instanceof PreconditionFailedError, `a loser gets PreconditionFailedError, not ${String(outcome.reason)}`);
+      }
+      const winner = winners[0] as number;
+      const object = await store().get(bucket, 'claims/x');
+      assert.equal(object?.body.toString(), `writer ${winner}`, 'the stored object is the winner\'s');
+      assert.deepEqual(object?.metadata, { writer: String(winner) });
+      assert.equal(object?.etag, (outcomes[winner] as PromiseFulfilledResult<{ etag: string }>).value.etag, 'the winner\'s put returned the stored etag');
+      await assert.rejects(store().put(bucket, 'claims/x', Buffer.from('late'), { ifNoneMatch: '*' }), PreconditionFailedError, 'a later create fails too');
+      assert.equal((await store().get(bucket, 'claims/x'))?.body.toString(), `writer ${winner}`);
+      assert.deepEqual(await listKeys(bucket), ['claims/x'], 'losers leave nothing behind');
+      await store().delete(bucket, 'claims/x');
+      await store().put(bucket, 'claims/x', Buffer.from('again'), { ifNoneMatch: '*' });
+      assert.equal((await store().get(bucket, 'claims/x'))?.body.toString(), 'again', 'a deleted key can be created again');
+    });
+
+    it('replace-if-unchanged: the current etag succeeds, a stale or unknown one fails, and the etag changes on replace', async () => {
+      const bucket = await freshBucket();
+      const first = await store().put(bucket, 'r', Buffer.from('one'), { contentType: 'text/plain' });
+      assert.equal(typeof first.etag, 'string');
+      assert.ok(first.etag.length > 0, 'put returns an etag');
+      assert.equal((await store().head(bucket, 'r'))?.etag, first.etag, 'head reports the etag put returned');
+      assert.equal((await store().get(bucket, 'r'))?.etag, first.etag, 'get reports the etag put returned');
+
+      const second = await store().put(bucket, 'r', Buffer.from('two'), { ifMatch: first.etag, contentType: 'text/plain' });
+      assert.notEqual(second.etag, first.etag, 'the etag changes on replace');
+      assert.equal((await store().head(bucket, 'r'))?.etag, second.etag);
+      assert.equal((await store().get(bucket, 'r'))?.body.toString(), 'two');
+
+      await assert.rejects(store().put(bucket, 'r', Buffer.from('stale'), { ifMatch: first.etag }), PreconditionFailedError, 'a stale etag fails');
+      await assert.rejects(store().put(bucket, 'r', Buffer.from('made up'), { ifMatch: '"0123456789abcdef0123456789abcdef"' }), PreconditionFailedError);
+      await assert.rejects(store().put(bucket, 'absent', Buffer.from('x'), { ifMatch: second.etag }), PreconditionFailedError, 'ifMatch on a missing key fails');
+      assert.equal(await store().head(bucket, 'absent'), null);
+      const kept = await store().get(bucket, 'r');
+      assert.equal(kept?.body.toString(), 'two', 'a failed condition changes nothing');
+      assert.equal(kept?.etag, second.etag);
+
+      const third = await store().put(bucket, 'r', Buffer.from('three'));
+      assert.notEqual(third.etag, second.etag, 'an unconditional replace changes the etag too');
+      await assert.rejects(store().put(bucket, 'r', Buffer.from('stale again'), { ifMatch: second.etag }), PreconditionFailedError);
+    });
+
+    it('replace-if-unchanged: of 20 concurrent writers holding the same etag exactly one wins', async () => {
+      const bucket = await freshBucket();
+      const { etag } = await store().put(bucket, 'shared', Buffer.from('original'));
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: 20 }, (_, i) => store().put(bucket, 'shared', Buffer.from(`writer ${i}`), { ifMatch: etag })),
+      );
+      const winners = outcomes.flatMap((outcome, i) => (outcome.status === 'fulfilled' ? [i] : []));
+      assert.equal(winners.length, 1, `exactly one writer replaces the object (winners: ${winners.join(', ')})`);
+      for (const outcome of outcomes) {
+        if (outcome.status === 'rejected') assert.ok(outcome.reason instanceof PreconditionFailedError, `a loser gets PreconditionFailedError, not ${String(outcome.reason)}`);
+      }
+      assert.equal((await store().get(bucket, 'shared'))?.body.toString(), `writer ${winners[0]}`);
+    });
+
+    it('conditional puts refuse bad conditions and missing buckets without writing', async () => {
+      const bucket = await freshBucket();
+      await assert.rejects(store().put(bucket, 'k', Buffer.from('x'), { ifNoneMatch: 'etag' as '*' }), /ifNoneMatch must be '\*'/);
+      await assert.rejects(store().put(bucket, 'k', Buffer.from('x'), { ifNoneMatch: '*', ifMatch: 'e' }), /cannot be combined/);
+      await assert.rejects(store().put(bucket, 'k', Buffer.from('x'), { ifMatch: '' }), /non-empty/);
+      assert.deepEqual(await listKeys(bucket), []);
+      const missing = missingBucket();
+      await assert.rejects(store().put(missing, 'k', Buffer.from('x'), { ifNoneMatch: '*' }), (error: Error) => {
+        assert.ok(!(error instanceof PreconditionFailedError), 'a missing bucket is not a failed condition');
+        assert.match(error.message, new RegExp(missing));
+        return true;
+      });
     });
   });
 }

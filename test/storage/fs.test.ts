@@ -1,10 +1,16 @@
 import assert from 'node:assert/strict';
-import { mkdir, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, stat, unlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { FsObjectStore } from '../../src/storage/fs.js';
-import { InvalidKeyError } from '../../src/storage/port.js';
-import { makeTempDir } from '../helpers.js';
+import { InvalidKeyError, PreconditionFailedError } from '../../src/storage/port.js';
+import { makeTempDir, waitFor } from '../helpers.js';
+
+const createScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'create-process.js');
 import { invalidKeys, objectStoreContract } from './contract.js';
 
 objectStoreContract('fs', async () => {
@@ -149,5 +155,82 @@ describe('FsObjectStore on disk', () => {
     await writeFile(path.join(root, 'foreign', 'notes.obj'), 'just some text');
     await assert.rejects(store.get('foreign', 'notes'), /not a valid stored object/);
     await assert.rejects(store.head('foreign', 'notes'), /not a valid stored object/);
+  });
+
+  it('create-if-absent holds across 4 processes: every key is created exactly once', async () => {
+    await store.ensureBucket('racing');
+    const keyCount = 200;
+    const writers = Array.from({ length: 4 }, (_, i) => {
+      const child = spawn(process.execPath, [createScript, root, 'racing', `writer-${i}`, String(keyCount)], { stdio: ['pipe', 'pipe', 'pipe'] });
+      const events: Array<{ event: string; won?: string[] }> = [];
+      let stderr = '';
+      let exitCode: number | null | undefined;
+      child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+      createInterface({ input: child.stdout! }).on('line', (line) => events.push(JSON.parse(line) as { event: string; won?: string[] }));
+      child.on('exit', (code) => (exitCode = code));
+      return { name: `writer-${i}`, child, events, stderr: () => stderr, exitCode: () => exitCode };
+    });
+    try {
+      await waitFor('every writer to start', () => writers.every((w) => w.events.some((e) => e.event === 'ready')));
+      for (const writer of writers) writer.child.stdin!.write('go\n');
+      const done = await waitFor('every writer to finish', () => {
+        for (const w of writers) if (w.exitCode() !== undefined && w.exitCode() !== 0) throw new Error(`${w.name} failed: ${w.stderr()}`);
+        const reports = writers.map((w) => w.events.find((e) => e.event === 'done'));
+        return reports.every(Boolean) ? reports : null;
+      });
+      const wonBy = new Map<string, string[]>();
+      done.forEach((report, i) => {
+        for (const key of report?.won ?? []) wonBy.set(key, [...(wonBy.get(key) ?? []), `writer-${i}`]);
+      });
+      for (let k = 0; k < keyCount; k++) {
+        const claimants = wonBy.get(`k${k}`) ?? [];
+        assert.equal(claimants.length, 1, `k${k} was created by exactly one process (${claimants.join(', ') || 'none'})`);
+        const object = await store.get('racing', `k${k}`);
+        assert.equal(object?.body.toString(), claimants[0], `k${k} holds its creator's body`);
+      }
+      assert.ok(new Set([...wonBy.values()].flat()).size > 1, 'the processes really raced (more than one won some key)');
+      assert.deepEqual(await readdir(path.join(root, 'racing', '.tmp')), [], 'the losers left no temp files');
+    } finally {
+      for (const w of writers) if (w.exitCode() === undefined) w.child.kill();
+    }
+  });
+
+  it('a lock left by a crashed writer is broken once stale, and a fresh one is waited for', async () => {
+    await store.ensureBucket('locks');
+    const { etag } = await store.put('locks', 'k', Buffer.from('one'));
+    const lockFile = path.join(root, 'locks', '.tmp', `${createHash('sha256').update('k').digest('hex')}.lock`);
+    await writeFile(lockFile, '99999\n');
+    const aMinuteAgo = new Date(Date.now() - 60_000);
+    await utimes(lockFile, aMinuteAgo, aMinuteAgo);
+    const second = await store.put('locks', 'k', Buffer.from('two'), { ifMatch: etag });
+    assert.equal((await store.get('locks', 'k'))?.body.toString(), 'two', 'a stale lock does not wedge the key');
+    assert.deepEqual(await readdir(path.join(root, 'locks', '.tmp')), [], 'the stale lock is gone');
+
+    // A live lock: the conditional put waits for it rather than running alongside.
+    await writeFile(lockFile, `${process.pid}\n`);
+    let settled = false;
+    const waiting = store.put('locks', 'k', Buffer.from('three'), { ifMatch: second.etag }).finally(() => (settled = true));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(settled, false, 'the put waits while the lock is held');
+    assert.equal((await store.get('locks', 'k'))?.body.toString(), 'two');
+    await unlink(lockFile);
+    await waiting;
+    assert.equal((await store.get('locks', 'k'))?.body.toString(), 'three');
+  });
+
+  it('objects written before etags were stored still get one, and it changes on replace', async () => {
+    await store.ensureBucket('legacy');
+    const header = Buffer.from(JSON.stringify({ contentType: 'text/plain', metadata: {} }));
+    const preamble = Buffer.alloc(12);
+    Buffer.from('ICAASOB1').copy(preamble);
+    preamble.writeUInt32BE(header.length, 8);
+    const file = path.join(root, 'legacy', 'old.obj');
+    await writeFile(file, Buffer.concat([preamble, header, Buffer.from('old body')]));
+    const info = await store.head('legacy', 'old');
+    assert.ok(info?.etag, 'a legacy object has an etag');
+    assert.equal((await store.get('legacy', 'old'))?.etag, info.etag, 'get and head agree');
+    await assert.rejects(store.put('legacy', 'old', Buffer.from('x'), { ifMatch: 'wrong' }), PreconditionFailedError);
+    const replaced = await store.put('legacy', 'old', Buffer.from('new body'), { ifMatch: info.etag });
+    assert.notEqual(replaced.etag, info.etag);
   });
 });

@@ -17,6 +17,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { mockClient } from 'aws-sdk-client-mock';
 import S3rver from 's3rver';
+import { PreconditionFailedError } from '../../src/storage/port.js';
 import { S3ObjectStore } from '../../src/storage/s3.js';
 import { makeTempDir } from '../helpers.js';
 import { objectStoreContract } from './contract.js';
@@ -170,6 +171,63 @@ describe('S3ObjectStore against a mocked client', () => {
       contentType: 'application/octet-stream',
       metadata: {},
       lastModified: new Date(0),
+      etag: '',
     });
+  });
+
+  it('sends the condition headers and maps S3\'s refusals to PreconditionFailedError', async () => {
+    const { mock, store } = setup();
+    mock.on(PutObjectCommand, { Key: 'created' }).resolves({ ETag: '"abc"' });
+    mock.on(PutObjectCommand, { Key: 'taken' }).rejects(serviceError('PreconditionFailed', 412, 'At least one of the pre-conditions you specified did not hold'));
+    mock.on(PutObjectCommand, { Key: 'raced' }).rejects(serviceError('ConditionalRequestConflict', 409));
+    mock.on(PutObjectCommand, { Key: 'gone' }).rejects(new NoSuchKey({ message: 'no key', $metadata: { httpStatusCode: 404 } }));
+    mock.on(PutObjectCommand, { Key: 'denied' }).rejects(serviceError('AccessDenied', 403));
+    assert.deepEqual(await store.put('bkt', 'created', Buffer.from('x'), { ifNoneMatch: '*' }), { etag: '"abc"' });
+    assert.equal(mock.commandCalls(PutObjectCommand)[0]?.args[0].input.IfNoneMatch, '*');
+    await store.put('bkt', 'created', Buffer.from('x'), { ifMatch: '"abc"' });
+    assert.equal(mock.commandCalls(PutObjectCommand)[1]?.args[0].input.IfMatch, '"abc"');
+    await store.put('bkt', 'created', Buffer.from('x'));
+    const plain = mock.commandCalls(PutObjectCommand)[2]?.args[0].input;
+    assert.equal('IfNoneMatch' in (plain ?? {}) || 'IfMatch' in (plain ?? {}), false, 'an unconditional put sends no condition');
+    await assert.rejects(store.put('bkt', 'taken', Buffer.from('x'), { ifNoneMatch: '*' }), PreconditionFailedError);
+    await assert.rejects(store.put('bkt', 'raced', Buffer.from('x'), { ifMatch: '"abc"' }), PreconditionFailedError);
+    await assert.rejects(store.put('bkt', 'gone', Buffer.from('x'), { ifMatch: '"abc"' }), PreconditionFailedError);
+    await assert.rejects(store.put('bkt', 'denied', Buffer.from('x'), { ifNoneMatch: '*' }), /access denied/);
+  });
+});
+
+describe('s3rver emulation of conditional writes', () => {
+  it('judges the condition from the request headers, so a put without them overwrites', async () => {
+    const temp = await makeTempDir('icaas-s3rver-');
+    const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: temp.dir });
+    makeS3rverFaithful(server);
+    const { port } = await server.run();
+    const client = new S3Client({
+      region: 'us-east-1',
+      endpoint: `http://127.0.0.1:${port}`,
+      forcePathStyle: true,
+      credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+    });
+    try {
+      await client.send(new CreateBucketCommand({ Bucket: 'wire' }));
+      await client.send(new PutObjectCommand({ Bucket: 'wire', Key: 'k', Body: 'one', IfNoneMatch: '*' }));
+      await assert.rejects(client.send(new PutObjectCommand({ Bucket: 'wire', Key: 'k', Body: 'two', IfNoneMatch: '*' })), (error: S3ServiceException) => {
+        assert.equal(error.$metadata.httpStatusCode, 412);
+        assert.equal(error.name, 'PreconditionFailed');
+        return true;
+      });
+      // The same request without the header is an ordinary overwrite: the refusal above came
+      // from the header on the wire, not from anything else about the request.
+      await client.send(new PutObjectCommand({ Bucket: 'wire', Key: 'k', Body: 'three' }));
+      const object = await client.send(new GetObjectCommand({ Bucket: 'wire', Key: 'k' }));
+      assert.equal(await object.Body?.transformToString(), 'three');
+    } finally {
+      client.destroy();
+      server.httpServer?.closeAllConnections();
+      await server.close();
+      await temp.cleanup();
+    }
   });
 });
