@@ -92,7 +92,9 @@ function instanceDeadlines(config: Config, startTimeoutSeconds: number): Instanc
 async function openCompute(config: Config, store: ObjectStore): Promise<Compute> {
   if (config.compute === 'ec2') {
     const { Ec2Compute, workerUserData } = await import('./compute/ec2.js');
+    const { LaunchLease } = await import('./controller/lease.js');
     return new Ec2Compute({
+      lease: new LaunchLease({ store, bucket: config.outputBucket }),
       ...instanceDeadlines(config, config.ec2StartTimeoutSeconds),
       heartbeats: { store, bucket: config.outputBucket },
       ...(config.ec2Endpoint ? { endpoint: config.ec2Endpoint } : {}),

@@ -26,8 +26,11 @@
  * and retried on every sweep until EC2 shows the instance shutting down or gone; until
  * then the instance counts against the maximum, as any pending or running one does.
  *
- * The maximum holds across concurrent start() calls in one process (they are serialized);
- * across processes start() launches only while it holds the launch lease (see lease).
+ * The maximum holds across concurrent start() calls in one process (they are serialized),
+ * and across processes through the launch lease (src/controller/lease.ts): start()
+ * launches only while this process holds it with at least half its duration left, and
+ * counts the launches the lease records that DescribeInstances does not show yet, so a
+ * controller that takes over from another counts that one's last launches too.
  */
 import { randomUUID } from 'node:crypto';
 import {
@@ -42,6 +45,7 @@ import {
   type RunInstancesCommandInput,
   type Tag,
 } from '@aws-sdk/client-ec2';
+import type { LaunchLease } from '../controller/lease.js';
 import type { ObjectStore } from '../storage/port.js';
 import { describeDeadline, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
 
@@ -74,6 +78,11 @@ export interface Ec2ComputeOptions extends InstanceDeadlines {
    * report() is a no-op and running instances count as idle.
    */
   heartbeats?: { store: ObjectStore; bucket: string };
+  /**
+   * Serialises launches across processes. Without it the maximum holds only within this
+   * process (one launch controller per deployment).
+   */
+  lease?: LaunchLease;
   maxInstances: number;
   /** Tags the instances, so several deployments can share an account. */
   deployment: string;
@@ -108,6 +117,7 @@ const MAX_USER_DATA_BYTES = 16 * 1024;
 const ACTIVE_STATES: InstanceStateName[] = ['pending', 'running', 'stopping'];
 const LISTED_STATES: InstanceStateName[] = ['pending', 'running', 'stopping', 'stopped', 'shutting-down'];
 const SWEPT_STATES: InstanceStateName[] = ['pending', 'running', 'stopping', 'shutting-down', 'terminated'];
+const ALL_STATES: InstanceStateName[] = [...LISTED_STATES, 'terminated'];
 /** Default start timeout: boot, cloud-init and loading the model take minutes at worst. */
 const DEFAULT_START_TIMEOUT_MS = 600_000;
 /** Heartbeats read within this are reused, so one controller tick reads each once. */
@@ -190,10 +200,20 @@ export class Ec2Compute implements Compute {
   }
 
   private async startNow(n: number): Promise<string[]> {
-    const instances = await this.describe(ACTIVE_STATES);
-    const active = instances.length + this.unseenLaunches(instances).length;
+    const { lease } = this.options;
+    const hold = lease ? await lease.acquire() : null;
+    // A launch (a describe, then RunInstances) must finish well within the lease, or a
+    // controller taking over could count before this launch shows.
+    const leaseLeft = () => (hold ? hold.validUntil - Date.now() : Infinity);
+    if (lease && (!hold || leaseLeft() < lease.durationMs / 2)) return [];
+    for (const launch of hold?.launches ?? []) if (!this.launched.has(launch.id)) this.launched.set(launch.id, launch.at);
+    // Every state, so that a launch EC2 shows ended already is not counted as unseen.
+    const described = await this.describe(ALL_STATES);
+    const instances = described.filter((instance) => ACTIVE_STATES.includes(instance.State!.Name!));
+    const active = instances.length + this.unseenLaunches(described).length;
     const count = Math.max(0, Math.min(n, this.maxInstances - active));
     if (count === 0) return [];
+    if (lease && leaseLeft() < lease.durationMs / 3) return [];
     const input = this.runInstancesInput(count);
     let response;
     try {
@@ -204,6 +224,9 @@ export class Ec2Compute implements Compute {
     const now = Date.now();
     const ids = (response.Instances ?? []).map((instance) => instance.InstanceId).filter((id): id is string => Boolean(id));
     for (const id of ids) this.launched.set(id, now);
+    // Recorded for a controller that takes over; if the lease was lost meanwhile, the
+    // taker-over waited for it to expire, by which time EC2 shows these instances.
+    await lease?.recordLaunches(ids.map((id) => ({ id, at: now }))).catch(() => false);
     return ids;
   }
 
@@ -415,6 +438,8 @@ export class Ec2Compute implements Compute {
   }
 
   async close(): Promise<void> {
+    // Released so that another controller may launch at once instead of after the expiry.
+    await this.options.lease?.release().catch(() => {});
     if (this.ownsClient) this.client.destroy();
   }
 

@@ -2,7 +2,7 @@ import { describe, it, after, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { chmod, readdir } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -38,6 +38,21 @@ function isRunning(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Live processes (zombies excluded) whose command line passes the test. */
+function countProcesses(test: (cmdline: string) => boolean): number {
+  let count = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      if (cmdline !== '' && test(cmdline)) count++;
+    } catch {
+      // Exited while we looked.
+    }
+  }
+  return count;
 }
 
 function registryRows(registryPath: string): number {
@@ -92,6 +107,29 @@ describe('process compute adapter', async () => {
     } finally {
       await other.close();
     }
+  });
+
+  it('holds the maximum between controllers in separate processes racing on one registry', async () => {
+    const racer = path.join(here, 'start-racer-process.js');
+    const liveWorkers = () => countProcesses((cmdline) => cmdline.includes(sleeper) && cmdline.includes(registryPath) && cmdline.includes('--instance-id'));
+    let most = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        most = Math.max(most, liveWorkers());
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+    })();
+    try {
+      const outputs = await Promise.all([1, 2].map(() => runFile(process.execPath, [racer, registryPath, sleeper, '3', '12'])));
+      const started = outputs.reduce((sum, { stdout }) => sum + Number(stdout), 0);
+      assert.ok(started > 6, `the controllers started instances again and again (${started})`);
+    } finally {
+      sampling = false;
+      await sampler;
+    }
+    assert.ok(most <= 3, `at most 3 worker processes at once, saw ${most}`);
+    assert.ok((await active()).length <= 3);
   });
 
   it('terminates an instance at once, and lists it as stopped', async () => {
