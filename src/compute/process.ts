@@ -119,10 +119,10 @@ export class ProcessCompute implements Compute {
       });
       child.unref();
       if (child.pid === undefined) throw new Error('spawn returned no pid');
-      const recorded = this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ? AND state != 'stopped'`).run(child.pid, Date.now(), id).changes;
-      // Stopped meanwhile (a sweep or a terminate saw no process yet): the slot is gone, so
-      // the process must not run.
-      if (recorded === 0) killGroup(child.pid);
+      const recorded = this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ? AND state != 'stopped' RETURNING terminating_since`).get(child.pid, Date.now(), id) as { terminating_since: number | null } | undefined;
+      // Given up on meanwhile (no slot any more), or asked to stop before it existed: it must
+      // not run. In the second case it keeps its slot until a sweep sees it gone.
+      if (!recorded || recorded.terminating_since !== null) killGroup(child.pid);
       child.on('error', () => this.markStopped(id));
     } catch (error) {
       this.markStopped(id);
@@ -156,7 +156,11 @@ export class ProcessCompute implements Compute {
     if (row.state === 'stopped') return;
     this.db.prepare(`UPDATE instances SET terminating_since = COALESCE(terminating_since, ?) WHERE id = ?`).run(Date.now(), id);
     if (row.pid === null) {
-      // Reserved, not spawned yet: stopping the row makes the spawning process kill its child.
+      // Reserved, and its process is being spawned elsewhere, or the spawner died. Freeing
+      // the slot before the process exists could let one more than the maximum run.
+      if (Date.now() - row.started_at < this.options.startTimeoutMs) {
+        throw new Error(`could not terminate ${id} yet: its process is still being started; it is killed as soon as it exists and keeps its slot until then`);
+      }
       this.markStopped(id);
       return;
     }

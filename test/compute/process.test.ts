@@ -297,6 +297,23 @@ describe('process compute deadlines', async () => {
     assert.equal((await compute.list())[0]?.state, 'stopped');
   });
 
+  it('keeps the slot of an instance whose process another controller is still spawning', async () => {
+    const compute = open({ startTimeoutMs: 500 });
+    // What the registry holds between another process's reservation and its spawn.
+    const db = new Database(registryPath);
+    const now = Date.now();
+    db.prepare(`INSERT INTO instances (id, pid, state, started_at, updated_at) VALUES ('i-spawning', NULL, 'starting', ?, ?)`).run(now, now);
+    db.close();
+    await assert.rejects(compute.terminate('i-spawning'), /still being started/);
+    assert.deepEqual(await compute.start(1), [], 'the slot is not freed before the process exists');
+    // A reservation whose spawner died frees its slot after the start timeout.
+    await waitFor('the abandoned reservation to be given up', async () => {
+      await compute.terminate('i-spawning').catch(() => {});
+      return (await compute.list()).find((instance) => instance.id === 'i-spawning')?.state === 'stopped';
+    });
+    assert.equal((await compute.start(1)).length, 1);
+  });
+
   it('forgets instances stopped longer than the retention', async () => {
     const compute = open({ retainStoppedMs: 200, maxInstances: 3 });
     const ids = await compute.start(2);
