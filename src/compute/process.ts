@@ -225,17 +225,25 @@ export class ProcessCompute implements Compute {
    * those still running after the grace period.
    */
   async stopAll(graceMs: number): Promise<{ total: number; killed: number }> {
-    const running = (await this.list()).filter((instance) => instance.state !== 'stopped');
-    for (const instance of running) this.signal(instance.id, 'SIGTERM');
+    const running = [...this.activeIds()];
+    for (const id of running) this.signal(id, 'SIGTERM');
     const deadline = Date.now() + graceMs;
     let left = running;
     while (left.length > 0 && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 100));
-      const active = new Set((await this.list()).filter((instance) => instance.state !== 'stopped').map((instance) => instance.id));
-      left = left.filter((instance) => active.has(instance.id));
+      const active = this.activeIds();
+      left = left.filter((id) => active.has(id));
     }
-    for (const instance of left) await this.terminate(instance.id);
+    // A kill that is refused stays recorded; the next controller's sweep tries again.
+    for (const id of left) await this.terminate(id).catch(() => {});
     return { total: running.length, killed: left.length };
+  }
+
+  /** Instances whose process may still run: those listed as stopped but still exiting included. */
+  private activeIds(): Set<string> {
+    this.db.transaction(() => this.reapDead()).immediate();
+    const rows = this.db.prepare(`SELECT id FROM instances WHERE state != 'stopped'`).all() as { id: string }[];
+    return new Set(rows.map((row) => row.id));
   }
 
   private signal(id: string, signal: NodeJS.Signals): void {
