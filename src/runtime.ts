@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Compute } from './compute/port.js';
+import type { Compute, InstanceDeadlines } from './compute/port.js';
 import { configToEnv, type Config } from './config.js';
 import type { Queue, QueueProvider } from './queue/port.js';
 import type { ObjectStore } from './storage/port.js';
@@ -29,7 +29,7 @@ export const QUEUE_NAMES = { launch: 'launch', monitor: 'monitor', output: 'outp
 export async function openRuntime(config: Config): Promise<Runtime> {
   const store = await openStore(config);
   const queueProvider = await openQueues(config);
-  const compute = await openCompute(config);
+  const compute = await openCompute(config, store);
   const queues = {
     launch: queueProvider.queue(QUEUE_NAMES.launch),
     monitor: queueProvider.queue(QUEUE_NAMES.monitor),
@@ -78,10 +78,26 @@ async function openQueues(config: Config): Promise<QueueProvider> {
   return new SqliteQueueProvider(path.join(config.data, 'queues.db'));
 }
 
-async function openCompute(config: Config): Promise<Compute> {
+/** The deadlines by which every instance ends (see Compute.enforceDeadlines). */
+function instanceDeadlines(config: Config, startTimeoutSeconds: number): InstanceDeadlines {
+  const grace = config.instanceGraceSeconds;
+  return {
+    startTimeoutMs: startTimeoutSeconds * 1000,
+    idleTimeoutMs: (config.idleWaitSeconds + grace) * 1000,
+    busyTimeoutMs: (config.deadlineSeconds + grace) * 1000,
+    exitTimeoutMs: grace * 1000,
+  };
+}
+
+async function openCompute(config: Config, store: ObjectStore): Promise<Compute> {
   if (config.compute === 'ec2') {
     const { Ec2Compute, workerUserData } = await import('./compute/ec2.js');
+    const { LaunchLease } = await import('./controller/lease.js');
     return new Ec2Compute({
+      lease: new LaunchLease({ store, bucket: config.outputBucket }),
+      ...instanceDeadlines(config, config.ec2StartTimeoutSeconds),
+      heartbeats: { store, bucket: config.outputBucket },
+      ...(config.ec2Endpoint ? { endpoint: config.ec2Endpoint } : {}),
       ...(config.region ? { region: config.region } : {}),
       maxInstances: config.maxInstances,
       deployment: config.deployment,
@@ -96,6 +112,7 @@ async function openCompute(config: Config): Promise<Compute> {
   }
   const { ProcessCompute } = await import('./compute/process.js');
   return new ProcessCompute({
+    ...instanceDeadlines(config, config.startTimeoutSeconds),
     registryPath: path.join(config.data, 'instances.db'),
     maxInstances: config.maxInstances,
     workerCommand: { script: cliScript, args: ['worker'] },

@@ -70,7 +70,14 @@ import {
   type RequestLaunchTemplateData,
   type ResponseLaunchTemplateData,
 } from '@aws-sdk/client-ec2';
-import { TAG_DEPLOYMENT, TAG_ROLE, WORKER_ROLE, encodeUserData, workerResourceName, workerTags, workerUserData } from '../compute/ec2.js';
+import { TAG_DEPLOYMENT, TAG_ROLE, WORKER_ROLE, encodeUserData, heartbeatKey, workerResourceName, workerTags, workerUserData } from '../compute/ec2.js';
+import { resultKey } from '../messages.js';
+import { attemptKey } from '../outcomes.js';
+
+/** The output-bucket prefixes a worker writes: its results and its heartbeat. */
+const RESULTS_PREFIX = resultKey('x').replace(/x\.json$/, '');
+const HEARTBEATS_PREFIX = heartbeatKey('x').replace(/x\.json$/, '');
+const ATTEMPTS_PREFIX = attemptKey('x', 1).replace(/x\/1$/, '');
 
 export interface AwsClients {
   s3: S3Client;
@@ -180,40 +187,33 @@ function partitionOf(region: string): string {
 }
 
 /**
- * The least a worker needs: read its image, write (and check for) its result, take work
- * from the launch queue, report to the monitor and output queues, and end its own
- * instance. s3:ListBucket is there because without it S3 answers 403 instead of 404 for a
- * missing object, and the worker must tell "no result yet" from "not allowed".
+ * The least a worker needs, and nothing for the rest of the service:
+ * - read an image by its key (no listing of the input bucket: a worker is given its keys);
+ * - check for, and write, results and its own heartbeat, under those two prefixes only, so
+ *   a worker cannot touch the launch lease or anything else in the output bucket;
+ * - s3:ListBucket on the output bucket, because without it S3 answers 403 instead of 404
+ *   for a missing object, and the worker must tell "no result yet" from "not allowed";
+ * - receive and delete launch messages (a receive's own VisibilityTimeout needs nothing
+ *   beyond sqs:ReceiveMessage), and send to the monitor and output queues.
+ * Not: ChangeMessageVisibility or GetQueueAttributes (workers never call them), nor any EC2
+ * action: a worker ends by powering its machine off, which the launch makes a terminate.
  */
 export function workerPolicy(settings: DeploymentSettings, accountId: string) {
   const partition = partitionOf(settings.region);
   const names = deploymentNames(settings);
   const queueArn = (name: string) => `arn:${partition}:sqs:${settings.region}:${accountId}:${name}`;
+  const output = `arn:${partition}:s3:::${settings.outputBucket}`;
   return {
     Version: '2012-10-17',
     Statement: [
       { Sid: 'ReadInputImages', Effect: 'Allow', Action: ['s3:GetObject'], Resource: [`arn:${partition}:s3:::${settings.inputBucket}/*`] },
-      { Sid: 'WriteAndCheckResults', Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'], Resource: [`arn:${partition}:s3:::${settings.outputBucket}/*`] },
-      {
-        Sid: 'MissingObjectsAnswer404',
-        Effect: 'Allow',
-        Action: ['s3:ListBucket'],
-        Resource: [`arn:${partition}:s3:::${settings.inputBucket}`, `arn:${partition}:s3:::${settings.outputBucket}`],
-      },
-      {
-        Sid: 'TakeWork',
-        Effect: 'Allow',
-        Action: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl'],
-        Resource: [queueArn(names.queues.launch)],
-      },
+      { Sid: 'WriteAndCheckResults', Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'], Resource: [`${output}/${RESULTS_PREFIX}*`] },
+      // A worker drops a delivery whose next attempt the monitor has already claimed.
+      { Sid: 'CheckRetryClaims', Effect: 'Allow', Action: ['s3:GetObject'], Resource: [`${output}/${ATTEMPTS_PREFIX}*`] },
+      { Sid: 'WriteHeartbeat', Effect: 'Allow', Action: ['s3:PutObject'], Resource: [`${output}/${HEARTBEATS_PREFIX}*`] },
+      { Sid: 'MissingResultsAnswer404', Effect: 'Allow', Action: ['s3:ListBucket'], Resource: [output] },
+      { Sid: 'TakeWork', Effect: 'Allow', Action: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueUrl'], Resource: [queueArn(names.queues.launch)] },
       { Sid: 'ReportProgress', Effect: 'Allow', Action: ['sqs:SendMessage', 'sqs:GetQueueUrl'], Resource: [queueArn(names.queues.monitor), queueArn(names.queues.output)] },
-      {
-        Sid: 'EndOwnDeploymentWorkers',
-        Effect: 'Allow',
-        Action: ['ec2:TerminateInstances'],
-        Resource: [`arn:${partition}:ec2:${settings.region}:${accountId}:instance/*`],
-        Condition: { StringEquals: { [`aws:ResourceTag/${TAG_DEPLOYMENT}`]: settings.deployment, [`aws:ResourceTag/${TAG_ROLE}`]: WORKER_ROLE } },
-      },
     ],
   };
 }

@@ -8,21 +8,29 @@
  *
  * What EC2 can and cannot tell us:
  * - `pending` is 'starting'; `stopping`, `stopped`, `shutting-down` are 'stopped'.
- * - `running` is reported as 'idle'. EC2 does not know whether the worker holds an image,
- *   and asking workers to say so (e.g. by tagging themselves) would cost an API call per
- *   image. 'idle' is the safe reading for the launch policy: a running instance is either
- *   still booting (it will take a waiting message within a minute) or working on one image
- *   (it takes the next one as soon as it is done), so counting it as free never launches a
- *   second instance for a message that one already on its way will take. The price is that
- *   under a steady stream a message may wait for one classification before it is taken.
- *   For the same reason report() is a no-op: the platform tells us what we can use.
+ * - `running` says only that the machine is up, not that the worker runs. Workers
+ *   therefore report themselves (report()) in a heartbeat object `instances/<id>.json` in
+ *   the output bucket, which they may already write (they need no new permission, and the
+ *   heartbeat costs one S3 PUT per state change, about two per image). A running instance
+ *   without a heartbeat is 'starting'; with one it is what the worker last said: idle,
+ *   busy (with the image) or stopped (exited, the machine shutting down).
+ *   Without a heartbeat store (e.g. in tests of the launch path alone) running means 'idle'.
  * - DescribeInstances is eventually consistent: an instance may be missing from it for a
  *   few seconds after RunInstances returned. Instances this process launched are therefore
  *   remembered and counted (as 'starting') until DescribeInstances shows them or a grace
  *   period passes, so two quick ticks cannot together start more than the maximum.
  *
- * The maximum holds across concurrent start() calls in one process (they are serialized);
- * across processes it relies on there being one launch controller per deployment.
+ * Deadlines (enforceDeadlines): an instance pending, or running without a heartbeat, for
+ * longer than the start timeout; idle, busy or exited for longer than its timeout by its
+ * heartbeat; or whose terminate failed earlier, is terminated. A failed terminate is kept
+ * and retried on every sweep until EC2 shows the instance shutting down or gone; until
+ * then the instance counts against the maximum, as any pending or running one does.
+ *
+ * The maximum holds across concurrent start() calls in one process (they are serialized),
+ * and across processes through the launch lease (src/controller/lease.ts): start()
+ * launches only while this process holds it with at least half its duration left, and
+ * counts the launches the lease records that DescribeInstances does not show yet, so a
+ * controller that takes over from another counts that one's last launches too.
  */
 import { randomUUID } from 'node:crypto';
 import {
@@ -37,7 +45,9 @@ import {
   type RunInstancesCommandInput,
   type Tag,
 } from '@aws-sdk/client-ec2';
-import type { Compute, InstanceInfo, InstanceReport, InstanceState } from './port.js';
+import type { LaunchLease } from '../controller/lease.js';
+import type { ObjectStore } from '../storage/port.js';
+import { describeDeadline, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
 
 export const TAG_DEPLOYMENT = 'icaas:deployment';
 export const TAG_ROLE = 'icaas:role';
@@ -57,10 +67,22 @@ export function workerTags(deployment: string): Tag[] {
   ];
 }
 
-export interface Ec2ComputeOptions {
+export interface Ec2ComputeOptions extends InstanceDeadlines {
   region?: string;
   /** A ready client (shared or mocked); the adapter then leaves destroying it to the caller. */
   client?: EC2Client;
+  /** For an EC2-compatible endpoint (tests); leave unset for AWS. */
+  endpoint?: string;
+  /**
+   * Where workers report themselves: `instances/<id>.json` in this bucket. Without it
+   * report() is a no-op and running instances count as idle.
+   */
+  heartbeats?: { store: ObjectStore; bucket: string };
+  /**
+   * Serialises launches across processes. Without it the maximum holds only within this
+   * process (one launch controller per deployment).
+   */
+  lease?: LaunchLease;
   maxInstances: number;
   /** Tags the instances, so several deployments can share an account. */
   deployment: string;
@@ -94,6 +116,29 @@ export interface Ec2ComputeOptions {
 const MAX_USER_DATA_BYTES = 16 * 1024;
 const ACTIVE_STATES: InstanceStateName[] = ['pending', 'running', 'stopping'];
 const LISTED_STATES: InstanceStateName[] = ['pending', 'running', 'stopping', 'stopped', 'shutting-down'];
+const SWEPT_STATES: InstanceStateName[] = ['pending', 'running', 'stopping', 'shutting-down', 'terminated'];
+const ALL_STATES: InstanceStateName[] = [...LISTED_STATES, 'terminated'];
+/** Default start timeout: boot, cloud-init and loading the model take minutes at worst. */
+const DEFAULT_START_TIMEOUT_MS = 600_000;
+/** Heartbeats read within this are reused, so one controller tick reads each once. */
+const HEARTBEAT_REUSE_MS = 1000;
+const HEARTBEAT_READS_AT_ONCE = 16;
+
+export function heartbeatKey(instanceId: string): string {
+  return `instances/${instanceId}.json`;
+}
+
+/** What a worker last said about itself, and when (the object's time, by the store's clock). */
+interface Heartbeat {
+  state: Exclude<InstanceState, 'starting'>;
+  imageId: string | null;
+  processed: number;
+  at: number;
+}
+
+/** The heartbeat could not be read: no deadline may be judged from it. */
+const UNKNOWN = 'unknown';
+type HeartbeatReading = Heartbeat | typeof UNKNOWN;
 
 export class Ec2ComputeError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -101,6 +146,9 @@ export class Ec2ComputeError extends Error {
     this.name = 'Ec2ComputeError';
   }
 }
+
+/** A terminate refused for good: the instance is not one of this deployment's workers. */
+class Ec2RefusedError extends Ec2ComputeError {}
 
 export class Ec2Compute implements Compute {
   readonly maxInstances: number;
@@ -111,6 +159,12 @@ export class Ec2Compute implements Compute {
   private readonly launchGraceMs: number;
   /** Instances launched here that DescribeInstances has not shown yet: id to launch time. */
   private readonly launched = new Map<string, number>();
+  /** Instances whose terminate failed: id to the deadline reason; retried by every sweep. */
+  private readonly terminating = new Map<string, DeadlineReason>();
+  private readonly heartbeatCache = new Map<string, { heartbeat: Heartbeat | null; readAt: number }>();
+  /** Terminated instances whose heartbeat object was deleted already. */
+  private readonly heartbeatsRemoved = new Set<string>();
+  private readonly deadlines: InstanceDeadlines & { startTimeoutMs: number };
   private startChain: Promise<unknown> = Promise.resolve();
 
   constructor(options: Ec2ComputeOptions) {
@@ -122,6 +176,7 @@ export class Ec2Compute implements Compute {
     this.maxInstances = options.maxInstances;
     this.deployment = options.deployment;
     this.launchGraceMs = options.launchGraceMs ?? 60_000;
+    this.deadlines = { ...options, startTimeoutMs: options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS };
     if (options.client) {
       this.client = options.client;
       this.ownsClient = false;
@@ -129,6 +184,7 @@ export class Ec2Compute implements Compute {
       const config: EC2ClientConfig = {};
       const region = options.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION;
       if (region) config.region = region;
+      if (options.endpoint) config.endpoint = options.endpoint;
       this.client = new EC2Client(config);
       this.ownsClient = true;
     }
@@ -144,10 +200,20 @@ export class Ec2Compute implements Compute {
   }
 
   private async startNow(n: number): Promise<string[]> {
-    const instances = await this.describe(ACTIVE_STATES);
-    const active = instances.length + this.unseenLaunches(instances).length;
+    const { lease } = this.options;
+    const hold = lease ? await lease.acquire() : null;
+    // A launch (a describe, then RunInstances) must finish well within the lease, or a
+    // controller taking over could count before this launch shows.
+    const leaseLeft = () => (hold ? hold.validUntil - Date.now() : Infinity);
+    if (lease && (!hold || leaseLeft() < lease.durationMs / 2)) return [];
+    for (const launch of hold?.launches ?? []) if (!this.launched.has(launch.id)) this.launched.set(launch.id, launch.at);
+    // Every state, so that a launch EC2 shows ended already is not counted as unseen.
+    const described = await this.describe(ALL_STATES);
+    const instances = described.filter((instance) => ACTIVE_STATES.includes(instance.State!.Name!));
+    const active = instances.length + this.unseenLaunches(described).length;
     const count = Math.max(0, Math.min(n, this.maxInstances - active));
     if (count === 0) return [];
+    if (lease && leaseLeft() < lease.durationMs / 3) return [];
     const input = this.runInstancesInput(count);
     let response;
     try {
@@ -158,6 +224,9 @@ export class Ec2Compute implements Compute {
     const now = Date.now();
     const ids = (response.Instances ?? []).map((instance) => instance.InstanceId).filter((id): id is string => Boolean(id));
     for (const id of ids) this.launched.set(id, now);
+    // Recorded for a controller that takes over; if the lease was lost meanwhile, the
+    // taker-over waited for it to expire, by which time EC2 shows these instances.
+    await lease?.recordLaunches(ids.map((id) => ({ id, at: now }))).catch(() => false);
     return ids;
   }
 
@@ -196,16 +265,38 @@ export class Ec2Compute implements Compute {
 
   async list(): Promise<InstanceInfo[]> {
     const instances = await this.describe(LISTED_STATES);
-    const listed: InstanceInfo[] = instances.map((instance) => ({
-      id: instance.InstanceId!,
-      state: stateOf(instance.State?.Name),
-      startedAt: instance.LaunchTime?.getTime() ?? Date.now(),
-    }));
+    const heartbeats = await this.readHeartbeats(instances);
+    const listed: InstanceInfo[] = instances.map((instance) => {
+      const reading = heartbeats.get(instance.InstanceId!);
+      const heartbeat = reading === UNKNOWN ? undefined : reading;
+      return {
+        id: instance.InstanceId!,
+        state: this.stateOf(instance.State?.Name, reading),
+        startedAt: instance.LaunchTime?.getTime() ?? Date.now(),
+        ...(heartbeat?.state === 'busy' && heartbeat.imageId ? { imageId: heartbeat.imageId } : {}),
+        ...(heartbeat ? { processed: heartbeat.processed } : {}),
+      };
+    });
     for (const [id, launchedAt] of this.unseenLaunches(instances)) listed.push({ id, state: 'starting', startedAt: launchedAt });
     return listed.sort((a, b) => a.startedAt - b.startedAt || a.id.localeCompare(b.id));
   }
 
+  /**
+   * Terminates one of this deployment's workers. A failure is remembered: the instance
+   * still counts, and every enforceDeadlines tries again until EC2 confirms it.
+   */
   async terminate(id: string): Promise<void> {
+    try {
+      await this.terminateNow(id);
+      this.terminating.delete(id);
+    } catch (error) {
+      // A refusal (not ours, not an instance id) is final; anything else is tried again.
+      if (!(error instanceof Ec2RefusedError) && !this.terminating.has(id)) this.terminating.set(id, 'terminate-retry');
+      throw error;
+    }
+  }
+
+  private async terminateNow(id: string): Promise<void> {
     if (!this.launched.has(id)) {
       let instance: Instance | undefined;
       try {
@@ -214,13 +305,13 @@ export class Ec2Compute implements Compute {
       } catch (error) {
         // Terminated instances drop out of EC2's answers after about an hour: gone is done.
         if (errorName(error) === 'InvalidInstanceID.NotFound') return;
-        if (errorName(error) === 'InvalidInstanceID.Malformed') throw new Ec2ComputeError(`cannot terminate ${JSON.stringify(id)}: not an EC2 instance id`, { cause: error });
+        if (errorName(error) === 'InvalidInstanceID.Malformed') throw new Ec2RefusedError(`cannot terminate ${JSON.stringify(id)}: not an EC2 instance id`, { cause: error });
         throw describeEc2Error(error, `look up instance ${id}`);
       }
       if (!instance) return;
       if (!this.isOurs(instance)) {
         const tags = (instance.Tags ?? []).filter((tag) => tag.Key?.startsWith('icaas:')).map((tag) => `${tag.Key}=${tag.Value}`);
-        throw new Ec2ComputeError(
+        throw new Ec2RefusedError(
           `refusing to terminate ${id}: it is not a worker of deployment "${this.deployment}" (${tags.length > 0 ? `its tags: ${tags.join(', ')}` : 'it has no icaas tags'})`,
         );
       }
@@ -240,10 +331,120 @@ export class Ec2Compute implements Compute {
     return `see the console output of instance ${id} (aws ec2 get-console-output --instance-id ${id})`;
   }
 
-  /** A no-op: see the module comment for why EC2 workers are not asked to report. */
-  async report(_id: string, _report: InstanceReport): Promise<void> {}
+  /** Writes the worker's heartbeat (see the module comment); a no-op without a heartbeat store. */
+  async report(id: string, report: InstanceReport): Promise<void> {
+    if (!this.options.heartbeats) return;
+    const { store, bucket } = this.options.heartbeats;
+    const body = { state: report.state, imageId: report.imageId ?? null, processed: report.processed ?? 0 };
+    await store.put(bucket, heartbeatKey(id), Buffer.from(JSON.stringify(body)), { contentType: 'application/json' });
+  }
+
+  async enforceDeadlines(): Promise<DeadlineSweep> {
+    const now = Date.now();
+    const instances = await this.describe(SWEPT_STATES);
+    const live = instances.filter((instance) => ACTIVE_STATES.includes(instance.State!.Name!));
+    const heartbeats = await this.readHeartbeats(live);
+    const due = new Map<string, DeadlineReason>();
+    for (const instance of live) {
+      const reason = this.overdue(instance, heartbeats.get(instance.InstanceId!), now);
+      if (reason) due.set(instance.InstanceId!, reason);
+    }
+    // A failed terminate is retried while EC2 still shows the instance live, or does not show
+    // a fresh launch yet; shutting-down, terminated or gone is the confirmation.
+    const liveIds = new Set(live.map((instance) => instance.InstanceId!));
+    const unseen = new Set(this.unseenLaunches(instances).map(([id]) => id));
+    for (const [id, reason] of this.terminating) {
+      if (liveIds.has(id) || unseen.has(id)) due.set(id, due.get(id) ?? reason);
+      else this.terminating.delete(id);
+    }
+    const sweep: DeadlineSweep = { terminated: [], failed: [] };
+    for (const [id, reason] of due) {
+      const detail = describeDeadline(reason, this.deadlines);
+      try {
+        await this.terminate(id);
+        sweep.terminated.push({ id, reason, detail });
+      } catch (error) {
+        sweep.failed.push({ id, reason, detail, error: (error as Error).message });
+      }
+    }
+    await this.removeHeartbeats(instances.filter((instance) => !ACTIVE_STATES.includes(instance.State!.Name!)));
+    return sweep;
+  }
+
+  /** Which deadline a live instance has overrun, if any. */
+  private overdue(instance: Instance, heartbeat: HeartbeatReading | undefined, now: number): DeadlineReason | null {
+    const { startTimeoutMs, idleTimeoutMs, busyTimeoutMs, exitTimeoutMs } = this.deadlines;
+    const launchedAt = instance.LaunchTime?.getTime() ?? now;
+    const state = instance.State?.Name;
+    if (state === 'pending') return now - launchedAt > startTimeoutMs ? 'start-timeout' : null;
+    if (state !== 'running' || !this.options.heartbeats || heartbeat === UNKNOWN) return null;
+    if (!heartbeat) return now - launchedAt > startTimeoutMs ? 'start-timeout' : null;
+    const since = now - heartbeat.at;
+    const limits = { idle: [idleTimeoutMs, 'idle-timeout'], busy: [busyTimeoutMs, 'busy-timeout'], stopped: [exitTimeoutMs, 'exit-timeout'] } as const;
+    const [limit, reason] = limits[heartbeat.state];
+    return limit !== undefined && since > limit ? reason : null;
+  }
+
+  /** The heartbeats of the running ones among these instances (none without a heartbeat store). */
+  private async readHeartbeats(instances: Instance[]): Promise<Map<string, HeartbeatReading>> {
+    const found = new Map<string, HeartbeatReading>();
+    if (!this.options.heartbeats) return found;
+    const { store, bucket } = this.options.heartbeats;
+    const now = Date.now();
+    const running = instances.filter((instance) => instance.State?.Name === 'running').map((instance) => instance.InstanceId!);
+    await forEachLimited(running, HEARTBEAT_READS_AT_ONCE, async (id) => {
+      let cached = this.heartbeatCache.get(id);
+      if (!cached || now - cached.readAt > HEARTBEAT_REUSE_MS) {
+        let object;
+        try {
+          object = await store.get(bucket, heartbeatKey(id));
+        } catch {
+          // Unknown is not absent: a store outage must not look like workers that never started.
+          found.set(id, UNKNOWN);
+          return;
+        }
+        cached = { heartbeat: object ? parseHeartbeat(object.body, object.lastModified) : null, readAt: now };
+        this.heartbeatCache.set(id, cached);
+      }
+      if (cached.heartbeat) found.set(id, cached.heartbeat);
+    });
+    for (const id of this.heartbeatCache.keys()) if (!running.includes(id)) this.heartbeatCache.delete(id);
+    return found;
+  }
+
+  /** Heartbeats of instances that are gone are deleted once, so the bucket does not fill up. */
+  private async removeHeartbeats(ended: Instance[]): Promise<void> {
+    if (!this.options.heartbeats) return;
+    const { store, bucket } = this.options.heartbeats;
+    const ids = ended.map((instance) => instance.InstanceId!).filter((id) => !this.heartbeatsRemoved.has(id));
+    await forEachLimited(ids, HEARTBEAT_READS_AT_ONCE, async (id) => {
+      try {
+        await store.delete(bucket, heartbeatKey(id));
+        this.heartbeatsRemoved.add(id);
+      } catch {
+        // Housekeeping: the next sweep tries again.
+      }
+    });
+    // Terminated instances drop out of EC2's answers after about an hour.
+    const seen = new Set(ended.map((instance) => instance.InstanceId));
+    for (const id of this.heartbeatsRemoved) if (!seen.has(id)) this.heartbeatsRemoved.delete(id);
+  }
+
+  private stateOf(state: InstanceStateName | string | undefined, heartbeat: HeartbeatReading | undefined): InstanceState {
+    switch (state) {
+      case 'pending':
+        return 'starting';
+      case 'running':
+        if (!this.options.heartbeats || heartbeat === UNKNOWN) return 'idle';
+        return heartbeat?.state ?? 'starting';
+      default:
+        return 'stopped';
+    }
+  }
 
   async close(): Promise<void> {
+    // Released so that another controller may launch at once instead of after the expiry.
+    await this.options.lease?.release().catch(() => {});
     if (this.ownsClient) this.client.destroy();
   }
 
@@ -297,15 +498,28 @@ export class Ec2Compute implements Compute {
   }
 }
 
-function stateOf(state: InstanceStateName | string | undefined): InstanceState {
-  switch (state) {
-    case 'pending':
-      return 'starting';
-    case 'running':
-      return 'idle';
-    default:
-      return 'stopped';
+/** A heartbeat as a worker wrote it; anything else reads as no heartbeat. */
+function parseHeartbeat(body: Buffer, lastModified: Date): Heartbeat | null {
+  try {
+    const value = JSON.parse(body.toString('utf8')) as Partial<Heartbeat>;
+    if (value.state !== 'idle' && value.state !== 'busy' && value.state !== 'stopped') return null;
+    return {
+      state: value.state,
+      imageId: typeof value.imageId === 'string' ? value.imageId : null,
+      processed: Number.isInteger(value.processed) ? value.processed! : 0,
+      at: lastModified.getTime(),
+    };
+  } catch {
+    return null;
   }
+}
+
+async function forEachLimited<T>(items: T[], limit: number, run: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) await run(items[next++]!);
+  });
+  await Promise.all(lanes);
 }
 
 export function encodeUserData(script: string): string {

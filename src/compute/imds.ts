@@ -1,12 +1,12 @@
 /**
  * The EC2 instance metadata service (IMDSv2), for a worker to learn which instance it is
- * running on and to terminate that instance.
+ * running on. (A worker never terminates its instance through the EC2 API, and its role
+ * may not: it ends by powering the machine off, which the launch turns into a terminate.)
  *
  * IMDSv2 only: every read needs a session token obtained with a PUT, which SSRF-style
  * requests cannot forge; the launch template and RunInstances require it
  * (HttpTokens=required), so IMDSv1 is not even available on workers.
  */
-import { TerminateInstancesCommand, type EC2Client } from '@aws-sdk/client-ec2';
 import { backoffDelay, sleep } from '../backoff.js';
 
 export interface ImdsOptions {
@@ -79,16 +79,4 @@ export async function instanceIdFromImds(options: ImdsOptions = {}): Promise<str
   const id = await imdsGet('instance-id', options);
   if (!INSTANCE_ID.test(id)) throw new ImdsError(`the instance metadata service returned ${JSON.stringify(id.slice(0, 40))}, which is not an instance id`);
   return id;
-}
-
-/**
- * Terminates the instance this process runs on. Workers normally end by shutting the
- * machine down (launched with shutdown behaviour 'terminate'), which needs no permission;
- * this is for when that is not possible, e.g. a worker in a container. The instance role
- * allows ec2:TerminateInstances only on instances tagged with the deployment.
- */
-export async function terminateSelf(ec2: EC2Client, options: ImdsOptions & { instanceId?: string } = {}): Promise<string> {
-  const instanceId = options.instanceId ?? (await instanceIdFromImds(options));
-  await ec2.send(new TerminateInstancesCommand({ InstanceIds: [instanceId] }));
-  return instanceId;
 }

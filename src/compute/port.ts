@@ -34,14 +34,61 @@ export interface Compute {
   list(): Promise<InstanceInfo[]>;
   /** Stops the instance at once, whatever it is doing. Terminating a stopped one is a no-op. */
   terminate(id: string): Promise<void>;
-  /** Records what an instance says about itself; a no-op where the platform tells us instead. */
+  /** Records what an instance says about itself (the adapter decides where). */
   report(id: string, report: InstanceReport): Promise<void>;
   /**
    * Why a stopped instance stopped, in its own words where the adapter keeps them (the
    * last lines of its log), or where to look; undefined when there is nothing to say.
    */
   startFailure?(id: string): Promise<string | undefined>;
+  /**
+   * Brings every instance that overran a deadline to an end: started but never reported,
+   * idle past the idle wait, holding an image or exiting for too long, or a terminate that
+   * failed earlier (retried until the platform confirms the instance gone; until then it
+   * still counts against the maximum). Also forgets instances stopped long ago. The
+   * launch controller calls it every tick; concurrent callers are safe.
+   */
+  enforceDeadlines(): Promise<DeadlineSweep>;
   close(): Promise<void>;
+}
+
+/** Why an instance was (or is being) terminated by enforceDeadlines. */
+export type DeadlineReason = 'start-timeout' | 'idle-timeout' | 'busy-timeout' | 'exit-timeout' | 'terminate-retry';
+
+export interface DeadlineSweep {
+  /** Instances terminated by this sweep. */
+  terminated: { id: string; reason: DeadlineReason; detail: string }[];
+  /** Instances whose terminate failed; they still count and the next sweep tries again. */
+  failed: { id: string; reason: DeadlineReason; detail: string; error: string }[];
+}
+
+/** Deadlines every adapter enforces; each one is off when absent. */
+export interface InstanceDeadlines {
+  /** From start to the worker's first report. */
+  startTimeoutMs?: number;
+  /** Reported idle (the worker long-polls for work) for longer than this. */
+  idleTimeoutMs?: number;
+  /** Reported busy with one image for longer than this (the monitor normally ends it first). */
+  busyTimeoutMs?: number;
+  /** Reported stopped (the worker exited) while the instance still runs. */
+  exitTimeoutMs?: number;
+}
+
+/** The reason in words, for logs. */
+export function describeDeadline(reason: DeadlineReason, deadlines: InstanceDeadlines): string {
+  const seconds = (ms: number | undefined) => `${Math.round((ms ?? 0) / 1000)} s`;
+  switch (reason) {
+    case 'start-timeout':
+      return `its worker did not report within ${seconds(deadlines.startTimeoutMs)} of the start`;
+    case 'idle-timeout':
+      return `idle for more than ${seconds(deadlines.idleTimeoutMs)} without stopping itself`;
+    case 'busy-timeout':
+      return `held one image for more than ${seconds(deadlines.busyTimeoutMs)}`;
+    case 'exit-timeout':
+      return `still running ${seconds(deadlines.exitTimeoutMs)} after its worker exited`;
+    case 'terminate-retry':
+      return 'an earlier terminate did not take effect';
+  }
 }
 
 export function isActive(instance: InstanceInfo): boolean {

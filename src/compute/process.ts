@@ -3,6 +3,12 @@
  * The registry of instances is a SQLite file, so every process (web tier, controllers,
  * workers, a restarted `icaas start`) sees the same instances, and the maximum holds
  * across them because starting is decided inside one write transaction.
+ *
+ * Every instance ends by its deadlines (enforceDeadlines): a worker that never reports, one
+ * idle past the idle wait, one holding an image or exiting for too long is killed. A kill
+ * that does not take (the process belongs to another user, say) is recorded and retried
+ * on every sweep; the instance keeps its slot until its process is gone, because a slot
+ * freed while the process still runs would let one more than the maximum start.
  */
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
@@ -10,9 +16,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, openSync, closeSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
-import type { Compute, InstanceInfo, InstanceReport, InstanceState } from './port.js';
+import { describeDeadline, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
 
-export interface ProcessComputeOptions {
+export interface ProcessComputeOptions extends InstanceDeadlines {
   /** SQLite file holding the instance registry. */
   registryPath: string;
   maxInstances: number;
@@ -24,18 +30,26 @@ export interface ProcessComputeOptions {
   logDir?: string;
   /** How long a stopped instance stays in list() so users see it leave. */
   keepStoppedMs?: number;
-  /** An instance that has not reported within this time after starting is counted as failed. */
-  startTimeoutMs?: number;
+  /** How long the registry keeps a stopped instance's row at all. Default one hour. */
+  retainStoppedMs?: number;
 }
+
+/**
+ * 'exiting': the worker said it stopped but its process has not gone yet. Listed as
+ * stopped, yet it keeps its slot until the process is gone.
+ */
+type RowState = InstanceState | 'exiting';
 
 interface Row {
   id: string;
   pid: number | null;
-  state: InstanceState;
+  state: RowState;
   started_at: number;
   updated_at: number;
   image_id: string | null;
   processed: number;
+  /** When a terminate was first asked for; set until the process is confirmed gone. */
+  terminating_since: number | null;
 }
 
 const LOG_FILES_KEPT = 200;
@@ -45,10 +59,10 @@ const LOG_TAIL_LINES = 3;
 export class ProcessCompute implements Compute {
   readonly maxInstances: number;
   private readonly db: Database.Database;
-  private readonly options: Required<Pick<ProcessComputeOptions, 'keepStoppedMs' | 'startTimeoutMs'>> & ProcessComputeOptions;
+  private readonly options: Required<Pick<ProcessComputeOptions, 'keepStoppedMs' | 'retainStoppedMs' | 'startTimeoutMs'>> & ProcessComputeOptions;
 
   constructor(options: ProcessComputeOptions) {
-    this.options = { keepStoppedMs: 60_000, startTimeoutMs: 60_000, ...options };
+    this.options = { keepStoppedMs: 60_000, retainStoppedMs: 3_600_000, startTimeoutMs: 60_000, ...options };
     this.maxInstances = options.maxInstances;
     mkdirSync(path.dirname(options.registryPath), { recursive: true });
     this.db = new Database(options.registryPath);
@@ -61,8 +75,12 @@ export class ProcessCompute implements Compute {
       started_at INTEGER NOT NULL,
       updated_at INTEGER NOT NULL,
       image_id TEXT,
-      processed INTEGER NOT NULL DEFAULT 0
+      processed INTEGER NOT NULL DEFAULT 0,
+      terminating_since INTEGER
     )`);
+    // A registry written before terminates were tracked lacks the column.
+    const columns = this.db.prepare(`PRAGMA table_info(instances)`).all() as { name: string }[];
+    if (!columns.some((column) => column.name === 'terminating_since')) this.db.exec(`ALTER TABLE instances ADD COLUMN terminating_since INTEGER`);
     if (options.logDir) mkdirSync(options.logDir, { recursive: true });
   }
 
@@ -104,7 +122,10 @@ export class ProcessCompute implements Compute {
       });
       child.unref();
       if (child.pid === undefined) throw new Error('spawn returned no pid');
-      this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ?`).run(child.pid, Date.now(), id);
+      const recorded = this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ? AND state != 'stopped' RETURNING terminating_since`).get(child.pid, Date.now(), id) as { terminating_since: number | null } | undefined;
+      // Given up on meanwhile (no slot any more), or asked to stop before it existed: it must
+      // not run. In the second case it keeps its slot until a sweep sees it gone.
+      if (!recorded || recorded.terminating_since !== null) killGroup(child.pid);
       child.on('error', () => this.markStopped(id));
     } catch (error) {
       this.markStopped(id);
@@ -121,41 +142,85 @@ export class ProcessCompute implements Compute {
       .all(Date.now() - this.options.keepStoppedMs) as Row[];
     return rows.map((row) => ({
       id: row.id,
-      state: row.state,
+      state: row.state === 'exiting' ? 'stopped' : row.state,
       startedAt: row.started_at,
       ...(row.image_id ? { imageId: row.image_id } : {}),
       processed: row.processed,
     }));
   }
 
+  /**
+   * Kills the worker's process group. Throws when the process survives; the terminate is
+   * then recorded, the instance keeps its slot, and enforceDeadlines tries again.
+   */
   async terminate(id: string): Promise<void> {
     const row = this.db.prepare(`SELECT * FROM instances WHERE id = ?`).get(id) as Row | undefined;
     if (!row) throw new Error(`no instance ${id}`);
     if (row.state === 'stopped') return;
-    if (row.pid !== null && isOurProcess(row.pid, id)) {
-      try {
-        // Kill the whole process group: the worker is its leader (detached) and a hung
-        // native decoder thread must not survive it.
-        process.kill(-row.pid, 'SIGKILL');
-      } catch {
-        try { process.kill(row.pid, 'SIGKILL'); } catch { /* already gone */ }
+    this.db.prepare(`UPDATE instances SET terminating_since = COALESCE(terminating_since, ?) WHERE id = ?`).run(Date.now(), id);
+    if (row.pid === null) {
+      // Reserved, and its process is being spawned elsewhere, or the spawner died. Freeing
+      // the slot before the process exists could let one more than the maximum run.
+      if (Date.now() - row.started_at < this.options.startTimeoutMs) {
+        throw new Error(`could not terminate ${id} yet: its process is still being started; it is killed as soon as it exists and keeps its slot until then`);
       }
-      // Marked stopped only once it is gone: a slot freed while the process still runs
-      // could let the launch controller start one more than the maximum.
-      const deadline = Date.now() + 5000;
+      this.markStopped(id);
+      return;
+    }
+    if (isOurProcess(row.pid, id)) {
+      // Kill the whole process group: the worker is its leader (detached) and a hung native
+      // decoder thread must not survive it.
+      const refusal = killGroup(row.pid);
+      const deadline = Date.now() + (refusal ? 0 : 5000);
       while (isOurProcess(row.pid, id) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      if (isOurProcess(row.pid, id)) {
+        throw new Error(`could not terminate ${id} (pid ${row.pid}): ${refusal ? `the kill was refused (${refusal})` : 'still running 5 s after SIGKILL'}; it keeps its slot and is tried again on the next sweep`);
+      }
     }
     this.markStopped(id);
   }
 
+  async enforceDeadlines(): Promise<DeadlineSweep> {
+    const now = Date.now();
+    this.db.transaction(() => this.reapDead()).immediate();
+    const sweep: DeadlineSweep = { terminated: [], failed: [] };
+    const rows = this.db.prepare(`SELECT * FROM instances WHERE state != 'stopped' ORDER BY started_at, id`).all() as Row[];
+    for (const row of rows) {
+      const reason = this.overdue(row, now);
+      if (!reason) continue;
+      try {
+        await this.terminate(row.id);
+        sweep.terminated.push({ id: row.id, reason, detail: describeDeadline(reason, this.options) });
+      } catch (error) {
+        sweep.failed.push({ id: row.id, reason, detail: describeDeadline(reason, this.options), error: (error as Error).message });
+      }
+    }
+    this.db.prepare(`DELETE FROM instances WHERE state = 'stopped' AND updated_at < ?`).run(now - this.options.retainStoppedMs);
+    return sweep;
+  }
+
+  /** Which deadline the instance has overrun, if any. */
+  private overdue(row: Row, now: number): DeadlineReason | null {
+    const { startTimeoutMs, idleTimeoutMs, busyTimeoutMs, exitTimeoutMs } = this.options;
+    const since = now - row.updated_at;
+    if (row.terminating_since !== null) return 'terminate-retry';
+    if (row.state === 'starting' && now - row.started_at > startTimeoutMs) return 'start-timeout';
+    if (row.state === 'idle' && idleTimeoutMs !== undefined && since > idleTimeoutMs) return 'idle-timeout';
+    if (row.state === 'busy' && busyTimeoutMs !== undefined && since > busyTimeoutMs) return 'busy-timeout';
+    if (row.state === 'exiting' && exitTimeoutMs !== undefined && since > exitTimeoutMs) return 'exit-timeout';
+    return null;
+  }
+
   async report(id: string, report: InstanceReport): Promise<void> {
     const sets = ['state = @state', 'updated_at = @now'];
+    // Stopped for good only once the process is gone (reapDead): it may yet hang on its way out.
+    const state: RowState = report.state === 'stopped' ? 'exiting' : report.state;
     if (report.imageId !== undefined) sets.push('image_id = @imageId');
     if (report.processed !== undefined) sets.push('processed = @processed');
     // A stopped instance stays stopped: a late report from a terminated worker must not revive it.
     this.db
       .prepare(`UPDATE instances SET ${sets.join(', ')} WHERE id = @id AND state != 'stopped'`)
-      .run({ id, state: report.state, now: Date.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
+      .run({ id, state, now: Date.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
   }
 
   /** The last lines of the worker's log, without stack frames and help hints, which say little to a user. */
@@ -184,17 +249,25 @@ export class ProcessCompute implements Compute {
    * those still running after the grace period.
    */
   async stopAll(graceMs: number): Promise<{ total: number; killed: number }> {
-    const running = (await this.list()).filter((instance) => instance.state !== 'stopped');
-    for (const instance of running) this.signal(instance.id, 'SIGTERM');
+    const running = [...this.activeIds()];
+    for (const id of running) this.signal(id, 'SIGTERM');
     const deadline = Date.now() + graceMs;
     let left = running;
     while (left.length > 0 && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 100));
-      const active = new Set((await this.list()).filter((instance) => instance.state !== 'stopped').map((instance) => instance.id));
-      left = left.filter((instance) => active.has(instance.id));
+      const active = this.activeIds();
+      left = left.filter((id) => active.has(id));
     }
-    for (const instance of left) await this.terminate(instance.id);
+    // A kill that is refused stays recorded; the next controller's sweep tries again.
+    for (const id of left) await this.terminate(id).catch(() => {});
     return { total: running.length, killed: left.length };
+  }
+
+  /** Instances whose process may still run: those listed as stopped but still exiting included. */
+  private activeIds(): Set<string> {
+    this.db.transaction(() => this.reapDead()).immediate();
+    const rows = this.db.prepare(`SELECT id FROM instances WHERE state != 'stopped'`).all() as { id: string }[];
+    return new Set(rows.map((row) => row.id));
   }
 
   private signal(id: string, signal: NodeJS.Signals): void {
@@ -243,6 +316,26 @@ export class ProcessCompute implements Compute {
 /** Log lines worth showing a user: not blank, not stack frames, not the help hint. */
 function saysWhy(line: string): boolean {
   return !/^\s*\}?$/.test(line) && !/^\s+at /.test(line) && !/^run icaas .*--help/.test(line);
+}
+
+/**
+ * SIGKILL to the process group led by pid, else to pid alone. Returns why the kill was
+ * refused (e.g. EPERM: the process belongs to another user), or null when it was sent or
+ * the process is already gone.
+ */
+function killGroup(pid: number): string | null {
+  try {
+    process.kill(-pid, 'SIGKILL');
+    return null;
+  } catch {
+    try {
+      process.kill(pid, 'SIGKILL');
+      return null;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      return code === 'ESRCH' ? null : (code ?? (error as Error).message);
+    }
+  }
 }
 
 /**

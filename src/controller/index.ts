@@ -27,8 +27,18 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
   });
 
   let lastLaunchLine = '';
+  const terminateFailures = new Map<string, string>();
   const launch = every({ name: 'launch controller', intervalMs: config.launchIntervalMs, log, onHealthChange: publish }, async () => {
     const tick = await launchTick(runtime.queues.launch, runtime.compute, startFailures);
+    for (const { id, detail } of tick.deadlines?.terminated ?? []) {
+      log(`launch: terminated ${id}: ${detail}`);
+      terminateFailures.delete(id);
+    }
+    // A terminate that keeps failing is retried every tick but reported once per distinct error.
+    for (const { id, detail, error } of tick.deadlines?.failed ?? []) {
+      if (terminateFailures.get(id) !== error) log(`launch: could not terminate ${id} (${detail}); retrying every tick: ${error}`);
+      terminateFailures.set(id, error);
+    }
     if (tick.started > 0) {
       const line = `launch: ${tick.visible} waiting, ${tick.starting} starting, ${tick.idle} idle, ${tick.busy} busy; started ${tick.started} (max ${tick.max})`;
       if (line !== lastLaunchLine) log(line);

@@ -1,17 +1,22 @@
 import { Backoff, type BackoffOptions } from '../backoff.js';
-import type { Compute, InstanceInfo } from '../compute/port.js';
+import type { Compute, DeadlineSweep, InstanceInfo } from '../compute/port.js';
 import { oneLine } from '../health.js';
-import { InvalidMessageError, parseLaunchMessage, resultKey, type ImageResult, type OutputMessage } from '../messages.js';
+import { InvalidMessageError, parseLaunchMessage, type ImageResult, type OutputMessage } from '../messages.js';
+import { storeFirstResult } from '../outcomes.js';
 import type { Queue } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
 import { decideLaunch, type LaunchObservation } from './policy.js';
 
 export interface LaunchTick extends LaunchObservation {
   started: number;
+  /** Instances the deadline sweep ended, or failed to end, this tick; absent when none. */
+  deadlines?: DeadlineSweep;
 }
 
 /** One launch-controller tick: observe the queue and the instances, apply the policy. */
 export async function launchTick(launchQueue: Queue, compute: Compute, startFailures?: StartFailures): Promise<LaunchTick> {
+  // First, so that slots freed by instances that overran a deadline can be used this tick.
+  const deadlines = await compute.enforceDeadlines();
   const [counts, instances] = await Promise.all([launchQueue.counts(), compute.list()]);
   const observation: LaunchObservation = { visible: counts.visible, starting: 0, idle: 0, busy: 0, max: compute.maxInstances };
   for (const instance of instances) {
@@ -22,7 +27,8 @@ export async function launchTick(launchQueue: Queue, compute: Compute, startFail
   if (startFailures) wanted = startFailures.allowed(wanted);
   const ids = wanted > 0 ? await compute.start(wanted) : [];
   startFailures?.started(ids);
-  return { ...observation, started: ids.length };
+  const swept = deadlines.terminated.length + deadlines.failed.length > 0;
+  return { ...observation, started: ids.length, ...(swept ? { deadlines } : {}) };
 }
 
 export interface StartFailureOptions {
@@ -200,19 +206,18 @@ export async function endWaitingImages(options: EndWaitingOptions): Promise<numb
         await launchQueue.delete(message.receiptHandle);
         continue;
       }
-      const key = resultKey(launch.imageId);
+      const result: ImageResult = {
+        status: 'error',
+        imageId: launch.imageId,
+        batchId: launch.batchId,
+        name: launch.name,
+        attempts: launch.attempt,
+        error: reason,
+        finishedAt: Date.now(),
+      };
       // A result that exists (a duplicate message of a finished image) is never replaced.
-      if (!(await store.head(outputBucket, key))) {
-        const result: ImageResult = {
-          status: 'error',
-          imageId: launch.imageId,
-          batchId: launch.batchId,
-          name: launch.name,
-          attempts: launch.attempt,
-          error: reason,
-          finishedAt: Date.now(),
-        };
-        await store.put(outputBucket, key, Buffer.from(JSON.stringify(result)), { contentType: 'application/json' });
+      const stored = await storeFirstResult(store, outputBucket, result);
+      if (stored.won) {
         const output: OutputMessage = { type: 'result', result };
         await outputQueue.send(JSON.stringify(output));
         ended++;

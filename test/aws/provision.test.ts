@@ -390,16 +390,25 @@ describe('provision and teardown', () => {
       Version: '2012-10-17',
       Statement: [{ Effect: 'Allow', Principal: { Service: 'ec2.amazonaws.com' }, Action: 'sts:AssumeRole' }],
     });
-    const policy = JSON.parse(aws.mocks.iam.commandCalls(PutRolePolicyCommand)[0]!.args[0].input.PolicyDocument!) as { Statement: { Action: string[]; Resource: string[]; Condition?: unknown }[] };
-    const grants = (action: string) => policy.Statement.filter((statement) => statement.Action.includes(action)).flatMap((statement) => statement.Resource);
-    assert.deepEqual(grants('s3:GetObject'), ['arn:aws:s3:::acme-icaas-in/*', 'arn:aws:s3:::acme-icaas-out/*']);
-    assert.deepEqual(grants('s3:PutObject'), ['arn:aws:s3:::acme-icaas-out/*']);
-    assert.deepEqual(grants('sqs:ReceiveMessage'), [`arn:aws:sqs:${REGION}:${ACCOUNT}:prod-launch`]);
-    assert.deepEqual(grants('sqs:DeleteMessage'), [`arn:aws:sqs:${REGION}:${ACCOUNT}:prod-launch`]);
-    assert.deepEqual(grants('sqs:SendMessage'), [`arn:aws:sqs:${REGION}:${ACCOUNT}:prod-monitor`, `arn:aws:sqs:${REGION}:${ACCOUNT}:prod-output`]);
-    const terminate = policy.Statement.find((statement) => statement.Action.includes('ec2:TerminateInstances'))!;
-    assert.deepEqual(terminate.Condition, { StringEquals: { 'aws:ResourceTag/icaas:deployment': 'prod', 'aws:ResourceTag/icaas:role': 'worker' } });
-    assert.ok(!policy.Statement.some((statement) => statement.Action.some((action) => action.endsWith('*'))), 'no wildcard actions');
+    const policy = JSON.parse(aws.mocks.iam.commandCalls(PutRolePolicyCommand)[0]!.args[0].input.PolicyDocument!) as unknown;
+    // Exactly these statements: anything more is a permission a compromised worker would have.
+    assert.deepEqual(policy, {
+      Version: '2012-10-17',
+      Statement: [
+        { Sid: 'ReadInputImages', Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::acme-icaas-in/*'] },
+        { Sid: 'WriteAndCheckResults', Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'], Resource: ['arn:aws:s3:::acme-icaas-out/results/*'] },
+        { Sid: 'CheckRetryClaims', Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::acme-icaas-out/attempts/*'] },
+        { Sid: 'WriteHeartbeat', Effect: 'Allow', Action: ['s3:PutObject'], Resource: ['arn:aws:s3:::acme-icaas-out/instances/*'] },
+        { Sid: 'MissingResultsAnswer404', Effect: 'Allow', Action: ['s3:ListBucket'], Resource: ['arn:aws:s3:::acme-icaas-out'] },
+        { Sid: 'TakeWork', Effect: 'Allow', Action: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueUrl'], Resource: [`arn:aws:sqs:${REGION}:${ACCOUNT}:prod-launch`] },
+        {
+          Sid: 'ReportProgress',
+          Effect: 'Allow',
+          Action: ['sqs:SendMessage', 'sqs:GetQueueUrl'],
+          Resource: [`arn:aws:sqs:${REGION}:${ACCOUNT}:prod-monitor`, `arn:aws:sqs:${REGION}:${ACCOUNT}:prod-output`],
+        },
+      ],
+    });
     assert.deepEqual(aws.profiles.get('prod-worker')!.roles, ['prod-worker']);
 
     const template = aws.mocks.ec2.commandCalls(CreateLaunchTemplateCommand)[0]!.args[0].input;

@@ -68,7 +68,10 @@ describe('Ec2Compute against a mocked client', () => {
     assert.equal(ids.length, 2);
     assert.equal(runInputs()[0]!.MaxCount, 2);
     assert.equal(runInputs()[0]!.MinCount, 1);
-    assert.deepEqual(mock.commandCalls(DescribeInstancesCommand)[0]!.args[0].input, { Filters: FILTERS(['pending', 'running', 'stopping']), MaxResults: 1000 });
+    assert.deepEqual(mock.commandCalls(DescribeInstancesCommand)[0]!.args[0].input, {
+      Filters: FILTERS(['pending', 'running', 'stopping', 'stopped', 'shutting-down', 'terminated']),
+      MaxResults: 1000,
+    });
   });
 
   it('launches nothing when the instances already reach the maximum', async () => {

@@ -2,9 +2,7 @@ import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, it } from 'node:test';
-import { EC2Client, TerminateInstancesCommand } from '@aws-sdk/client-ec2';
-import { mockClient } from 'aws-sdk-client-mock';
-import { ImdsError, instanceIdFromImds, terminateSelf } from '../../src/compute/imds.js';
+import { ImdsError, instanceIdFromImds } from '../../src/compute/imds.js';
 
 interface Seen {
   method: string;
@@ -159,14 +157,5 @@ describe('IMDSv2 client', () => {
   it('refuses an answer that is not an instance id', async () => {
     const imds = await start({ instanceId: '<html>captive portal</html>' });
     await assert.rejects(instanceIdFromImds({ endpoint: imds.endpoint }), /not an instance id/);
-  });
-
-  it('terminateSelf terminates the instance the metadata service names', async () => {
-    const imds = await start({ instanceId: 'i-0fedcba9876543210' });
-    const ec2 = new EC2Client({ region: 'eu-west-1', credentials: { accessKeyId: 'k', secretAccessKey: 's' } });
-    const mock = mockClient(ec2);
-    mock.on(TerminateInstancesCommand).resolves({ TerminatingInstances: [{ InstanceId: 'i-0fedcba9876543210' }] });
-    assert.equal(await terminateSelf(ec2, { endpoint: imds.endpoint }), 'i-0fedcba9876543210');
-    assert.deepEqual(mock.commandCalls(TerminateInstancesCommand).map((call) => call.args[0].input), [{ InstanceIds: ['i-0fedcba9876543210'] }]);
   });
 });

@@ -99,6 +99,9 @@ export async function startFakeService(options: FakeOptions = {}): Promise<FakeS
       instances.delete(id);
     },
     async report() {},
+    async enforceDeadlines() {
+      return { terminated: [], failed: [] };
+    },
     async close() {},
   };
   const runtime: Runtime = {
