@@ -374,8 +374,18 @@ describe('access control and exposure', async () => {
 
     // Live events: a stream without a batch carries status only, and its status names no image;
     // Alice's stream carries nothing of Bob's.
-    const anyStream = readStream(`${url}/api/events`, bearer, (text) => text.includes('event: status'), 4000);
-    const aliceStream = readStream(`${url}/api/events?batch=${alice.body.batchId}`, bearer, (text) => text.includes('"status":"done"') && text.includes('event: status'), 4000);
+    // Both streams stay open until Alice's has seen her result and each has seen a status
+    // after that, so both are connected for the whole exchange however slowly either starts.
+    let aliceSawDone = false;
+    let anySeenAtDone = -1;
+    const anyStream = readStream(`${url}/api/events`, bearer, (text) => {
+      if (aliceSawDone && anySeenAtDone < 0) anySeenAtDone = text.length;
+      return anySeenAtDone >= 0 && text.slice(anySeenAtDone).includes('event: status');
+    }, 20_000);
+    const aliceStream = readStream(`${url}/api/events?batch=${alice.body.batchId}`, bearer, (text) => {
+      if (text.includes('"status":"done"')) aliceSawDone = true;
+      return aliceSawDone && text.slice(text.indexOf('"status":"done"')).includes('event: status');
+    }, 20_000);
     await waitFor('both streams to be connected', () => web.server.hub.clientCount >= 2);
     await finish(bobImage, bob.body.batchId);
     await finish(aliceImage, alice.body.batchId);
