@@ -1,0 +1,96 @@
+/**
+ * The retention sweep: deletes batches in which nothing happened (no upload, no result) for
+ * longer than the retention, through the same path as DELETE /api/batches/:id. It lists the
+ * manifests (their keys and times only) and reads just the batches that look old enough;
+ * a batch with images still waiting for a result is left for a later sweep.
+ */
+import type { ObjectStore } from '../storage/port.js';
+import { deleteBatch, type DeletionContext } from './deletion.js';
+
+/** Most batches deleted by one sweep, so a first sweep over years of data stays short. */
+const MAX_DELETIONS_PER_SWEEP = 1000;
+
+export interface SweepSummary {
+  deleted: string[];
+  /** Old by their manifests, but still waiting for results or active since. */
+  kept: number;
+}
+
+export async function sweepExpiredBatches(context: DeletionContext, retentionSeconds: number, now = Date.now()): Promise<SweepSummary> {
+  const cutoff = now - retentionSeconds * 1000;
+  const summary: SweepSummary = { deleted: [], kept: 0 };
+  for await (const batchId of batchesUploadedBefore(context.store, context.inputBucket, cutoff)) {
+    const outcome = await deleteBatch(context, batchId, { inactiveSince: cutoff });
+    if (outcome.outcome === 'deleted') summary.deleted.push(batchId);
+    else if (outcome.outcome !== 'missing') summary.kept++;
+    if (summary.deleted.length >= MAX_DELETIONS_PER_SWEEP) break;
+  }
+  return summary;
+}
+
+/** Batches whose newest manifest was stored before the cutoff, from the listing alone. */
+async function* batchesUploadedBefore(store: ObjectStore, bucket: string, cutoff: number): AsyncGenerator<string> {
+  let current: string | undefined;
+  let newest = 0;
+  // Keys are listed in order, so one batch's manifests come together.
+  for await (const object of store.list(bucket, 'batches/')) {
+    const batchId = object.key.split('/')[1];
+    if (batchId === undefined) continue;
+    if (batchId !== current) {
+      if (current !== undefined && newest < cutoff) yield current;
+      current = batchId;
+      newest = 0;
+    }
+    newest = Math.max(newest, object.lastModified.getTime());
+  }
+  if (current !== undefined && newest < cutoff) yield current;
+}
+
+export interface Sweeper {
+  stop(): Promise<void>;
+}
+
+/** How often to sweep: a quarter of the retention, between 1 s and 5 min. */
+export function sweepIntervalMs(retentionSeconds: number): number {
+  return Math.min(300_000, Math.max(1000, (retentionSeconds * 1000) / 4));
+}
+
+/**
+ * Runs the sweep every interval. After a failure it waits twice as long each time (up to an
+ * hour) and says so once per distinct error; it says again when a sweep works.
+ */
+export function startSweeper(sweep: () => Promise<void>, intervalMs: number, log: (line: string) => void): Sweeper {
+  const controller = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  let wake: (() => void) | undefined;
+  const running = (async () => {
+    let failures = 0;
+    let lastError = '';
+    while (!controller.signal.aborted) {
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        timer = setTimeout(resolve, Math.min(3_600_000, intervalMs * 2 ** failures));
+      });
+      if (controller.signal.aborted) break;
+      try {
+        await sweep();
+        if (failures > 0) log('retention sweep: working again');
+        failures = 0;
+        lastError = '';
+      } catch (error) {
+        failures = Math.min(failures + 1, 20);
+        const message = (error as Error).message;
+        if (message !== lastError) log(`retention sweep failed: ${message}; retrying later, waiting longer after each failure`);
+        lastError = message;
+      }
+    }
+  })();
+  return {
+    async stop() {
+      controller.abort();
+      clearTimeout(timer);
+      wake?.();
+      await running;
+    },
+  };
+}
