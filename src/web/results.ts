@@ -88,7 +88,10 @@ export interface BatchSummary {
 }
 
 export interface ResultsIndexOptions {
-  /** Most images kept in memory, counting only batches nothing pins. Default 50,000. */
+  /**
+   * Most images kept in memory. Pinned batches count too but are never dropped, so the
+   * index holds more only while they alone do. Default 50,000.
+   */
   maxImages?: number;
 }
 
