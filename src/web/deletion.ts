@@ -46,7 +46,10 @@ function imageOutputKeys(imageId: string): string[] {
 export async function deleteBatch(context: DeletionContext, batchId: string, options: DeleteOptions = {}): Promise<DeleteOutcome> {
   const summary = await context.index.summary(batchId);
   if (!summary) return { outcome: 'missing' };
-  if (!options.force && (summary.waiting > 0 || summary.uploading > 0)) {
+  // A deletion that failed midway was decided already: its images whose results are gone
+  // would otherwise look like images still waiting.
+  const resuming = !options.force && (summary.waiting > 0 || summary.uploading > 0) && (await context.store.head(context.inputBucket, `${DELETING_PREFIX}${batchId}`)) !== null;
+  if (!options.force && !resuming && (summary.waiting > 0 || summary.uploading > 0)) {
     return { outcome: 'busy', waiting: summary.waiting, uploading: summary.uploading };
   }
   if (options.inactiveSince !== undefined && summary.lastActivity > options.inactiveSince) {
@@ -65,14 +68,16 @@ export async function deleteBatch(context: DeletionContext, batchId: string, opt
 }
 
 /**
- * Finishes deletions a previous web tier started and did not complete. Run at start, before
- * anything reads the batches. Returns the batches it finished.
+ * Finishes deletions that were started and did not complete: by a previous web tier (run at
+ * start, before anything reads the batches) or by a delete that failed midway (run by the
+ * retention sweep). Returns the batches it finished.
  */
 export async function finishInterruptedDeletions(context: DeletionContext): Promise<string[]> {
   const batchIds: string[] = [];
   for await (const object of context.store.list(context.inputBucket, DELETING_PREFIX)) {
     const batchId = object.key.slice(DELETING_PREFIX.length);
-    if (isValidId(batchId)) batchIds.push(batchId);
+    // One in progress right now is left to finish on its own.
+    if (isValidId(batchId) && !context.index.isDeleted(batchId)) batchIds.push(batchId);
   }
   for (const batchId of batchIds) {
     context.index.beginDelete(batchId);

@@ -39,7 +39,8 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
   const sweeper: Sweeper | undefined = config.retentionSeconds > 0
     ? startSweeper(async () => {
       const swept = await sweepExpiredBatches(deletion, config.retentionSeconds);
-      if (swept.deleted.length > 0) log(`retention: deleted ${swept.deleted.length} batch${swept.deleted.length === 1 ? '' : 'es'} with no activity for ${config.retentionSeconds}s: ${swept.deleted.join(', ')}`);
+      const count = swept.deleted.length;
+      if (count > 0) log(`retention: deleted ${count} batch${count === 1 ? '' : 'es'} with no activity for ${config.retentionSeconds}s: ${swept.deleted.slice(0, 10).join(', ')}${count > 10 ? ', ...' : ''}`);
     }, sweepIntervalMs(config.retentionSeconds), log)
     : undefined;
   const statusLoop: Loop = every(1000, async () => {

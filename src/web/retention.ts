@@ -5,7 +5,7 @@
  * a batch with images still waiting for a result is left for a later sweep.
  */
 import type { ObjectStore } from '../storage/port.js';
-import { deleteBatch, type DeletionContext } from './deletion.js';
+import { deleteBatch, finishInterruptedDeletions, type DeletionContext } from './deletion.js';
 
 /** Most batches deleted by one sweep, so a first sweep over years of data stays short. */
 const MAX_DELETIONS_PER_SWEEP = 1000;
@@ -18,7 +18,7 @@ export interface SweepSummary {
 
 export async function sweepExpiredBatches(context: DeletionContext, retentionSeconds: number, now = Date.now()): Promise<SweepSummary> {
   const cutoff = now - retentionSeconds * 1000;
-  const summary: SweepSummary = { deleted: [], kept: 0 };
+  const summary: SweepSummary = { deleted: await finishInterruptedDeletions(context), kept: 0 };
   for await (const batchId of batchesUploadedBefore(context.store, context.inputBucket, cutoff)) {
     const outcome = await deleteBatch(context, batchId, { inactiveSince: cutoff });
     if (outcome.outcome === 'deleted') summary.deleted.push(batchId);

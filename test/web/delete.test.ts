@@ -196,6 +196,22 @@ function deletionSuite(storeName: string, setupStore: StoreSetup) {
       assert.equal((await remove(batch.batchId, '?force=true')).status, 204);
     });
 
+    it('finishes a deletion that failed midway when asked again, without force', async () => {
+      // What a deletion that failed after removing the results leaves: a marker, a manifest
+      // and images, whose images now look as if they still waited for a result.
+      const batchId = 'FAILEDDELETEBTCH';
+      const manifest: BatchManifest = { batchId, createdAt: Date.now(), images: [], launched: true };
+      for (const imageId of ['failed-one', 'failed-two']) {
+        const key = inputKey(batchId, imageId);
+        await runtime.store.put(runtime.config.inputBucket, key, tench, { contentType: 'image/jpeg' });
+        manifest.images.push({ imageId, name: `${imageId}.jpg`, key, size: tench.length, contentType: 'image/jpeg' });
+      }
+      await runtime.store.put(runtime.config.inputBucket, batchManifestKey(batchId, 'upload1'), Buffer.from(JSON.stringify(manifest)));
+      await runtime.store.put(runtime.config.inputBucket, `deleting/${batchId}`, Buffer.from('{}'));
+      assert.equal((await remove(batchId)).status, 204);
+      assert.deepEqual(await keysMentioning(runtime, [batchId, 'failed-one', 'failed-two']), []);
+    });
+
     it('a web tier that starts finishes a deletion that a previous one started', async () => {
       const batchId = 'HALFDELETEDBATCH';
       const manifest: BatchManifest = { batchId, createdAt: Date.now(), images: [], launched: true };
