@@ -202,6 +202,11 @@ export class EventHub {
    * images to anyone. The caller checks `isFull` first.
    */
   attach(request: IncomingMessage, response: ServerResponse, batchId: string | undefined, lastEventId: string | undefined): void {
+    // Gone while its batch was being read: its close event has passed, so it would never leave.
+    if (!response.socket || response.socket.destroyed) {
+      response.destroy();
+      return;
+    }
     response.writeHead(200, {
       ...this.options.headers,
       'content-type': 'text/event-stream; charset=utf-8',

@@ -168,6 +168,37 @@ describe('a slow event-stream reader', async () => {
     }
   });
 
+  it('does not count a client that left before its stream started', async () => {
+    hub = new EventHub(index, {});
+    let received!: () => void;
+    const arrived = new Promise<void>((resolve) => (received = resolve));
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let requestClosed!: Promise<void>;
+    // As the service does: the batch is read (here: held at the gate) before the stream starts.
+    server = http.createServer(async (request, response) => {
+      requestClosed = new Promise((resolve) => request.once('close', () => resolve()));
+      received();
+      await gate;
+      hub.attach(request, response, manifest.batchId, undefined);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    port = (server.address() as net.AddressInfo).port;
+    try {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.on('error', () => {});
+      socket.write(`GET /?batch=${manifest.batchId} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+      await arrived;
+      socket.destroy();
+      await requestClosed;
+      open();
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(hub.clientCount, 0);
+    } finally {
+      await close();
+    }
+  });
+
   it('is disconnected once it has taken nothing for longer than the time bound', async () => {
     await serve({ maxBehindBytes: 1024 ** 3, maxBlockedMs: 300 });
     try {
