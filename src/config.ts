@@ -6,7 +6,7 @@
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 
-type Kind = 'string' | 'integer' | 'number' | 'boolean' | 'list';
+type Kind = 'string' | 'integer' | 'number' | 'boolean' | 'list' | 'duration';
 
 interface OptionSpec {
   flag: string;
@@ -60,10 +60,13 @@ const options = {
   ec2InstanceProfile: { flag: 'ec2-instance-profile', env: 'ICAAS_EC2_INSTANCE_PROFILE', kind: 'string', default: '', help: 'IAM instance profile name for workers' },
   apiKeys: { flag: 'api-keys', env: 'ICAAS_API_KEYS', kind: 'list', default: [], help: 'comma-separated API keys; when set, the API requires one' },
   maxQueued: { flag: 'max-queued', env: 'ICAAS_MAX_QUEUED', kind: 'integer', default: 100_000, min: 1, help: 'launch-queue depth at which uploads get 429 with Retry-After' },
+  maxEventClients: { flag: 'max-event-clients', env: 'ICAAS_MAX_EVENT_CLIENTS', kind: 'integer', default: 1000, min: 1, help: 'most live-event (SSE) clients at once; more get 429 with Retry-After' },
+  maxLoadedImages: { flag: 'max-loaded-images', env: 'ICAAS_MAX_LOADED_IMAGES', kind: 'integer', default: 50_000, min: 1, help: 'images the web tier keeps in memory before it drops the least recently used finished batches' },
+  retentionSeconds: { flag: 'retention', env: 'ICAAS_RETENTION', kind: 'duration', default: 0, help: 'delete batches with no upload or result for this long, e.g. 7d, 12h, 30m (0: keep forever)' },
 } as const satisfies Record<string, OptionSpec>;
 
 type Options = typeof options;
-type ValueOf<S extends OptionSpec> = S['kind'] extends 'integer' | 'number' ? number
+type ValueOf<S extends OptionSpec> = S['kind'] extends 'integer' | 'number' | 'duration' ? number
   : S['kind'] extends 'boolean' ? boolean
   : S['kind'] extends 'list' ? string[]
   : string;
@@ -105,6 +108,14 @@ function coerce(key: string, spec: OptionSpec, raw: unknown, source: string): un
       if (typeof raw === 'string' && /^(1|true|yes|on)$/i.test(raw)) return true;
       if (typeof raw === 'string' && /^(0|false|no|off|)$/i.test(raw)) return false;
       throw new ConfigError(`${where}: expected true or false, got ${JSON.stringify(raw)}`);
+    }
+    case 'duration': {
+      // Seconds; a number alone is seconds, and s, m, h, d name the unit.
+      const match = typeof raw === 'number' ? [String(raw), String(raw), 's'] : typeof raw === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$/.exec(raw) : null;
+      if (!match) throw new ConfigError(`${where}: expected a duration such as 30s, 15m, 12h or 7d, got ${JSON.stringify(raw)}`);
+      const seconds = Number(match[1]) * { '': 1, s: 1, m: 60, h: 3600, d: 86_400 }[match[2] as '' | 's' | 'm' | 'h' | 'd'];
+      if (!Number.isFinite(seconds) || seconds < 0) throw new ConfigError(`${where}: expected a duration such as 30s, 15m, 12h or 7d, got ${JSON.stringify(raw)}`);
+      return seconds;
     }
     case 'list': {
       if (Array.isArray(raw) && raw.every((item) => typeof item === 'string')) return raw;

@@ -48,6 +48,13 @@ export interface SqliteQueueProviderOptions {
   busyTimeoutMs?: number;
   /** The wall and monotonic clock; tests inject one to step it. */
   clock?: Clock;
+  /**
+   * Seconds a message is kept after it was sent, received or not, as SQS's retention period:
+   * a queue nobody consumes (the output queue without a web tier) stops growing there.
+   * Default 14 days, SQS's maximum and what the AWS deployment sets up: long enough that
+   * work waiting while the service is stopped for a while is not dropped.
+   */
+  messageRetentionSeconds?: number;
 }
 
 export interface SqliteQueueOptions {
@@ -65,6 +72,10 @@ export function checkQueueName(name: string): void {
 }
 
 const SCHEMA_VERSION = 1;
+const DEFAULT_RETENTION_SECONDS = 14 * 24 * 3600;
+/** Oldest rows looked at per round of the retention sweep, and rounds per sweep. */
+const EXPIRE_BATCH = 1000;
+const EXPIRE_ROUNDS = 10;
 const POLL_MIN_MS = 25;
 const POLL_MAX_MS = 50;
 
@@ -96,6 +107,8 @@ interface Statements {
   deleteByReceipt: Database.Statement<[string, string]>;
   changeVisibility: Database.Statement<[number, string, string, number]>;
   counts: Database.Statement<{ queue: string; now: number }>;
+  expire: Database.Statement<[number, number]>;
+  oldest: Database.Statement<[]>;
 }
 
 export class SqliteQueueProvider implements QueueProvider {
@@ -112,6 +125,8 @@ export class SqliteQueueProvider implements QueueProvider {
   private closed = false;
   private readonly claimTransaction: (queue: string, maxMessages: number, visibilityMs: number) => ReceivedMessage[];
   private readonly atQueueTime: Database.Transaction<(write: (now: number) => unknown) => unknown>;
+  private readonly retentionMs: number;
+  private lastExpiry = 0;
 
   static open(filePath: string, options: SqliteQueueProviderOptions = {}): SqliteQueueProvider {
     return new SqliteQueueProvider(filePath, options);
@@ -123,6 +138,9 @@ export class SqliteQueueProvider implements QueueProvider {
     this.defaultVisibilityMs = secondsToMs(visibility);
     this.busyTimeoutMs = options.busyTimeoutMs ?? 5000;
     this.clock = options.clock ?? systemClock;
+    const retention = options.messageRetentionSeconds ?? DEFAULT_RETENTION_SECONDS;
+    if (!(retention > 0)) throw new QueueError('invalid-argument', `message retention must be a positive number of seconds, got ${retention}`);
+    this.retentionMs = secondsToMs(retention);
     this.filePath = filePath;
     mkdirSync(path.dirname(path.resolve(filePath)), { recursive: true });
     // `timeout` is SQLite's busy timeout: a connection that finds the file locked by
@@ -208,8 +226,35 @@ export class SqliteQueueProvider implements QueueProvider {
     }
   }
 
+  /**
+   * @internal Deletes messages older than the retention, every few seconds at most, on the
+   * back of sends and receives. Rows are numbered in the order they were sent, so expired
+   * ones are the first rows: each round looks at a fixed number of them and stops at the
+   * first round that finds fewer than that, however large the table.
+   */
+  expireOld(): void {
+    // How often is measured on the monotonic clock; what is old, on the queue's time.
+    const sinceLast = this.clock.monotonic() - this.lastExpiry;
+    if (this.lastExpiry !== 0 && sinceLast < Math.min(10_000, this.retentionMs / 2)) return;
+    this.lastExpiry = this.clock.monotonic();
+    const cutoff = this.queueTime(false) - this.retentionMs;
+    try {
+      this.run('expire old messages', (statements) => {
+        // A read first, so the common case (nothing expired) never takes the write lock.
+        const oldest = statements.oldest.get() as { sentAt: number } | undefined;
+        if (oldest === undefined || oldest.sentAt >= cutoff) return;
+        for (let round = 0; round < EXPIRE_ROUNDS; round++) {
+          if (statements.expire.run(EXPIRE_BATCH, cutoff).changes < EXPIRE_BATCH) return;
+        }
+      });
+    } catch {
+      // Not the caller's concern (a send or receive must not fail for it): tried again later.
+    }
+  }
+
   /** @internal Claims up to `maxMessages` visible messages, or none without taking the write lock. */
   claim(queue: string, maxMessages: number, visibilityMs: number): ReceivedMessage[] {
+    this.expireOld();
     return this.run(`receive from ${queue}`, (statements) => {
       // A read first: idle pollers, the common case, then never take the write lock.
       if (statements.anyVisible.get(queue, this.queueTime(false)) === undefined) return [];
@@ -291,6 +336,8 @@ export class SqliteQueueProvider implements QueueProvider {
           SUM(visible_at > @now AND receipt IS NOT NULL) AS inFlight,
           SUM(visible_at > @now AND receipt IS NULL) AS delayed
         FROM messages WHERE queue = @queue`),
+      expire: db.prepare(`DELETE FROM messages WHERE seq IN (SELECT seq FROM messages ORDER BY seq LIMIT ?) AND sent_at < ?`),
+      oldest: db.prepare(`SELECT sent_at AS sentAt FROM messages ORDER BY seq LIMIT 1`),
     };
   }
 }
@@ -306,6 +353,7 @@ class SqliteQueue implements Queue {
     if (typeof body !== 'string') throw new QueueError('invalid-argument', `message body must be a string, got ${typeof body}`);
     const delaySeconds = checkSendOptions(body, options);
     const id = randomUUID();
+    this.provider.expireOld();
     this.provider.writeAtQueueTime(`send to ${this.name}`, (statements, now) => {
       statements.insert.run(id, this.name, body, now, now + delaySeconds * 1000);
     });

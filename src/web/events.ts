@@ -17,19 +17,44 @@ import type { ImageView, IndexEvent, ResultsIndex } from './results.js';
 
 interface Recorded {
   seq: number;
+  /** Empty once the batch is deleted: its events are never replayed. */
   batchId: string;
   data: string;
 }
 
 export interface EventHubOptions {
   history?: number;
+  /** Most connected clients; the server refuses more (see `isFull`). Default 1000. */
+  maxClients?: number;
+  /**
+   * Bytes of a blocked client's own events (recorded while its socket would not take more)
+   * after which it is disconnected. Default 1 MiB.
+   */
+  maxBehindBytes?: number;
+  /** How long a client may take no data at all before it is disconnected. Default 30 s. */
+  maxBlockedMs?: number;
   /** Extra response headers (security headers: the stream bypasses the framework's hooks). */
   headers?: Record<string, string>;
 }
 
+/**
+ * A connected client. Its frames are written only while its socket takes them; once a write
+ * reports a full buffer, nothing more is written until the socket drains. Meanwhile its image
+ * events wait in the shared history (the cursor says how far it got), not in a buffer of its
+ * own, and of status snapshots only the latest is kept. So a client that does not read costs
+ * the socket's buffer and one status frame, however much happens.
+ */
 interface Client {
   response: ServerResponse;
   batchId: string | undefined;
+  /** The last sequence number this client has been sent or has no use for. */
+  cursor: number;
+  blocked: boolean;
+  /** When the client last took data while blocked (or became blocked). */
+  blockedSince: number;
+  /** Bytes of its own events recorded while it was blocked. */
+  behindBytes: number;
+  pendingStatus: string | undefined;
 }
 
 export class EventHub {
@@ -39,23 +64,68 @@ export class EventHub {
   private readonly history: Recorded[] = [];
   private readonly clients = new Set<Client>();
   private readonly historySize: number;
+  private readonly maxClients: number;
+  private readonly maxBehindBytes: number;
+  private readonly maxBlockedMs: number;
+  /** Clients disconnected because they did not keep up, since start. */
+  slowDisconnects = 0;
 
   constructor(private readonly index: ResultsIndex, private readonly options: EventHubOptions = {}) {
     this.historySize = options.history ?? 20_000;
-    index.on('event', (event) => this.record(event));
+    this.maxClients = options.maxClients ?? 1000;
+    this.maxBehindBytes = options.maxBehindBytes ?? 1024 * 1024;
+    this.maxBlockedMs = options.maxBlockedMs ?? 30_000;
+    index.on('event', (event) => this.onIndexEvent(event));
   }
 
   get clientCount(): number {
     return this.clients.size;
   }
 
-  private record(event: IndexEvent): void {
-    if (event.kind !== 'image') return;
-    const recorded: Recorded = { seq: ++this.seq, batchId: event.image.batchId, data: JSON.stringify(publicImage(event.image)) };
+  /** True when another client would pass the limit. */
+  isFull(): boolean {
+    return this.clients.size >= this.maxClients;
+  }
+
+  /** Bytes each client's socket holds that it has not taken yet, plus its held status frame. */
+  bufferedBytes(): number[] {
+    return [...this.clients].map((client) => client.response.writableLength + (client.pendingStatus?.length ?? 0));
+  }
+
+  private onIndexEvent(event: IndexEvent): void {
+    if (event.kind === 'image') this.record(event.image);
+    else if (event.kind === 'deleted') this.forgetBatch(event.batchId);
+  }
+
+  private record(image: ImageView): void {
+    const recorded: Recorded = { seq: ++this.seq, batchId: image.batchId, data: JSON.stringify(publicImage(image)) };
     this.history.push(recorded);
     if (this.history.length > this.historySize) this.history.splice(0, this.history.length - this.historySize);
+    const frame = this.imageFrame(recorded);
     for (const client of this.clients) {
-      if (client.batchId === recorded.batchId) write(client.response, this.imageFrame(recorded));
+      if (client.blocked) {
+        if (client.batchId !== recorded.batchId) continue;
+        client.behindBytes += frame.length;
+        if (client.behindBytes > this.maxBehindBytes) this.disconnect(client);
+        continue;
+      }
+      client.cursor = recorded.seq;
+      if (client.batchId === recorded.batchId) this.send(client, frame);
+    }
+  }
+
+  /** Deleted: its events are never replayed, and its clients are told and let go. */
+  private forgetBatch(batchId: string): void {
+    for (const recorded of this.history) if (recorded.batchId === batchId) recorded.batchId = '';
+    for (const client of [...this.clients]) {
+      if (client.batchId !== batchId) continue;
+      this.clients.delete(client);
+      if (client.blocked) {
+        client.response.destroy();
+        continue;
+      }
+      this.send(client, `event: deleted\ndata: ${JSON.stringify({ batchId })}\n\n`);
+      client.response.end();
     }
   }
 
@@ -67,6 +137,44 @@ export class EventHub {
     return `id: ${this.id(recorded.seq)}\nevent: image\ndata: ${recorded.data}\n\n`;
   }
 
+  /** Writes while the socket takes it; a full buffer blocks the client until it drains. */
+  private send(client: Client, frame: string): void {
+    const response = client.response;
+    if (response.writableEnded || response.destroyed) return;
+    if (!response.write(frame)) {
+      client.blocked = true;
+      client.blockedSince = Date.now();
+    }
+  }
+
+  /** Catches a client up from the history after its socket drained (or after a replay request). */
+  private pump(client: Client): void {
+    client.blocked = false;
+    const oldest = this.history[0]?.seq ?? this.seq + 1;
+    if (client.cursor < this.seq && client.cursor + 1 < oldest) {
+      // What it missed is no longer kept: it reconnects with its last id and gets a reset.
+      this.disconnect(client);
+      return;
+    }
+    for (let i = Math.max(0, client.cursor + 1 - oldest); i < this.history.length; i++) {
+      const recorded = this.history[i]!;
+      client.cursor = recorded.seq;
+      if (client.batchId === undefined || recorded.batchId !== client.batchId) continue;
+      this.send(client, this.imageFrame(recorded));
+      if (client.blocked) return;
+    }
+    client.behindBytes = 0;
+    const status = client.pendingStatus;
+    client.pendingStatus = undefined;
+    if (status !== undefined) this.send(client, status);
+  }
+
+  private disconnect(client: Client): void {
+    this.slowDisconnects++;
+    this.clients.delete(client);
+    client.response.destroy();
+  }
+
   /**
    * Sends a status snapshot to every client (not numbered: only the latest matters). Each
    * client sees which image an instance holds only for images of its own batch: image ids
@@ -75,22 +183,30 @@ export class EventHub {
   broadcastStatus(status: unknown): void {
     if (this.clients.size === 0) return;
     const frames = new Map<string | undefined, string>();
-    for (const client of this.clients) {
+    const now = Date.now();
+    for (const client of [...this.clients]) {
       let frame = frames.get(client.batchId);
       if (frame === undefined) {
         frame = `event: status\ndata: ${JSON.stringify(statusForBatch(status, this.index, client.batchId))}\n\n`;
         frames.set(client.batchId, frame);
       }
-      write(client.response, frame);
+      if (!client.blocked) this.send(client, frame);
+      else if (now - client.blockedSince > this.maxBlockedMs) this.disconnect(client);
+      else client.pendingStatus = frame;
     }
   }
 
   /**
    * Takes over the response and streams events until the client goes away. Image events
    * go only to clients that name a batch: a stream of every batch would show everyone's
-   * images to anyone.
+   * images to anyone. The caller checks `isFull` first.
    */
   attach(request: IncomingMessage, response: ServerResponse, batchId: string | undefined, lastEventId: string | undefined): void {
+    // Gone while its batch was being read: its close event has passed, so it would never leave.
+    if (!response.socket || response.socket.destroyed) {
+      response.destroy();
+      return;
+    }
     response.writeHead(200, {
       ...this.options.headers,
       'content-type': 'text/event-stream; charset=utf-8',
@@ -98,7 +214,8 @@ export class EventHub {
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
-    response.write(`retry: 1000\n: connected\n\n`);
+    const client: Client = { response, batchId, cursor: this.seq, blocked: false, blockedSince: 0, behindBytes: 0, pendingStatus: undefined };
+    this.send(client, `retry: 1000\n: connected\n\n`);
     const after = parseEventId(lastEventId, this.epoch);
     if (lastEventId !== undefined && lastEventId !== '') {
       const oldest = this.history[0]?.seq ?? this.seq + 1;
@@ -106,24 +223,33 @@ export class EventHub {
         // Another epoch (the web tier restarted) or history that no longer reaches back that
         // far: the client must reload its state. The id moves it into this epoch, so its
         // next reconnect resumes from here.
-        write(response, `id: ${this.id(this.seq)}\nevent: reset\ndata: ${JSON.stringify({ reason: after === undefined ? 'the server restarted' : 'missed events are no longer kept' })}\n\n`);
+        this.send(client, `id: ${this.id(this.seq)}\nevent: reset\ndata: ${JSON.stringify({ reason: after === undefined ? 'the server restarted' : 'missed events are no longer kept' })}\n\n`);
       } else {
-        for (const recorded of this.history) {
-          if (recorded.seq > after && batchId !== undefined && recorded.batchId === batchId) write(response, this.imageFrame(recorded));
-        }
+        client.cursor = after;
       }
     } else {
       // Tells a new client where the stream starts, so its first reconnect replays from here.
-      write(response, `id: ${this.id(this.seq)}\nevent: hello\ndata: ${JSON.stringify({ seq: this.seq, epoch: this.epoch })}\n\n`);
+      this.send(client, `id: ${this.id(this.seq)}\nevent: hello\ndata: ${JSON.stringify({ seq: this.seq, epoch: this.epoch })}\n\n`);
     }
-    const client: Client = { response, batchId };
     this.clients.add(client);
-    const heartbeat = setInterval(() => write(response, `: keep-alive\n\n`), 15_000);
+    const unpin = batchId === undefined ? () => {} : this.index.pin(batchId);
+    if (!client.blocked) this.pump(client);
+    const heartbeat = setInterval(() => {
+      if (!client.blocked) this.send(client, `: keep-alive\n\n`);
+    }, 15_000);
+    const drained = () => {
+      client.blockedSince = Date.now();
+      if (client.blocked && this.clients.has(client)) this.pump(client);
+    };
     const detach = () => {
       clearInterval(heartbeat);
+      unpin();
+      response.off('drain', drained);
       this.clients.delete(client);
     };
+    response.on('drain', drained);
     request.on('close', detach);
+    response.on('close', detach);
     response.on('error', detach);
   }
 
@@ -152,10 +278,6 @@ export function statusForBatch(status: unknown, index: ResultsIndex, batchId: st
       return rest;
     }),
   };
-}
-
-function write(response: ServerResponse, frame: string): void {
-  if (!response.writableEnded && !response.destroyed) response.write(frame);
 }
 
 /** The image as the API shows it. */

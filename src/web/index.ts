@@ -4,9 +4,11 @@ import { every, type Loop } from '../controller/loop.js';
 import { CONTROLLER_HEALTH_KEY, CONTROLLER_HEALTH_STALE_MS, describeProblem, errorDetail, parseControllerHealth, type LoopHealth } from '../health.js';
 import { projectRoot, type Runtime } from '../runtime.js';
 import type { ObjectStore } from '../storage/port.js';
+import { finishInterruptedDeletions } from './deletion.js';
 import { outputTick, ResultsIndex } from './results.js';
+import { startSweeper, sweepExpiredBatches, sweepIntervalMs } from './retention.js';
 import { createWebServer, type WebServer } from './server.js';
-import { relaunch } from './upload.js';
+import { findPendingLaunches, relaunch } from './upload.js';
 
 export interface WebTier {
   server: WebServer;
@@ -21,10 +23,11 @@ export interface WebTier {
 export async function startWebTier(runtime: Runtime, log: (line: string) => void): Promise<WebTier> {
   const { config } = runtime;
   await Promise.all([runtime.store.ensureBucket(config.inputBucket), runtime.store.ensureBucket(config.outputBucket)]);
-  const index = new ResultsIndex(runtime.store, config.inputBucket, config.outputBucket);
-  const loaded = await index.load();
-  if (loaded.images > 0) log(`loaded ${loaded.images} images in ${loaded.batches} batches (${loaded.results} with results) from the buckets`);
-  for (const pending of loaded.unlaunched) {
+  // Batches are read when first asked for; only the markers of unfinished work are read now.
+  const index = new ResultsIndex(runtime.store, config.inputBucket, config.outputBucket, { maxImages: config.maxLoadedImages });
+  const deletion = { store: runtime.store, inputBucket: config.inputBucket, outputBucket: config.outputBucket, index };
+  for (const batchId of await finishInterruptedDeletions(deletion)) log(`finished deleting batch ${batchId}, which a previous web tier had started`);
+  for (const pending of await findPendingLaunches(runtime.store, config.inputBucket)) {
     // Before listening, so no upload of this process can be mistaken for an interrupted one.
     const sent = await relaunch(pending, { store: runtime.store, inputBucket: config.inputBucket, launchQueue: runtime.queues.launch, index });
     log(`an upload to batch ${pending.manifest.batchId} was interrupted before all its images were queued: queued ${sent} again`);
@@ -33,13 +36,22 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
   const controllerHealth = controllerHealthReader(runtime.store, config.outputBucket);
   const health = async (): Promise<LoopHealth[]> => [...loops.map((loop) => loop.health()), ...(await controllerHealth())];
   const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log, health });
+  // A result for an image of a deleted batch is kept until the monitor has surely seen it.
+  const orphanGraceSeconds = 2 * (config.deadlineSeconds + config.monitorCheckSeconds);
   const output: Loop = every({ name: 'output phase', intervalMs: 0, log }, async (signal) => {
-    await outputTick(index, runtime.queues.output, 1, signal, log);
+    await outputTick(index, runtime.queues.output, 1, signal, { orphanGraceSeconds, log });
   });
+  const sweeper: Loop | undefined = config.retentionSeconds > 0
+    ? startSweeper(async () => {
+      const swept = await sweepExpiredBatches(deletion, config.retentionSeconds);
+      const count = swept.deleted.length;
+      if (count > 0) log(`retention: deleted ${count} batch${count === 1 ? '' : 'es'} with no activity for ${config.retentionSeconds}s: ${swept.deleted.slice(0, 10).join(', ')}${count > 10 ? ', ...' : ''}`);
+    }, sweepIntervalMs(config.retentionSeconds), log)
+    : undefined;
   const statusLoop: Loop = every({ name: 'status broadcast', intervalMs: 1000, log }, async () => {
     if (server.hub.clientCount > 0) server.hub.broadcastStatus(await server.status());
   });
-  loops.push(output, statusLoop);
+  loops.push(output, statusLoop, ...(sweeper ? [sweeper] : []));
   const address = await server.app.listen({ host: config.host, port: config.port });
   const url = publicUrl(address, config.host);
   return {
@@ -52,7 +64,7 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
       server.cancelWaits();
       server.hub.closeAll();
       await server.app.close();
-      await Promise.all([output.stop(), statusLoop.stop()]);
+      await Promise.all([output.stop(), statusLoop.stop(), sweeper?.stop()]);
     },
   };
 }

@@ -11,9 +11,10 @@ import { FailureLog } from '../controller/loop.js';
 import type { LoopHealth } from '../health.js';
 import { inputKey } from '../messages.js';
 import type { Runtime } from '../runtime.js';
+import { deleteBatch } from './deletion.js';
 import { EventHub, publicImage, statusForBatch } from './events.js';
 import { stem } from './inspect.js';
-import type { ResultsIndex } from './results.js';
+import { BatchDeletedError, type ResultsIndex } from './results.js';
 import { newId, receiveUpload, UploadError, type UploadContext } from './upload.js';
 
 export interface WebOptions {
@@ -120,7 +121,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
   // preservePath keeps the folder part of names from folder uploads ("trip/day1/a.jpg");
   // names are only ever displayed, never used as paths or keys.
   await app.register(multipart, { throwFileSizeLimit: false, preservePath: true });
-  const hub = new EventHub(index, { headers: SECURITY_HEADERS });
+  const hub = new EventHub(index, { headers: SECURITY_HEADERS, maxClients: config.maxEventClients });
   let draining = false;
   const closing = new AbortController();
 
@@ -193,10 +194,18 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
   app.post('/api/images', async (request: FastifyRequest<{ Querystring: { batch?: string } }>, reply) => {
     if (await refuseWhenBusy(reply)) return reply;
     const requested = request.query.batch;
-    if (requested !== undefined && !index.hasBatch(requested)) {
+    if (requested !== undefined && !(await index.loadBatch(requested))) {
       return reply.code(404).send({ error: `no batch ${requested}` });
     }
-    const outcome = await receiveUpload(request, uploadContext, requested ?? newId());
+    const batchId = requested ?? newId();
+    // Keeps the batch in memory while the upload runs, and makes a delete wait for it.
+    const endUpload = index.beginUpload(batchId);
+    let outcome;
+    try {
+      outcome = await receiveUpload(request, uploadContext, batchId);
+    } finally {
+      endUpload();
+    }
     if (outcome.images.length === 0) {
       return reply.code(400).send({ error: 'no file was accepted', ...outcome, batchId: null });
     }
@@ -204,19 +213,39 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
   });
 
   app.get('/api/batches/:id', async (request: FastifyRequest<{ Params: { id: string } }>, reply) => {
-    const batch = index.batch(request.params.id);
+    const batch = await index.findBatch(request.params.id);
     if (!batch) return reply.code(404).send({ error: `no batch ${request.params.id}` });
     return { ...batch, images: batch.images.map(publicImage) };
   });
 
+  const deletion = { store: runtime.store, inputBucket: config.inputBucket, outputBucket: config.outputBucket, index };
+  app.delete('/api/batches/:id', async (request: FastifyRequest<{ Params: { id: string }; Querystring: { force?: unknown } }>, reply) => {
+    const force = request.query.force;
+    if (force !== undefined && force !== 'true' && force !== 'false') {
+      return reply.code(400).send({ error: 'force must be true or false' });
+    }
+    const batchId = request.params.id;
+    const outcome = await deleteBatch(deletion, batchId, { force: force === 'true' });
+    if (outcome.outcome === 'missing') return reply.code(404).send({ error: `no batch ${batchId}` });
+    if (outcome.outcome === 'busy') {
+      const uploading = outcome.uploading > 0 ? ` and ${outcome.uploading} upload${outcome.uploading === 1 ? '' : 's'} into it in progress` : '';
+      return reply.code(409).send({
+        error: `batch ${batchId} has ${outcome.waiting} image${outcome.waiting === 1 ? '' : 's'} still waiting for a result${uploading}; delete it when they are done, or with ?force=true`,
+        waiting: outcome.waiting,
+        uploading: outcome.uploading,
+      });
+    }
+    return reply.code(204).send();
+  });
+
   app.get('/api/images/:id', async (request: FastifyRequest<{ Params: { id: string } }>, reply) => {
-    const image = index.image(request.params.id);
+    const image = await index.findImage(request.params.id);
     if (!image) return reply.code(404).send({ error: `no image ${request.params.id}` });
     return publicImage(image);
   });
 
   app.get('/api/images/:id/input', { config: { auth: 'key-or-query' } }, async (request: FastifyRequest<{ Params: { id: string } }>, reply) => {
-    const image = index.image(request.params.id);
+    const image = await index.findImage(request.params.id);
     // Streamed from the store: a download holds no more than a stream buffer, whatever its size.
     const object = image ? await runtime.store.getStream(config.inputBucket, inputKey(image.batchId, image.id)) : null;
     if (!image || !object) return reply.code(404).send({ error: `no image ${request.params.id}` });
@@ -258,12 +287,28 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
 
   // Which image an instance holds is shown only for the batch the client names: image ids
   // are capabilities, and the status is visible to every client.
-  app.get('/api/status', async (request: FastifyRequest<{ Querystring: { batch?: string } }>) => statusForBatch(await status(), index, request.query.batch || undefined));
+  app.get('/api/status', async (request: FastifyRequest<{ Querystring: { batch?: string } }>) => {
+    const batchId = request.query.batch || undefined;
+    if (batchId !== undefined) await index.loadBatch(batchId);
+    return statusForBatch(await status(), index, batchId);
+  });
 
-  app.get('/api/events', { config: { auth: 'key-or-query' } }, (request: FastifyRequest<{ Querystring: { batch?: string } }>, reply) => {
+  const refuseWhenFull = (reply: FastifyReply): boolean => {
+    if (!hub.isFull()) return false;
+    reply.code(429).header('retry-after', '10').send({ error: `the server has ${hub.clientCount} live-event clients, at its limit of ${config.maxEventClients}; retry in 10s` });
+    return true;
+  };
+
+  app.get('/api/events', { config: { auth: 'key-or-query' } }, async (request: FastifyRequest<{ Querystring: { batch?: string } }>, reply) => {
+    if (refuseWhenFull(reply)) return reply;
+    const batchId = request.query.batch || undefined;
+    // Read before attaching, so the stream starts from the batch as stored.
+    if (batchId !== undefined) await index.loadBatch(batchId);
+    // Checked again: other clients may have connected while the batch was read.
+    if (refuseWhenFull(reply)) return reply;
     reply.hijack();
     const lastEventId = request.headers['last-event-id'];
-    hub.attach(request.raw, reply.raw, request.query.batch || undefined, Array.isArray(lastEventId) ? lastEventId[0] : lastEventId);
+    hub.attach(request.raw, reply.raw, batchId, Array.isArray(lastEventId) ? lastEventId[0] : lastEventId);
   });
 
   app.get('/healthz', { config: { auth: 'public' } }, async () => ({ ok: true }));
@@ -271,7 +316,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
   app.get('/metrics', async (_request, reply) => {
     const snapshot = await status();
     const lines = [
-      '# HELP icaas_images Images known to this web tier, by status.',
+      '# HELP icaas_images Images of the batches this web tier holds in memory, by status (not every stored image).',
       '# TYPE icaas_images gauge',
       ...Object.entries(snapshot.images).map(([state, count]) => `icaas_images{status="${state}"} ${count}`),
       '# HELP icaas_queue_messages Approximate messages per queue and state.',
@@ -284,6 +329,15 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
       '# HELP icaas_event_clients Connected live-event clients.',
       '# TYPE icaas_event_clients gauge',
       `icaas_event_clients ${hub.clientCount}`,
+      '# HELP icaas_event_buffered_bytes Bytes written to live-event clients that they have not taken yet.',
+      '# TYPE icaas_event_buffered_bytes gauge',
+      `icaas_event_buffered_bytes ${hub.bufferedBytes().reduce((sum, bytes) => sum + bytes, 0)}`,
+      '# HELP icaas_event_slow_disconnects_total Live-event clients disconnected because they did not keep up.',
+      '# TYPE icaas_event_slow_disconnects_total counter',
+      `icaas_event_slow_disconnects_total ${hub.slowDisconnects}`,
+      '# HELP icaas_loaded_batches Batches this web tier holds in memory.',
+      '# TYPE icaas_loaded_batches gauge',
+      `icaas_loaded_batches ${index.size().batches}`,
     ];
     return reply.header('content-type', 'text/plain; version=0.0.4').send(lines.join('\n') + '\n');
   });
@@ -303,7 +357,11 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     let image;
     try {
       image = await index.waitForResult(accepted.id, AbortSignal.any([timeout, closing.signal]));
-    } catch {
+    } catch (error) {
+      if (error instanceof BatchDeletedError) {
+        const message = `image ${accepted.id} was deleted before it had a result`;
+        return wantsJson ? reply.code(404).send({ error: message, id: accepted.id }) : reply.code(404).type('text/plain; charset=utf-8').send(`error: ${message}\n`);
+      }
       const [code, message] = closing.signal.aborted
         ? [503, `the server is shutting down; image ${accepted.id} stays queued and its result will be at /api/images/${accepted.id}`]
         : [504, `no result within ${config.syncTimeoutSeconds}s; it is still queued as image ${accepted.id}`];

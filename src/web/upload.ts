@@ -7,20 +7,22 @@
  * nothing behind and queues nothing.
  *
  * The manifest is stored before the launch messages are sent, marked `launched: false`
- * until every one of them is out. If this process dies in between, the next web tier to
- * start finds the mark and sends them again, instead of leaving the images queued forever
- * with no message to carry them. A second launch message for an image is harmless: workers
- * skip images that have a result, and the first final result wins.
+ * until every one of them is out, and a small marker, `pending/<batch>/<upload>`, is stored
+ * before the manifest and deleted after the mark. If this process dies in between, the next
+ * web tier to start lists the markers (only those, not every manifest), and sends the
+ * messages again, instead of leaving the images queued forever with no message to carry
+ * them. A second launch message for an image is harmless: workers skip images that have a
+ * result, and the first final result wins.
  */
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
 import type {} from '@fastify/multipart';
-import { type BatchManifest, type LaunchMessage, batchManifestKey, inputKey } from '../messages.js';
+import { type BatchManifest, type LaunchMessage, batchManifestKey, batchManifestSchema, inputKey } from '../messages.js';
 import type { Queue } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
 import { displayName, formatBytes, ImageInspector, ImageRejected, type ImageLimits } from './inspect.js';
-import type { ResultsIndex } from './results.js';
+import { isValidId, type ResultsIndex } from './results.js';
 
 export interface UploadContext {
   store: ObjectStore;
@@ -34,7 +36,13 @@ export interface UploadContext {
 export interface PendingLaunch {
   manifestKey: string;
   manifest: BatchManifest;
+  /** The marker that says so; deleted once every message is out. */
+  markerKey: string;
 }
+
+/** Where the markers of uploads still sending their launch messages live, in the input bucket. */
+export const PENDING_PREFIX = 'pending/';
+const pendingKey = (batchId: string, uploadId: string): string => `${PENDING_PREFIX}${batchId}/${uploadId}`;
 
 export interface AcceptedImage {
   id: string;
@@ -71,6 +79,7 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
   const rejected: { name: string; reason: string }[] = [];
   const manifest: BatchManifest = { batchId, createdAt: Date.now(), images: [], launched: false };
   const manifestKey = batchManifestKey(batchId, uploadId);
+  const markerKey = pendingKey(batchId, uploadId);
   let files = 0;
   try {
     const parts = request.parts({ limits: { fileSize: context.limits.maxFileBytes, files: maxFiles, fields: 100, parts: maxFiles + 100 } });
@@ -93,6 +102,10 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     }
     if (files === 0) throw new UploadError(400, 'the request holds no files: send images as multipart/form-data file parts');
     if (images.length > 0) {
+      if (context.index.isDeleted(batchId)) throw new UploadError(404, `batch ${batchId} was deleted; nothing was stored`);
+      // The marker first: a manifest without one would never be found by a restart.
+      await context.store.put(context.inputBucket, markerKey, Buffer.alloc(0));
+      stored.push(markerKey);
       await context.store.put(context.inputBucket, manifestKey, Buffer.from(JSON.stringify(manifest)), { contentType: 'application/json' });
       stored.push(manifestKey);
     }
@@ -115,8 +128,14 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     // The queue's own message can name files of this machine: it goes to the log only.
     throw new UploadError(503, 'the images could not be queued; nothing was stored, try again', [], { cause: error });
   }
+  if (context.index.isDeleted(batchId)) {
+    // Deleted (forced) while this upload ran: its messages find their images gone, and the
+    // output phase cleans up the error results they leave.
+    await Promise.allSettled(stored.map((key) => context.store.delete(context.inputBucket, key)));
+    throw new UploadError(404, `batch ${batchId} was deleted while the upload ran; nothing was kept`);
+  }
   context.index.addManifest(manifest);
-  await markLaunched({ manifestKey, manifest }, context.store, context.inputBucket).catch(() => {
+  await markLaunched({ manifestKey, manifest, markerKey }, context.store, context.inputBucket).catch(() => {
     // Every message is out; a mark that failed to land costs only a second launch message
     // per unfinished image when the next web tier starts.
   });
@@ -153,6 +172,40 @@ async function storeFile(file: Readable & { truncated?: boolean }, key: string, 
 
 async function markLaunched(pending: PendingLaunch, store: ObjectStore, bucket: string): Promise<void> {
   await store.put(bucket, pending.manifestKey, Buffer.from(JSON.stringify({ ...pending.manifest, launched: true })), { contentType: 'application/json' });
+  await store.delete(bucket, pending.markerKey);
+}
+
+/**
+ * The uploads a previous web tier left before all their launch messages were out, found by
+ * their markers. Markers whose upload got no further (no manifest) or finished (marked
+ * launched) are deleted on the way.
+ */
+export async function findPendingLaunches(store: ObjectStore, bucket: string): Promise<PendingLaunch[]> {
+  const markers: string[] = [];
+  for await (const object of store.list(bucket, PENDING_PREFIX)) markers.push(object.key);
+  const pending: PendingLaunch[] = [];
+  for (const markerKey of markers) {
+    const [batchId, uploadId, ...rest] = markerKey.slice(PENDING_PREFIX.length).split('/');
+    if (!isValidId(batchId) || !isValidId(uploadId) || rest.length > 0) continue;
+    const manifestKey = batchManifestKey(batchId, uploadId);
+    const stored = await store.get(bucket, manifestKey);
+    const parsed = stored ? batchManifestSchema.safeParse(safeJson(stored.body.toString('utf8'))) : undefined;
+    if (!parsed?.success || parsed.data.launched !== false) {
+      // No manifest: the upload died before it queued anything. Marked: it finished.
+      await store.delete(bucket, markerKey);
+      continue;
+    }
+    pending.push({ manifestKey, manifest: parsed.data, markerKey });
+  }
+  return pending;
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -161,6 +214,8 @@ async function markLaunched(pending: PendingLaunch, store: ObjectStore, bucket: 
  * manifest launched. Returns how many were sent.
  */
 export async function relaunch(pending: PendingLaunch, context: Pick<UploadContext, 'store' | 'inputBucket' | 'launchQueue' | 'index'>): Promise<number> {
+  // Read first, to know which images have a result already.
+  await context.index.loadBatch(pending.manifest.batchId);
   const queuedAt = Date.now();
   const unfinished = pending.manifest.images.filter((image) => {
     const status = context.index.image(image.imageId)?.status;

@@ -33,6 +33,8 @@ describe('interrupted uploads', async () => {
       manifest.images.push({ imageId, name: `${imageId}.jpg`, key, size: tench.length, contentType: 'image/jpeg' });
     }
     const manifestKey = batchManifestKey(batchId, 'upload1');
+    // What an upload stores before its launch messages: the marker, then the manifest.
+    await runtime.store.put(config.inputBucket, `pending/${batchId}/upload1`, Buffer.alloc(0));
     await runtime.store.put(config.inputBucket, manifestKey, Buffer.from(JSON.stringify(manifest)));
     // One image did get its launch message before the crash, and has its result already.
     const result: ImageResult = { status: 'ok', imageId: 'image-one', batchId, name: 'image-one.jpg', attempts: 1, instanceId: 'i-1', label: 'tench', probability: 0.9, top5: [], durationMs: 1, finishedAt: Date.now() };
@@ -49,6 +51,7 @@ describe('interrupted uploads', async () => {
       assert.ok(logged.some((line) => /interrupted before all its images were queued: queued 2 again/.test(line)), logged.join('\n'));
       const stored = await runtime.store.get(config.inputBucket, manifestKey);
       assert.equal(batchManifestSchema.parse(JSON.parse(stored!.body.toString('utf8'))).launched, true);
+      assert.equal(await runtime.store.head(config.inputBucket, `pending/${batchId}/upload1`), null, 'the marker is gone');
       const batch = (await (await fetch(`${web.url}/api/batches/${batchId}`)).json()) as { total: number; done: number };
       assert.deepEqual([batch.total, batch.done], [3, 1]);
     } finally {
@@ -78,6 +81,9 @@ describe('interrupted uploads', async () => {
       }
       assert.equal(manifests.length, 1);
       assert.equal(manifests[0]!.launched, true);
+      const markers = [];
+      for await (const object of runtime.store.list(config.inputBucket, 'pending/')) markers.push(object.key);
+      assert.deepEqual(markers, [], 'no marker is left once the messages are out');
       assert.equal((await drainQueue(runtime.queues.launch)).length, 1);
     } finally {
       await web.stop();
