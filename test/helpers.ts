@@ -1,4 +1,5 @@
 /** Shared test utilities: temp folders that clean up, and polling with a deadline. */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -78,5 +79,41 @@ export async function* serverSentEvents(body: ReadableStream<Uint8Array>): Async
       }
       yield parsed;
     }
+  }
+}
+
+export interface WebProcess {
+  child: ChildProcess;
+  /** The address it printed when it started listening. */
+  url: string;
+  /** Everything it printed so far, stdout and stderr together. */
+  output(): string;
+  /** SIGTERM, then waits for it to exit. */
+  stop(): Promise<void>;
+}
+
+/** Starts `icaas web` as its own process, with only PATH and HOME from this environment. */
+export async function startWebProcess(args: string[]): Promise<WebProcess> {
+  const child = spawn(process.execPath, [cliPath, 'web', '--port', '0', ...args], {
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    await exited;
+  };
+  try {
+    const url = await waitFor('the web tier to listen', () => {
+      if (child.exitCode !== null) throw new Error(`exited: ${output}`);
+      return /listening on (http:\/\/\S+)/.exec(output)?.[1];
+    }, { timeoutMs: 20_000 });
+    return { child, url, output: () => output, stop };
+  } catch (error) {
+    await stop();
+    throw error;
   }
 }

@@ -6,6 +6,7 @@
  * lower-case metadata names and ASCII values; the file store lower-cases names as well, so a
  * name written in mixed case reads back the same way from either store.
  */
+import { buffer } from 'node:stream/consumers';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import {
@@ -161,25 +162,10 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async get(bucket: string, key: string): Promise<StoredObject | null> {
-    validateBucket(bucket);
-    validateKey(key);
-    try {
-      const response = await this.client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
-      const bytes = response.Body ? await response.Body.transformToByteArray() : new Uint8Array();
-      const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-      return {
-        key,
-        size: body.length,
-        contentType: response.ContentType ?? DEFAULT_CONTENT_TYPE,
-        metadata: { ...(response.Metadata ?? {}) },
-        lastModified: response.LastModified ?? new Date(0),
-        etag: response.ETag ?? '',
-        body,
-      };
-    } catch (error) {
-      if (isMissing(error)) return null;
-      throw describeError('get', bucket, key, error);
-    }
+    const streamed = await this.getStream(bucket, key);
+    if (!streamed) return null;
+    const body = await buffer(streamed.body);
+    return { ...streamed.info, size: body.length, body };
   }
 
   async head(bucket: string, key: string): Promise<ObjectInfo | null> {

@@ -6,7 +6,6 @@
  */
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -15,7 +14,7 @@ import { resultKey, type ImageResult } from '../../src/messages.js';
 import type { Runtime } from '../../src/runtime.js';
 import type { WebTier } from '../../src/web/index.js';
 import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
-import { cliPath, drainQueue, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
+import { drainQueue, makeTempDir, sharedImagesDir, startWebProcess, waitFor } from '../helpers.js';
 
 const KEYS = ['first-key-0123456789', 'second-key-abcdefghij'];
 
@@ -430,25 +429,16 @@ describe('access control and exposure', async () => {
   it('prints a loud warning when bound to a public address without keys, and none with keys', async () => {
     const run = async (args: string[]) => {
       const data = await makeTempDir('icaas-bind-');
-      const child = spawn(process.execPath, [cliPath, 'web', '--port', '0', '--data', data.dir, ...args], {
-        env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' },
-        stdio: ['ignore', 'pipe', 'pipe'],
+      const web = await startWebProcess(['--data', data.dir, ...args]).catch(async (error: unknown) => {
+        await data.cleanup();
+        throw error;
       });
-      let output = '';
-      child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
       try {
-        const listening = await waitFor('the web tier to listen', () => {
-          if (child.exitCode !== null) throw new Error(`exited: ${output}`);
-          return /listening on (http:\/\/\S+)/.exec(output)?.[1];
-        }, { timeoutMs: 20_000 });
-        const health = await fetch(`http://127.0.0.1:${new URL(listening).port}/healthz`);
+        const health = await fetch(`http://127.0.0.1:${new URL(web.url).port}/healthz`);
         assert.equal(health.status, 200);
-        return output;
+        return web.output();
       } finally {
-        child.kill('SIGTERM');
-        await exited;
+        await web.stop();
         await data.cleanup();
       }
     };

@@ -6,12 +6,11 @@
  */
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import sharp from 'sharp';
-import { cliPath, makeTempDir, waitFor } from '../helpers.js';
+import { makeTempDir, startWebProcess } from '../helpers.js';
 
 const FILES = 100;
 const PEAK_LIMIT_BYTES = 300 * 1024 * 1024;
@@ -55,19 +54,9 @@ describe('memory of one large upload', { skip: process.platform !== 'linux' && '
     const [width, height] = [2400, 1800];
     const image = await sharp(randomBytes(width * height * 3), { raw: { width, height, channels: 3 } }).jpeg({ quality: 100 }).toBuffer();
     assert.ok(image.length > 5_500_000, `the image is ${image.length} bytes`);
-    const child = spawn(process.execPath, [cliPath, 'web', '--host', '127.0.0.1', '--port', '0', '--data', temp.dir], {
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const web = await startWebProcess(['--host', '127.0.0.1', '--data', temp.dir]);
+    const { child, url } = web;
     try {
-      const url = await waitFor('the web tier to listen', () => {
-        if (child.exitCode !== null) throw new Error(`exited: ${output}`);
-        return /listening on (http:\/\/\S+)/.exec(output)?.[1];
-      }, { timeoutMs: 20_000 });
       const before = await peakResidentBytes(child.pid!);
       const { status, body } = await postMany(url, image, FILES);
       assert.equal(status, 202, JSON.stringify(body).slice(0, 500));
@@ -79,8 +68,7 @@ describe('memory of one large upload', { skip: process.platform !== 'linux' && '
       t.diagnostic(`peak resident memory ${(peak / 2 ** 20).toFixed(0)} MiB (${(before / 2 ** 20).toFixed(0)} MiB at start) for ${(uploaded / 2 ** 20).toFixed(0)} MiB uploaded`);
       assert.ok(peak < PEAK_LIMIT_BYTES, `peak resident memory ${(peak / 2 ** 20).toFixed(0)} MiB (${(before / 2 ** 20).toFixed(0)} MiB before) for ${(uploaded / 2 ** 20).toFixed(0)} MiB uploaded; limit ${PEAK_LIMIT_BYTES / 2 ** 20} MiB`);
     } finally {
-      child.kill('SIGTERM');
-      await exited;
+      await web.stop();
     }
   });
 });
