@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, openSync, closeSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
+import { clock as defaultClock, type Clock } from '../clock.js';
 import { describeDeadline, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
 
 export interface ProcessComputeOptions extends InstanceDeadlines {
@@ -32,6 +33,8 @@ export interface ProcessComputeOptions extends InstanceDeadlines {
   keepStoppedMs?: number;
   /** How long the registry keeps a stopped instance's row at all. Default one hour. */
   retainStoppedMs?: number;
+  /** Wall and monotonic time; tests inject one to step the wall clock. */
+  clock?: Clock;
 }
 
 /**
@@ -59,10 +62,18 @@ const LOG_TAIL_LINES = 3;
 export class ProcessCompute implements Compute {
   readonly maxInstances: number;
   private readonly db: Database.Database;
+  private readonly clock: Clock;
+  /**
+   * When this process first saw each instance in its current state, on the monotonic clock:
+   * the registry's times are wall-clock (shared by every process), and a deadline measured
+   * by them alone would end a healthy instance early after a forward step of the clock.
+   */
+  private readonly firstSeen = new Map<string, { mark: string; at: number }>();
   private readonly options: Required<Pick<ProcessComputeOptions, 'keepStoppedMs' | 'retainStoppedMs' | 'startTimeoutMs'>> & ProcessComputeOptions;
 
   constructor(options: ProcessComputeOptions) {
     this.options = { keepStoppedMs: 60_000, retainStoppedMs: 3_600_000, startTimeoutMs: 60_000, ...options };
+    this.clock = options.clock ?? defaultClock;
     this.maxInstances = options.maxInstances;
     mkdirSync(path.dirname(options.registryPath), { recursive: true });
     this.db = new Database(options.registryPath);
@@ -88,7 +99,7 @@ export class ProcessCompute implements Compute {
     if (!Number.isInteger(n) || n < 0) throw new Error(`cannot start ${n} instances: need a whole number`);
     if (n === 0) return [];
     if (!this.options.workerCommand) throw new Error('this compute adapter was opened without a worker command, so it cannot start instances');
-    const now = Date.now();
+    const now = this.clock.now();
     const reserve = this.db.transaction((count: number) => {
       this.reapDead();
       const active = (this.db.prepare(`SELECT COUNT(*) AS c FROM instances WHERE state != 'stopped'`).get() as { c: number }).c;
@@ -122,7 +133,7 @@ export class ProcessCompute implements Compute {
       });
       child.unref();
       if (child.pid === undefined) throw new Error('spawn returned no pid');
-      const recorded = this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ? AND state != 'stopped' RETURNING terminating_since`).get(child.pid, Date.now(), id) as { terminating_since: number | null } | undefined;
+      const recorded = this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ? AND state != 'stopped' RETURNING terminating_since`).get(child.pid, this.clock.now(), id) as { terminating_since: number | null } | undefined;
       // Given up on meanwhile (no slot any more), or asked to stop before it existed: it must
       // not run. In the second case it keeps its slot until a sweep sees it gone.
       if (!recorded || recorded.terminating_since !== null) killGroup(child.pid);
@@ -139,7 +150,7 @@ export class ProcessCompute implements Compute {
     this.db.transaction(() => this.reapDead()).immediate();
     const rows = this.db
       .prepare(`SELECT * FROM instances WHERE state != 'stopped' OR updated_at > ? ORDER BY started_at, id`)
-      .all(Date.now() - this.options.keepStoppedMs) as Row[];
+      .all(this.clock.now() - this.options.keepStoppedMs) as Row[];
     return rows.map((row) => ({
       id: row.id,
       state: row.state === 'exiting' ? 'stopped' : row.state,
@@ -157,11 +168,11 @@ export class ProcessCompute implements Compute {
     const row = this.db.prepare(`SELECT * FROM instances WHERE id = ?`).get(id) as Row | undefined;
     if (!row) throw new Error(`no instance ${id}`);
     if (row.state === 'stopped') return;
-    this.db.prepare(`UPDATE instances SET terminating_since = COALESCE(terminating_since, ?) WHERE id = ?`).run(Date.now(), id);
+    this.db.prepare(`UPDATE instances SET terminating_since = COALESCE(terminating_since, ?) WHERE id = ?`).run(this.clock.now(), id);
     if (row.pid === null) {
       // Reserved, and its process is being spawned elsewhere, or the spawner died. Freeing
       // the slot before the process exists could let one more than the maximum run.
-      if (Date.now() - row.started_at < this.options.startTimeoutMs) {
+      if (this.clock.now() - row.started_at < this.options.startTimeoutMs) {
         throw new Error(`could not terminate ${id} yet: its process is still being started; it is killed as soon as it exists and keeps its slot until then`);
       }
       this.markStopped(id);
@@ -171,8 +182,8 @@ export class ProcessCompute implements Compute {
       // Kill the whole process group: the worker is its leader (detached) and a hung native
       // decoder thread must not survive it.
       const refusal = killGroup(row.pid);
-      const deadline = Date.now() + (refusal ? 0 : 5000);
-      while (isOurProcess(row.pid, id) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      const deadline = this.clock.monotonic() + (refusal ? 0 : 5000);
+      while (isOurProcess(row.pid, id) && this.clock.monotonic() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
       if (isOurProcess(row.pid, id)) {
         throw new Error(`could not terminate ${id} (pid ${row.pid}): ${refusal ? `the kill was refused (${refusal})` : 'still running 5 s after SIGKILL'}; it keeps its slot and is tried again on the next sweep`);
       }
@@ -181,10 +192,12 @@ export class ProcessCompute implements Compute {
   }
 
   async enforceDeadlines(): Promise<DeadlineSweep> {
-    const now = Date.now();
+    const now = this.clock.now();
     this.db.transaction(() => this.reapDead()).immediate();
     const sweep: DeadlineSweep = { terminated: [], failed: [] };
     const rows = this.db.prepare(`SELECT * FROM instances WHERE state != 'stopped' ORDER BY started_at, id`).all() as Row[];
+    const active = new Set(rows.map((row) => row.id));
+    for (const id of this.firstSeen.keys()) if (!active.has(id)) this.firstSeen.delete(id);
     for (const row of rows) {
       const reason = this.overdue(row, now);
       if (!reason) continue;
@@ -202,13 +215,28 @@ export class ProcessCompute implements Compute {
   /** Which deadline the instance has overrun, if any. */
   private overdue(row: Row, now: number): DeadlineReason | null {
     const { startTimeoutMs, idleTimeoutMs, busyTimeoutMs, exitTimeoutMs } = this.options;
-    const since = now - row.updated_at;
     if (row.terminating_since !== null) return 'terminate-retry';
-    if (row.state === 'starting' && now - row.started_at > startTimeoutMs) return 'start-timeout';
+    const since = this.age(row, row.state === 'starting' ? row.started_at : row.updated_at, now);
+    if (row.state === 'starting' && since > startTimeoutMs) return 'start-timeout';
     if (row.state === 'idle' && idleTimeoutMs !== undefined && since > idleTimeoutMs) return 'idle-timeout';
     if (row.state === 'busy' && busyTimeoutMs !== undefined && since > busyTimeoutMs) return 'busy-timeout';
     if (row.state === 'exiting' && exitTimeoutMs !== undefined && since > exitTimeoutMs) return 'exit-timeout';
     return null;
+  }
+
+  /**
+   * How long the instance has been in its state: by the registry's wall-clock stamp, but
+   * never more than this process has seen on its monotonic clock. A forward step then ends
+   * nothing early; a backward one, or a controller that just started, only delays a deadline.
+   */
+  private age(row: Row, stampedAt: number, now: number): number {
+    const mark = `${row.state}:${stampedAt}`;
+    let seen = this.firstSeen.get(row.id);
+    if (!seen || seen.mark !== mark) {
+      seen = { mark, at: this.clock.monotonic() };
+      this.firstSeen.set(row.id, seen);
+    }
+    return Math.min(now - stampedAt, this.clock.monotonic() - seen.at);
   }
 
   async report(id: string, report: InstanceReport): Promise<void> {
@@ -220,7 +248,7 @@ export class ProcessCompute implements Compute {
     // A stopped instance stays stopped: a late report from a terminated worker must not revive it.
     this.db
       .prepare(`UPDATE instances SET ${sets.join(', ')} WHERE id = @id AND state != 'stopped'`)
-      .run({ id, state, now: Date.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
+      .run({ id, state, now: this.clock.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
   }
 
   /** The last lines of the worker's log, without stack frames and help hints, which say little to a user. */
@@ -251,9 +279,9 @@ export class ProcessCompute implements Compute {
   async stopAll(graceMs: number): Promise<{ total: number; killed: number }> {
     const running = [...this.activeIds()];
     for (const id of running) this.signal(id, 'SIGTERM');
-    const deadline = Date.now() + graceMs;
+    const deadline = this.clock.monotonic() + graceMs;
     let left = running;
-    while (left.length > 0 && Date.now() < deadline) {
+    while (left.length > 0 && this.clock.monotonic() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 100));
       const active = this.activeIds();
       left = left.filter((id) => active.has(id));
@@ -286,12 +314,12 @@ export class ProcessCompute implements Compute {
   }
 
   private markStopped(id: string): void {
-    this.db.prepare(`UPDATE instances SET state = 'stopped', image_id = NULL, updated_at = ? WHERE id = ? AND state != 'stopped'`).run(Date.now(), id);
+    this.db.prepare(`UPDATE instances SET state = 'stopped', image_id = NULL, updated_at = ? WHERE id = ? AND state != 'stopped'`).run(this.clock.now(), id);
   }
 
   /** Marks instances whose process is gone (crashed, killed, exited) as stopped. */
   private reapDead(): void {
-    const now = Date.now();
+    const now = this.clock.now();
     const rows = this.db.prepare(`SELECT id, pid, started_at FROM instances WHERE state != 'stopped'`).all() as Pick<Row, 'id' | 'pid' | 'started_at'>[];
     for (const row of rows) {
       const alive = row.pid === null ? now - row.started_at < this.options.startTimeoutMs : isOurProcess(row.pid, row.id);

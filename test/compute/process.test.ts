@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
+import { offsetClock } from '../../src/clock.js';
 import { ProcessCompute, type ProcessComputeOptions } from '../../src/compute/process.js';
 import { launchTick } from '../../src/controller/launch.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
@@ -346,6 +347,18 @@ describe('process compute deadlines', async () => {
     } finally {
       await queues.close();
     }
+  });
+
+  it('ends no instance early when the wall clock steps forward', async () => {
+    let offsetMs = 0;
+    const compute = open({ clock: offsetClock(() => offsetMs), startTimeoutMs: 60_000, idleTimeoutMs: 60_000, busyTimeoutMs: 60_000 });
+    const [busy] = await compute.start(1);
+    await waitFor('the instance to be idle', async () => (await compute.list())[0]?.state === 'idle');
+    await compute.report(busy!, { state: 'busy', imageId: 'img-1', processed: 0 });
+    assert.deepEqual(await compute.enforceDeadlines(), { terminated: [], failed: [] });
+    offsetMs = 120_000;
+    assert.deepEqual(await compute.enforceDeadlines(), { terminated: [], failed: [] }, 'two minutes of wall clock in a moment are not two minutes busy');
+    assert.equal((await compute.list())[0]?.state, 'busy');
   });
 
   it('leaves alone instances within every deadline', async () => {
