@@ -10,6 +10,11 @@
  * is made here without a host; it is not exported under the package's public entry point,
  * so it is loaded from the file next to it.
  *
+ * fauxqs moves messages whose visibility timeout or delay has passed only when a receive
+ * touches the queue, so GetQueueAttributes and ChangeMessageVisibility would see a lapsed
+ * message as still in flight (or still delayed) for as long as nobody receives. SQS's
+ * state follows the clock, so every request here first brings all queues up to date.
+ *
  * The emulator checks no signatures, but the SDK will not sign without credentials, so
  * clients get the dummy ones below rather than whatever the environment holds: a test
  * must never sign with a real key.
@@ -51,9 +56,18 @@ async function storesWithoutQueueHost(): Promise<Stores> {
   return { sqsStore, snsStore: new SnsStore(), s3Store: new S3Store() };
 }
 
+interface TimedSqsStore {
+  processAllTimers(): void;
+}
+
 /** Starts the emulator in this process on a free loopback port. */
 export async function startEmulator(): Promise<Emulator> {
-  const app = buildApp({ logger: false, defaultRegion: EMULATOR_REGION, stores: await storesWithoutQueueHost() });
+  const stores = await storesWithoutQueueHost();
+  const app = buildApp({ logger: false, defaultRegion: EMULATOR_REGION, stores });
+  const sqsStore = stores.sqsStore as unknown as TimedSqsStore;
+  app.addHook('onRequest', async () => {
+    sqsStore.processAllTimers();
+  });
   const address = await app.listen({ port: 0, host: '127.0.0.1' });
   const endpoint = new URL(address).origin;
   assertLoopback(endpoint);
