@@ -15,6 +15,10 @@
  * message as still in flight (or still delayed) for as long as nobody receives. SQS's
  * state follows the clock, so every request here first brings all queues up to date.
  *
+ * fauxqs lists objects in locale order ("B" after "a") and pages by comparing UTF-16 code
+ * units; S3 lists in UTF-8 binary order and pages in that same order. The bucket listing
+ * here is replaced by one in binary order (see byteOrderListing).
+ *
  * The emulator checks no signatures, but the SDK will not sign without credentials, so
  * clients get the dummy ones below rather than whatever the environment holds: a test
  * must never sign with a real key.
@@ -53,7 +57,57 @@ async function storesWithoutQueueHost(): Promise<Stores> {
   const [{ SqsStore }, { SnsStore }, { S3Store }] = await Promise.all([load('sqs/sqsStore.js'), load('sns/snsStore.js'), load('s3/s3Store.js')]);
   const sqsStore = new SqsStore() as Stores['sqsStore'];
   sqsStore.host = '';
-  return { sqsStore, snsStore: new SnsStore(), s3Store: new S3Store() };
+  const s3Store = new S3Store() as FauxS3Store;
+  s3Store.listObjects = byteOrderListing(s3Store);
+  return { sqsStore, snsStore: new SnsStore(), s3Store: s3Store as unknown as Stores['s3Store'] };
+}
+
+interface FauxS3Object {
+  key: string;
+}
+
+interface FauxS3Store {
+  buckets: Map<string, Map<string, FauxS3Object>>;
+  listObjects(bucket: string, options?: { prefix?: string; delimiter?: string; maxKeys?: number; startAfter?: string; marker?: string }): {
+    objects: FauxS3Object[];
+    commonPrefixes: string[];
+    isTruncated: boolean;
+  };
+}
+
+const byBytes = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+/** fauxqs's listing with every comparison in UTF-8 binary order, as S3 sorts keys. */
+function byteOrderListing(store: FauxS3Store): FauxS3Store['listObjects'] {
+  const original = store.listObjects.bind(store);
+  return (bucket, options = {}) => {
+    const objectsMap = store.buckets.get(bucket);
+    // The original raises the emulator's NoSuchBucket error.
+    if (!objectsMap) return original(bucket, options);
+    const prefix = options.prefix ?? '';
+    const { delimiter } = options;
+    const maxKeys = options.maxKeys ?? 1000;
+    const startAfter = options.startAfter ?? options.marker ?? '';
+    const after = (key: string): boolean => !startAfter || byBytes(key, startAfter) > 0;
+    const candidates = [...objectsMap.values()].filter((object) => object.key.startsWith(prefix)).sort((a, b) => byBytes(a.key, b.key));
+    const objects: FauxS3Object[] = [];
+    const commonPrefixes = new Set<string>();
+    let isTruncated = false;
+    for (const object of candidates) {
+      if (!after(object.key)) continue;
+      const rest = object.key.slice(prefix.length);
+      const cut = delimiter ? rest.indexOf(delimiter) : -1;
+      const commonPrefix = cut >= 0 ? prefix + rest.slice(0, cut + delimiter!.length) : undefined;
+      if (commonPrefix !== undefined && (commonPrefixes.has(commonPrefix) || !after(commonPrefix))) continue;
+      if (objects.length + commonPrefixes.size >= maxKeys) {
+        isTruncated = true;
+        break;
+      }
+      if (commonPrefix !== undefined) commonPrefixes.add(commonPrefix);
+      else objects.push(object);
+    }
+    return { objects, commonPrefixes: [...commonPrefixes].sort(byBytes), isTruncated };
+  };
 }
 
 interface TimedSqsStore {
