@@ -41,6 +41,19 @@ export interface Emulator {
   stop(): Promise<void>;
 }
 
+/** One SQS request as it arrived on the wire. */
+export interface SqsWireRequest {
+  /** The operation, e.g. "ReceiveMessage". */
+  operation: string;
+  /** The request's JSON body. */
+  input: Record<string, unknown>;
+}
+
+export interface InProcessEmulator extends Emulator {
+  /** Every SQS request so far, in arrival order; tests may clear it. */
+  sqsRequests: SqsWireRequest[];
+}
+
 /** Throws unless the URL's host is a loopback address, so no test talks to a real service. */
 export function assertLoopback(endpoint: string): void {
   const { hostname } = new URL(endpoint);
@@ -115,17 +128,24 @@ interface TimedSqsStore {
 }
 
 /** Starts the emulator in this process on a free loopback port. */
-export async function startEmulator(): Promise<Emulator> {
+export async function startEmulator(): Promise<InProcessEmulator> {
   const stores = await storesWithoutQueueHost();
   const app = buildApp({ logger: false, defaultRegion: EMULATOR_REGION, stores });
   const sqsStore = stores.sqsStore as unknown as TimedSqsStore;
   app.addHook('onRequest', async () => {
     sqsStore.processAllTimers();
   });
+  const sqsRequests: SqsWireRequest[] = [];
+  app.addHook('preHandler', async (request) => {
+    const target = request.headers['x-amz-target'];
+    if (typeof target === 'string' && target.startsWith('AmazonSQS.')) {
+      sqsRequests.push({ operation: target.slice('AmazonSQS.'.length), input: (request.body ?? {}) as Record<string, unknown> });
+    }
+  });
   const address = await app.listen({ port: 0, host: '127.0.0.1' });
   const endpoint = new URL(address).origin;
   assertLoopback(endpoint);
-  return { endpoint, region: EMULATOR_REGION, credentials: { ...EMULATOR_CREDENTIALS }, stop: () => app.close() };
+  return { endpoint, region: EMULATOR_REGION, credentials: { ...EMULATOR_CREDENTIALS }, sqsRequests, stop: () => app.close() };
 }
 
 const processScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'emulator-process.js');
