@@ -109,6 +109,20 @@ describe('SqsQueueProvider over the SQS wire protocol', () => {
     assert.deepEqual(emulator.sqsRequests, []);
   });
 
+  it('a body with characters SQS refuses fails with invalid-argument, not as if SQS were down', async () => {
+    await createRaw('contents');
+    // fauxqs answers with the legacy code AWS.SimpleQueueService.InvalidMessageContents.
+    for (const body of ['nul \u0000 inside', 'bell \u0007 inside', 'lone surrogate \ud800 inside']) {
+      await assert.rejects(provider.queue('contents').send(body), (error: unknown) => {
+        assert.ok(error instanceof QueueError, String(error));
+        assert.equal(error.code, 'invalid-argument', error.message);
+        assert.match(error.message, /SQS refused the request to send to queue w\d+-contents/);
+        return true;
+      }, JSON.stringify(body));
+    }
+    assert.deepEqual(await provider.queue('contents').counts(), { visible: 0, inFlight: 0, delayed: 0 });
+  });
+
   it('reports a missing queue with the way out, and looks it up again next time', async () => {
     const queue = provider.queue('monitor');
     await assert.rejects(queue.send('x'), (error: unknown) => error instanceof QueueError && error.code === 'queue-missing' && /monitor.*icaas aws provision/.test(error.message));
@@ -147,5 +161,21 @@ describe('SqsQueueProvider over the SQS wire protocol', () => {
     assert.equal(Attributes?.ReceiveMessageWaitTimeSeconds, '20');
     // SQS answers QueueNameExists for other attributes; the queue is then used as it is.
     assert.equal(await provider.ensureQueue('made', { ReceiveMessageWaitTimeSeconds: '5' }), url);
+  });
+});
+
+describe('fauxqs differences the contract skips', () => {
+  it('still refuses characters above U+FFFF (when this fails, run that contract case on fauxqs too)', async () => {
+    const emulator = await startEmulator();
+    const client = new SQSClient({ endpoint: emulator.endpoint, region: emulator.region, credentials: emulator.credentials });
+    const provider = new SqsQueueProvider({ prefix: 'astral-', client, createMissing: true });
+    try {
+      await assert.rejects(provider.queue('q').send('🐈'), (error: unknown) => error instanceof QueueError && error.code === 'invalid-argument',
+        'fauxqs now accepts characters above U+FFFF: drop the astralCharacters skip above');
+    } finally {
+      await provider.close();
+      client.destroy();
+      await emulator.stop();
+    }
   });
 });
