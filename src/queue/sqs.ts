@@ -354,11 +354,19 @@ function count(value: string | undefined): number {
   return Number.isFinite(n) && n >= 0 ? n : 0;
 }
 
-/** The error's name and, for SQS's query-compatible errors, its legacy code. */
+const LEGACY_PREFIX = 'AWS.SimpleQueueService.';
+
+/**
+ * The error's name and, for SQS's query-compatible errors, its legacy code. Legacy codes
+ * carry the "AWS.SimpleQueueService." prefix for some errors and not others, and
+ * SQS-compatible services put it on more of them (InvalidMessageContents, for one), so each
+ * code also counts without it.
+ */
 function codesOf(error: unknown): string[] {
   if (typeof error !== 'object' || error === null) return [];
   const { name, Code, code } = error as { name?: unknown; Code?: unknown; code?: unknown };
-  return [name, Code, code].filter((value): value is string => typeof value === 'string');
+  const codes = [name, Code, code].filter((value): value is string => typeof value === 'string');
+  return [...codes, ...codes.filter((value) => value.startsWith(LEGACY_PREFIX)).map((value) => value.slice(LEGACY_PREFIX.length))];
 }
 
 function hasCode(error: unknown, codes: Iterable<string>): boolean {
