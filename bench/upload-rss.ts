@@ -9,15 +9,13 @@
  * memory from /proc. Prints the peak (sampled, and the kernel's high-water mark) and the
  * throughput; exits 1 when the peak is over `target-mb`. Linux only.
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
+import { postFilesInOneRequest, startWebProcess } from '../test/helpers.js';
 
 const { values } = parseArgs({
   options: {
@@ -30,7 +28,6 @@ const { values } = parseArgs({
 const totalBytes = Number(values['total-mb']) * 2 ** 20;
 const imageBytes = Number(values['image-mb']) * 2 ** 20;
 const targetBytes = Number(values['target-mb']) * 2 ** 20;
-const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli.js');
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(0)} MiB`;
 
 /** Noise JPEGs: incompressible, so about 1.4 bytes per pixel at quality 100. */
@@ -46,52 +43,14 @@ async function memory(pid: number): Promise<{ rss: number; hwm: number }> {
   return { rss: kib('VmRSS'), hwm: kib('VmHWM') };
 }
 
-async function startWeb(data: string): Promise<{ url: string; pid: number; stop(): Promise<void> }> {
-  const child = spawn(process.execPath, [cli, 'web', '--host', '127.0.0.1', '--port', '0', '--data', data], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const url = await new Promise<string>((resolve, reject) => {
-    const onData = (chunk: Buffer) => {
-      output += chunk.toString();
-      const found = /listening on (http:\/\/\S+)/.exec(output)?.[1];
-      if (found) resolve(found);
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.once('exit', () => reject(new Error(`icaas web exited: ${output}`)));
-  });
-  return { url, pid: child.pid!, stop: async () => { child.kill('SIGTERM'); await exited; } };
-}
-
-/** One multipart request carrying `files` in turn, written with the socket's back-pressure. */
-function postOneRequest(url: string, files: Buffer[]): Promise<{ status: number; body: { images?: unknown[]; rejected?: unknown[]; error?: string } }> {
-  const boundary = `----icaas${randomBytes(8).toString('hex')}`;
-  return new Promise((resolve, reject) => {
-    const request = http.request(`${url}/api/images`, { method: 'POST', headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) }));
-    });
-    request.on('error', reject);
-    void (async () => {
-      const write = (chunk: Buffer | string) => (request.write(chunk) ? undefined : new Promise((done) => request.once('drain', done)));
-      for (const [i, file] of files.entries()) {
-        await write(`--${boundary}\r\nContent-Disposition: form-data; name="images"; filename="noise-${i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`);
-        await write(file);
-        await write('\r\n');
-      }
-      request.end(`--${boundary}--\r\n`);
-    })();
-  });
-}
-
 const distinct = await noiseJpegs(Math.max(1, Number(values.distinct)), imageBytes);
 const files: Buffer[] = [];
 for (let sent = 0; sent < totalBytes; sent += files[files.length - 1]!.length) files.push(distinct[files.length % distinct.length]!);
 const sentBytes = files.reduce((sum, file) => sum + file.length, 0);
 
 const data = await mkdtemp(path.join(os.tmpdir(), 'icaas-bench-upload-'));
-const web = await startWeb(data);
+const started = await startWebProcess(['--host', '127.0.0.1', '--data', data]);
+const web = { url: started.url, pid: started.child.pid!, stop: started.stop };
 try {
   const atStart = await memory(web.pid);
   let peak = atStart.rss;
@@ -103,7 +62,7 @@ try {
     }
   })();
   const started = performance.now();
-  const { status, body } = await postOneRequest(web.url, files);
+  const { status, body } = await postFilesInOneRequest(web.url, files);
   const seconds = (performance.now() - started) / 1000;
   sampling = false;
   await sampler;

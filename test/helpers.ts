@@ -1,5 +1,7 @@
 /** Shared test utilities: temp folders that clean up, and polling with a deadline. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -116,4 +118,30 @@ export async function startWebProcess(args: string[]): Promise<WebProcess> {
     await stop();
     throw error;
   }
+}
+
+/**
+ * Posts the files as ONE multipart request to `/api/images`, writing them in turn with the
+ * socket's back-pressure, so the sender never holds more than one file in memory.
+ */
+export function postFilesInOneRequest(url: string, files: Buffer[]): Promise<{ status: number; body: { images?: { size: number }[]; rejected?: unknown[]; error?: string } }> {
+  const boundary = `----icaas${randomBytes(8).toString('hex')}`;
+  return new Promise((resolve, reject) => {
+    const request = http.request(`${url}/api/images`, { method: 'POST', headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }, (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) }));
+      response.on('error', reject);
+    });
+    request.on('error', reject);
+    void (async () => {
+      const write = (chunk: Buffer | string) => (request.write(chunk) ? undefined : new Promise((done) => request.once('drain', done)));
+      for (const [i, file] of files.entries()) {
+        await write(`--${boundary}\r\nContent-Disposition: form-data; name="images"; filename="noise-${i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`);
+        await write(file);
+        await write('\r\n');
+      }
+      request.end(`--${boundary}--\r\n`);
+    })();
+  });
 }

@@ -145,14 +145,7 @@ export class S3ObjectStore implements ObjectStore {
       // In Node.js the SDK's body is the HTTP response itself, a Readable.
       const body = response.Body instanceof Readable ? response.Body : Readable.from(response.Body ? [await response.Body.transformToByteArray()] : []);
       return {
-        info: {
-          key,
-          size: response.ContentLength ?? 0,
-          contentType: response.ContentType ?? DEFAULT_CONTENT_TYPE,
-          metadata: { ...(response.Metadata ?? {}) },
-          lastModified: response.LastModified ?? new Date(0),
-          etag: response.ETag ?? '',
-        },
+        info: objectInfo(key, response),
         body,
       };
     } catch (error) {
@@ -173,14 +166,7 @@ export class S3ObjectStore implements ObjectStore {
     validateKey(key);
     try {
       const response = await this.client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
-      return {
-        key,
-        size: response.ContentLength ?? 0,
-        contentType: response.ContentType ?? DEFAULT_CONTENT_TYPE,
-        metadata: { ...(response.Metadata ?? {}) },
-        lastModified: response.LastModified ?? new Date(0),
-        etag: response.ETag ?? '',
-      };
+      return objectInfo(key, response);
     } catch (error) {
       // A HEAD response has no body, so a missing bucket and a missing key both arrive as 404.
       if (isMissing(error)) return null;
@@ -381,4 +367,16 @@ function describeError(operation: string, bucket: string, key: string | undefine
     detail = `${name ?? 'error'}${status ? ` (HTTP ${status})` : ''}: ${message}`;
   }
   return new Error(`S3 ${operation} of ${target} failed: ${detail}`, { cause: error });
+}
+
+/** What GetObject and HeadObject both answer about an object. */
+function objectInfo(key: string, response: { ContentLength?: number; ContentType?: string; Metadata?: Record<string, string>; LastModified?: Date; ETag?: string }): ObjectInfo {
+  return {
+    key,
+    size: response.ContentLength ?? 0,
+    contentType: response.ContentType ?? DEFAULT_CONTENT_TYPE,
+    metadata: { ...(response.Metadata ?? {}) },
+    lastModified: response.LastModified ?? new Date(0),
+    etag: response.ETag ?? '',
+  };
 }
