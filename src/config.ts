@@ -24,6 +24,8 @@ const options = {
   port: { flag: 'port', env: 'PORT', kind: 'integer', default: 3000, min: 0, max: 65535, help: 'port the web tier listens on (0 picks a free one)' },
   data: { flag: 'data', env: 'ICAAS_DATA', kind: 'string', default: './data', help: 'folder for the embedded buckets, queues and instance registry' },
   maxInstances: { flag: 'max-instances', env: 'ICAAS_MAX_INSTANCES', kind: 'integer', default: 20, min: 1, max: 1000, help: 'most worker instances at once, counting those starting' },
+  policy: { flag: 'policy', env: 'ICAAS_POLICY', kind: 'string', default: 'drain-time', choices: ['drain-time', 'queue-match', 'default'], help: 'scaling policy: drain-time starts an instance only when it shortens the expected drain; queue-match starts one per waiting image' },
+  capacity: { flag: 'capacity', env: 'ICAAS_CAPACITY', kind: 'integer', default: 0, min: 0, max: 1000, help: 'instances that can usefully run at once (0: the cores for local workers, --max-instances for EC2)' },
   model: { flag: 'model', env: 'ICAAS_MODEL', kind: 'string', default: '', help: 'path to the ONNX model (default: cache, then ../shared/models, then download)' },
   labels: { flag: 'labels', env: 'ICAAS_LABELS', kind: 'string', default: '', help: 'path to the labels JSON (default: next to the model)' },
   idleWaitSeconds: { flag: 'idle-wait', env: 'ICAAS_IDLE_WAIT', kind: 'number', default: 5, min: 0, max: 20, help: 'seconds a worker long-polls for work before it stops itself' },

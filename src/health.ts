@@ -22,11 +22,33 @@ export const loopHealthSchema = z.object({
 });
 export type LoopHealth = z.infer<typeof loopHealthSchema>;
 
+/** Why the tier has the size it has: the launch policy's last decision and what it saw. */
+export const scalingStatusSchema = z.object({
+  policy: z.string().max(50),
+  /** Instances that can usefully run at once, and the hard maximum. */
+  capacity: z.number().int().min(0),
+  max: z.number().int().min(0),
+  backlog: z.number().int().min(0),
+  inFlight: z.number().int().min(0),
+  /** Instances after the last decision (not stopped). */
+  target: z.number().int().min(0),
+  /** Expected time to drain the backlog, in ms; null when nothing waits. */
+  drainMs: z.number().nullable(),
+  serviceMs: z.number().min(0),
+  startupMs: z.number().min(0),
+  /** Whether the times are measured, or still the priors. */
+  measured: z.object({ service: z.boolean(), startup: z.boolean() }),
+  reason: z.string().max(500),
+  at: z.number(),
+});
+export type ScalingStatus = z.infer<typeof scalingStatusSchema>;
+
 /** What the controllers publish under CONTROLLER_HEALTH_KEY in the output bucket. */
 export const controllerHealthSchema = z.object({
   /** When it was written, so a reader can tell a stale report from a current one. */
   writtenAt: z.number(),
   loops: z.array(loopHealthSchema).max(20),
+  scaling: scalingStatusSchema.optional(),
 });
 export type ControllerHealth = z.infer<typeof controllerHealthSchema>;
 

@@ -84,6 +84,8 @@ export interface Ec2ComputeOptions extends InstanceDeadlines {
    */
   lease?: LaunchLease;
   maxInstances: number;
+  /** Instances that can usefully run at once; the maximum when absent (each has its own cores). */
+  capacity?: number;
   /** Tags the instances, so several deployments can share an account. */
   deployment: string;
   /**
@@ -133,6 +135,7 @@ interface Heartbeat {
   state: Exclude<InstanceState, 'starting'>;
   imageId: string | null;
   processed: number;
+  serviceMs?: number;
   at: number;
 }
 
@@ -150,8 +153,14 @@ export class Ec2ComputeError extends Error {
 /** A terminate refused for good: the instance is not one of this deployment's workers. */
 class Ec2RefusedError extends Ec2ComputeError {}
 
+/** An EC2 worker boots, installs nothing (the AMI holds everything) and loads the model: about 40 s. */
+const EC2_STARTUP_PRIOR_MS = 40_000;
+
 export class Ec2Compute implements Compute {
   readonly maxInstances: number;
+  readonly capacity: number;
+  readonly startupPriorMs = EC2_STARTUP_PRIOR_MS;
+  readonly startCostMs = 0;
   readonly deployment: string;
   private readonly client: EC2Client;
   private readonly ownsClient: boolean;
@@ -174,6 +183,7 @@ export class Ec2Compute implements Compute {
     if (!options.deployment) throw new Ec2ComputeError('the EC2 compute adapter needs a deployment name to tag and find its instances');
     this.options = options;
     this.maxInstances = options.maxInstances;
+    this.capacity = Math.min(options.maxInstances, options.capacity ?? options.maxInstances);
     this.deployment = options.deployment;
     this.launchGraceMs = options.launchGraceMs ?? 60_000;
     this.deadlines = { ...options, startTimeoutMs: options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS };
@@ -275,6 +285,7 @@ export class Ec2Compute implements Compute {
         startedAt: instance.LaunchTime?.getTime() ?? Date.now(),
         ...(heartbeat?.state === 'busy' && heartbeat.imageId ? { imageId: heartbeat.imageId } : {}),
         ...(heartbeat ? { processed: heartbeat.processed } : {}),
+        ...(heartbeat?.serviceMs !== undefined ? { serviceMs: heartbeat.serviceMs } : {}),
       };
     });
     for (const [id, launchedAt] of this.unseenLaunches(instances)) listed.push({ id, state: 'starting', startedAt: launchedAt });
@@ -335,7 +346,7 @@ export class Ec2Compute implements Compute {
   async report(id: string, report: InstanceReport): Promise<void> {
     if (!this.options.heartbeats) return;
     const { store, bucket } = this.options.heartbeats;
-    const body = { state: report.state, imageId: report.imageId ?? null, processed: report.processed ?? 0 };
+    const body = { state: report.state, imageId: report.imageId ?? null, processed: report.processed ?? 0, ...(report.serviceMs !== undefined ? { serviceMs: report.serviceMs } : {}) };
     await store.put(bucket, heartbeatKey(id), Buffer.from(JSON.stringify(body)), { contentType: 'application/json' });
   }
 
@@ -507,6 +518,7 @@ function parseHeartbeat(body: Buffer, lastModified: Date): Heartbeat | null {
       state: value.state,
       imageId: typeof value.imageId === 'string' ? value.imageId : null,
       processed: Number.isInteger(value.processed) ? value.processed! : 0,
+      ...(typeof value.serviceMs === 'number' && Number.isFinite(value.serviceMs) && value.serviceMs >= 0 ? { serviceMs: value.serviceMs } : {}),
       at: lastModified.getTime(),
     };
   } catch {

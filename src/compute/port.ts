@@ -13,6 +13,10 @@ export interface InstanceInfo {
   imageId?: string;
   /** Images it has finished, where known. */
   processed?: number;
+  /** When its worker first reported (start-up over), epoch ms, where the adapter records it. */
+  readyAt?: number;
+  /** The worker's moving average of its time per image, in ms, where known. */
+  serviceMs?: number;
 }
 
 /** What a worker says about itself, where the adapter can record it. */
@@ -20,11 +24,19 @@ export interface InstanceReport {
   state: Exclude<InstanceState, 'starting'>;
   imageId?: string | null;
   processed?: number;
+  /** Moving average of the worker's wall time per image, in ms: the launch policy's service time. */
+  serviceMs?: number;
 }
 
 export interface Compute {
   /** The most instances that may exist at once, counting those still starting. */
   readonly maxInstances: number;
+  /** How many instances can usefully run at once (CPU-bound work: the cores they share); the maximum when absent. */
+  readonly capacity?: number;
+  /** What the launch policy assumes an instance takes to start, in ms, until it has measured one. */
+  readonly startupPriorMs?: number;
+  /** Capacity one start takes from the running instances, in instance-ms (see ScalingObservation). */
+  readonly startCostMs?: number;
   /**
    * Starts up to n instances, fewer when that would pass the maximum; returns the ids of
    * those started. Safe against concurrent callers: the maximum holds across them.

@@ -15,6 +15,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, openSync, closeSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { open } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { clock as defaultClock, type Clock } from '../clock.js';
 import { describeDeadline, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
@@ -23,6 +24,8 @@ export interface ProcessComputeOptions extends InstanceDeadlines {
   /** SQLite file holding the instance registry. */
   registryPath: string;
   maxInstances: number;
+  /** Instances that can usefully run at once; the available cores when absent. */
+  capacity?: number;
   /** Node script and arguments that run one worker; `--instance-id <id>` is appended. */
   workerCommand?: { script: string; args: string[] };
   /** Environment for the workers (the parent's environment is not inherited beyond PATH and HOME). */
@@ -53,14 +56,29 @@ interface Row {
   processed: number;
   /** When a terminate was first asked for; set until the process is confirmed gone. */
   terminating_since: number | null;
+  /** When the worker first reported: its start-up ended. */
+  ready_at: number | null;
+  /** The worker's moving average of its time per image. */
+  service_ms: number | null;
 }
 
 const LOG_FILES_KEPT = 200;
 const LOG_TAIL_BYTES = 8192;
 const LOG_TAIL_LINES = 3;
 
+/**
+ * A local worker takes about 0.6 s of CPU to load Node, the model and ONNX Runtime; on a
+ * machine whose cores are busy classifying, that much classification is lost per start.
+ */
+const LOCAL_START_COST_MS = 600;
+const LOCAL_STARTUP_PRIOR_MS = 2_000;
+
 export class ProcessCompute implements Compute {
   readonly maxInstances: number;
+  /** Workers are CPU-bound and share this machine's cores. */
+  readonly capacity: number;
+  readonly startupPriorMs = LOCAL_STARTUP_PRIOR_MS;
+  readonly startCostMs = LOCAL_START_COST_MS;
   private readonly db: Database.Database;
   private readonly clock: Clock;
   /**
@@ -75,6 +93,7 @@ export class ProcessCompute implements Compute {
     this.options = { keepStoppedMs: 60_000, retainStoppedMs: 3_600_000, startTimeoutMs: 60_000, ...options };
     this.clock = options.clock ?? defaultClock;
     this.maxInstances = options.maxInstances;
+    this.capacity = Math.min(options.maxInstances, options.capacity ?? availableParallelism());
     mkdirSync(path.dirname(options.registryPath), { recursive: true });
     this.db = new Database(options.registryPath);
     this.db.pragma('journal_mode = WAL');
@@ -91,7 +110,10 @@ export class ProcessCompute implements Compute {
     )`);
     // A registry written before terminates were tracked lacks the column.
     const columns = this.db.prepare(`PRAGMA table_info(instances)`).all() as { name: string }[];
-    if (!columns.some((column) => column.name === 'terminating_since')) this.db.exec(`ALTER TABLE instances ADD COLUMN terminating_since INTEGER`);
+    // A registry written by an older version lacks the newer columns.
+    for (const [column, type] of [['terminating_since', 'INTEGER'], ['ready_at', 'INTEGER'], ['service_ms', 'REAL']] as const) {
+      if (!columns.some((existing) => existing.name === column)) this.db.exec(`ALTER TABLE instances ADD COLUMN ${column} ${type}`);
+    }
     if (options.logDir) mkdirSync(options.logDir, { recursive: true });
   }
 
@@ -157,6 +179,8 @@ export class ProcessCompute implements Compute {
       startedAt: row.started_at,
       ...(row.image_id ? { imageId: row.image_id } : {}),
       processed: row.processed,
+      ...(row.ready_at !== null ? { readyAt: row.ready_at } : {}),
+      ...(row.service_ms !== null ? { serviceMs: row.service_ms } : {}),
     }));
   }
 
@@ -240,15 +264,16 @@ export class ProcessCompute implements Compute {
   }
 
   async report(id: string, report: InstanceReport): Promise<void> {
-    const sets = ['state = @state', 'updated_at = @now'];
+    const sets = ['state = @state', 'updated_at = @now', 'ready_at = COALESCE(ready_at, @now)'];
     // Stopped for good only once the process is gone (reapDead): it may yet hang on its way out.
     const state: RowState = report.state === 'stopped' ? 'exiting' : report.state;
     if (report.imageId !== undefined) sets.push('image_id = @imageId');
     if (report.processed !== undefined) sets.push('processed = @processed');
+    if (report.serviceMs !== undefined) sets.push('service_ms = @serviceMs');
     // A stopped instance stays stopped: a late report from a terminated worker must not revive it.
     this.db
       .prepare(`UPDATE instances SET ${sets.join(', ')} WHERE id = @id AND state != 'stopped'`)
-      .run({ id, state, now: this.clock.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0 });
+      .run({ id, state, now: this.clock.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0, serviceMs: report.serviceMs ?? null });
   }
 
   /** The last lines of the worker's log, without stack frames and help hints, which say little to a user. */

@@ -1,15 +1,20 @@
 /** The controllers as one long-running service: the launch loop and the monitor loop. */
-import { CONTROLLER_HEALTH_EVERY_MS, CONTROLLER_HEALTH_KEY, type ControllerHealth, type LoopHealth } from '../health.js';
+import path from 'node:path';
+import { EventLog } from '../event-log.js';
+import { CONTROLLER_HEALTH_EVERY_MS, CONTROLLER_HEALTH_KEY, type ControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
 import { parseMonitorNotice } from '../messages.js';
 import type { Queue } from '../queue/port.js';
 import type { Runtime } from '../runtime.js';
-import { endWaitingImages, launchTick, StartFailures, type StartFailureState } from './launch.js';
+import { endWaitingImages, launchTick, ScalingMeasurements, StartFailures, type LaunchTick, type StartFailureState } from './launch.js';
+import { canonicalPolicyName, policyByName } from './policy.js';
 import { every, FailureLog, type Loop } from './loop.js';
 import { monitorTick } from './monitor.js';
 
 export interface Controllers {
   /** The loops' health, as also published in the output bucket. */
   health(): LoopHealth[];
+  /** The launch policy's last decision, as also published in the output bucket. */
+  scaling(): ScalingStatus | undefined;
   stop(): Promise<void>;
 }
 
@@ -26,10 +31,43 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
     onChange: (state) => reportStartFailures(workers, state),
   });
 
+  const policyName = canonicalPolicyName(config.policy);
+  const policy = policyByName(policyName);
+  const events = new EventLog(config.data, (error) => log(`event log: cannot write ${path.join(config.data, 'events.jsonl')}: ${(error as Error).message}`));
+  events.record({ type: 'run', at: Date.now(), component: 'controller', policy: policyName, maxInstances: runtime.compute.maxInstances, capacity: runtime.compute.capacity ?? runtime.compute.maxInstances, idleWaitSeconds: config.idleWaitSeconds, compute: config.compute });
+  const measurements = new ScalingMeasurements(events);
+  let scaling: ScalingStatus | undefined;
+  let scalingPublishedAt = 0;
+  const noteScaling = (tick: LaunchTick) => {
+    const { observation: seen, decision } = tick;
+    const next: ScalingStatus = {
+      policy: policyName,
+      capacity: seen.capacity,
+      max: seen.max,
+      backlog: seen.backlog,
+      inFlight: seen.inFlight,
+      target: decision.target,
+      drainMs: decision.drainMs,
+      serviceMs: Math.round(seen.serviceMs),
+      startupMs: Math.round(seen.startupMs),
+      measured: tick.measured,
+      reason: decision.reason,
+      at: Date.now(),
+    };
+    const changed = !scaling || scaling.reason !== next.reason || scaling.target !== next.target || scaling.backlog !== next.backlog;
+    scaling = next;
+    // Published when it changes, at most once a second: the page follows the tier's size.
+    if (changed && next.at - scalingPublishedAt >= 1000) {
+      scalingPublishedAt = next.at;
+      publish();
+    }
+  };
+
   let lastLaunchLine = '';
   const terminateFailures = new Map<string, string>();
   const launch = every({ name: 'launch controller', intervalMs: config.launchIntervalMs, log, onHealthChange: publish }, async () => {
-    const tick = await launchTick(runtime.queues.launch, runtime.compute, startFailures);
+    const tick = await launchTick(runtime.queues.launch, runtime.compute, { policy, measurements, startFailures });
+    noteScaling(tick);
     for (const { id, detail } of tick.deadlines?.terminated ?? []) {
       log(`launch: terminated ${id}: ${detail}`);
       terminateFailures.delete(id);
@@ -40,7 +78,8 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
       terminateFailures.set(id, error);
     }
     if (tick.started > 0) {
-      const line = `launch: ${tick.visible} waiting, ${tick.starting} starting, ${tick.idle} idle, ${tick.busy} busy; started ${tick.started} (max ${tick.max})`;
+      const { backlog, starting, idle, busy, max } = tick.observation;
+      const line = `launch: ${backlog} waiting, ${starting} starting, ${idle} idle, ${busy} busy; started ${tick.started} (max ${max}): ${tick.decision.reason}`;
       if (line !== lastLaunchLine) log(line);
       lastLaunchLine = line;
     }
@@ -77,15 +116,17 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
       await runtime.store.ensureBucket(config.outputBucket);
       bucketReady = true;
     }
-    const report: ControllerHealth = { writtenAt: Date.now(), loops: health() };
+    const report: ControllerHealth = { writtenAt: Date.now(), loops: health(), ...(scaling ? { scaling } : {}) };
     await runtime.store.put(config.outputBucket, CONTROLLER_HEALTH_KEY, Buffer.from(JSON.stringify(report)), { contentType: 'application/json' });
   });
 
   const loops: Loop[] = [launch, monitor, publisher];
   return {
     health,
+    scaling: () => scaling,
     async stop() {
       await Promise.all(loops.map((loop) => loop.stop()));
+      await events.close();
     },
   };
 }

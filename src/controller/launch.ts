@@ -5,30 +5,141 @@ import { InvalidMessageError, parseLaunchMessage, type ImageResult, type OutputM
 import { storeFirstResult } from '../outcomes.js';
 import type { Queue } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
-import { decideLaunch, type LaunchObservation } from './policy.js';
+import { DEFAULT_POLICY, policyByName, type ScalingDecision, type ScalingObservation, type ScalingPolicy } from './policy.js';
+import type { QueueCounts } from '../queue/port.js';
+import type { EventSink } from '../event-log.js';
 
-export interface LaunchTick extends LaunchObservation {
+/** What the policy assumes before it has measured anything. */
+export const SERVICE_PRIOR_MS = 100;
+export const STARTUP_PRIOR_MS = 2_000;
+/** Weight of the newest sample in the moving averages: recent enough to follow load, smooth enough to ignore one outlier. */
+const SMOOTHING = 0.2;
+
+export interface LaunchTick {
+  observation: ScalingObservation;
+  decision: ScalingDecision;
+  /** Whether the service and start-up times are measured (true) or still the priors. */
+  measured: { service: boolean; startup: boolean };
   started: number;
   /** Instances the deadline sweep ended, or failed to end, this tick; absent when none. */
   deadlines?: DeadlineSweep;
 }
 
+export interface LaunchOptions {
+  /** The scaling policy; the default policy when absent. */
+  policy?: ScalingPolicy;
+  measurements?: ScalingMeasurements;
+  startFailures?: StartFailures;
+  events?: EventSink;
+}
+
+/**
+ * Learns what the policy needs from the instance listings it is shown: start-up time from
+ * instances leaving 'starting', service time from what workers report, both as moving
+ * averages; and records launches, instances becoming ready and stopping in the event log.
+ */
+export class ScalingMeasurements {
+  private service: number | undefined;
+  private startup: number | undefined;
+  /** Last state seen per instance, to notice transitions. */
+  private readonly seen = new Map<string, InstanceInfo['state']>();
+  /** The service time last folded in per instance, so an unchanged report is not counted twice. */
+  private readonly lastService = new Map<string, number>();
+
+  constructor(private readonly events: EventSink = { record() {} }) {}
+
+  launched(ids: string[], at: number): void {
+    for (const id of ids) {
+      this.seen.set(id, 'starting');
+      this.events.record({ type: 'launch', at, instanceId: id });
+    }
+  }
+
+  observe(instances: InstanceInfo[], now: number): void {
+    const listed = new Set<string>();
+    for (const instance of instances) {
+      listed.add(instance.id);
+      const before = this.seen.get(instance.id);
+      if (instance.state !== 'starting' && (before === 'starting' || (before === undefined && instance.readyAt !== undefined))) {
+        const readyAt = instance.readyAt ?? now;
+        if (instance.state !== 'stopped' || instance.readyAt !== undefined) {
+          this.startup = average(this.startup, Math.max(0, readyAt - instance.startedAt));
+          this.events.record({ type: 'ready', at: readyAt, instanceId: instance.id });
+        }
+      }
+      if (instance.state === 'stopped' && before !== undefined && before !== 'stopped') this.events.record({ type: 'stop', at: now, instanceId: instance.id });
+      if (instance.serviceMs !== undefined && this.lastService.get(instance.id) !== instance.serviceMs) {
+        this.lastService.set(instance.id, instance.serviceMs);
+        this.service = average(this.service, instance.serviceMs);
+      }
+      this.seen.set(instance.id, instance.state);
+    }
+    // Gone from the listing: stopped long enough ago to be forgotten by the adapter.
+    for (const [id, state] of this.seen) {
+      if (listed.has(id)) continue;
+      if (state !== 'stopped') this.events.record({ type: 'stop', at: now, instanceId: id });
+      this.seen.delete(id);
+      this.lastService.delete(id);
+    }
+  }
+
+  serviceMs(): number | undefined {
+    return this.service;
+  }
+
+  startupMs(): number | undefined {
+    return this.startup;
+  }
+}
+
+function average(current: number | undefined, sample: number): number {
+  return current === undefined ? sample : current + SMOOTHING * (sample - current);
+}
+
+/** The policy's view of the tier, from the queue counts, the instances and what has been measured. */
+export function scalingObservation(counts: QueueCounts, instances: InstanceInfo[], compute: Pick<Compute, 'maxInstances' | 'capacity' | 'startupPriorMs' | 'startCostMs'>, measurements: ScalingMeasurements, now: number): ScalingObservation {
+  const observation: ScalingObservation = {
+    backlog: counts.visible,
+    inFlight: counts.inFlight,
+    starting: 0,
+    idle: 0,
+    busy: 0,
+    startingAgesMs: [],
+    max: compute.maxInstances,
+    capacity: Math.max(1, Math.min(compute.capacity ?? compute.maxInstances, compute.maxInstances)),
+    serviceMs: measurements.serviceMs() ?? SERVICE_PRIOR_MS,
+    startupMs: measurements.startupMs() ?? compute.startupPriorMs ?? STARTUP_PRIOR_MS,
+    startCostMs: compute.startCostMs ?? 0,
+  };
+  for (const instance of instances) {
+    if (instance.state === 'stopped') continue;
+    observation[instance.state]++;
+    if (instance.state === 'starting') observation.startingAgesMs!.push(Math.max(0, now - instance.startedAt));
+  }
+  return observation;
+}
+
 /** One launch-controller tick: observe the queue and the instances, apply the policy. */
-export async function launchTick(launchQueue: Queue, compute: Compute, startFailures?: StartFailures): Promise<LaunchTick> {
+export async function launchTick(launchQueue: Queue, compute: Compute, options: LaunchOptions = {}): Promise<LaunchTick> {
+  const { startFailures } = options;
+  const measurements = options.measurements ?? new ScalingMeasurements(options.events);
+  const policy = options.policy ?? policyByName(DEFAULT_POLICY);
   // First, so that slots freed by instances that overran a deadline can be used this tick.
   const deadlines = await compute.enforceDeadlines();
   const [counts, instances] = await Promise.all([launchQueue.counts(), compute.list()]);
-  const observation: LaunchObservation = { visible: counts.visible, starting: 0, idle: 0, busy: 0, max: compute.maxInstances };
-  for (const instance of instances) {
-    if (instance.state !== 'stopped') observation[instance.state]++;
-  }
+  const now = Date.now();
+  measurements.observe(instances, now);
+  const observation = scalingObservation(counts, instances, compute, measurements, now);
   await startFailures?.observe(instances, counts.visible);
-  let wanted = decideLaunch(observation);
+  const decision = policy(observation);
+  let wanted = decision.start;
   if (startFailures) wanted = startFailures.allowed(wanted);
   const ids = wanted > 0 ? await compute.start(wanted) : [];
+  measurements.launched(ids, Date.now());
   startFailures?.started(ids);
   const swept = deadlines.terminated.length + deadlines.failed.length > 0;
-  return { ...observation, started: ids.length, ...(swept ? { deadlines } : {}) };
+  const measured = { service: measurements.serviceMs() !== undefined, startup: measurements.startupMs() !== undefined };
+  return { observation, decision, measured, started: ids.length, ...(swept ? { deadlines } : {}) };
 }
 
 export interface StartFailureOptions {

@@ -1,73 +1,147 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideLaunch, type LaunchObservation } from '../../src/controller/policy.js';
+import {
+  canonicalPolicyName,
+  drainTimePolicy,
+  expectedDrainMs,
+  policyByName,
+  queueMatchPolicy,
+  type ScalingObservation,
+} from '../../src/controller/policy.js';
 
-const observe = (partial: Partial<LaunchObservation>): LaunchObservation => ({ visible: 0, starting: 0, idle: 0, busy: 0, max: 20, ...partial });
+const observe = (partial: Partial<ScalingObservation>): ScalingObservation => ({
+  backlog: 0, inFlight: 0, starting: 0, idle: 0, busy: 0, max: 20, capacity: 20, serviceMs: 50, startupMs: 2000, ...partial,
+});
 
-describe('launch policy', () => {
-  it('starts nothing when no message waits', () => {
-    assert.equal(decideLaunch(observe({})), 0);
-    assert.equal(decideLaunch(observe({ busy: 5 })), 0);
+describe('queue-match policy', () => {
+  const start = (partial: Partial<ScalingObservation>) => queueMatchPolicy(observe(partial)).start;
+
+  it('starts nothing when nothing waits', () => {
+    assert.equal(start({}), 0);
+    assert.equal(start({ busy: 5 }), 0);
   });
 
-  it('starts one instance per waiting message up to the maximum', () => {
-    assert.equal(decideLaunch(observe({ visible: 3 })), 3);
-    assert.equal(decideLaunch(observe({ visible: 100 })), 20);
+  it('starts one instance per waiting message, up to the maximum', () => {
+    assert.equal(start({ backlog: 3 }), 3);
+    assert.equal(start({ backlog: 100 }), 20);
   });
 
-  it('counts idle and starting instances as free for waiting messages', () => {
-    assert.equal(decideLaunch(observe({ visible: 5, idle: 2 })), 3);
-    assert.equal(decideLaunch(observe({ visible: 5, starting: 5 })), 0);
-    assert.equal(decideLaunch(observe({ visible: 5, starting: 2, idle: 1 })), 2);
+  it('counts idle and starting instances as free', () => {
+    assert.equal(start({ backlog: 5, idle: 2 }), 3);
+    assert.equal(start({ backlog: 5, starting: 5 }), 0);
+    assert.equal(start({ backlog: 5, starting: 2, idle: 1 }), 2);
   });
 
-  it('counts busy and starting instances against the maximum', () => {
-    assert.equal(decideLaunch(observe({ visible: 100, busy: 18 })), 2);
-    assert.equal(decideLaunch(observe({ visible: 100, busy: 15, starting: 5 })), 0);
-    assert.equal(decideLaunch(observe({ visible: 100, busy: 20 })), 0);
+  it('never passes the maximum, counting busy and starting instances', () => {
+    assert.equal(start({ backlog: 100, busy: 18 }), 2);
+    assert.equal(start({ backlog: 100, busy: 15, starting: 5 }), 0);
+    assert.equal(start({ backlog: 10, busy: 25 }), 0);
   });
 
-  it('never starts a negative number, even when over the maximum already', () => {
-    assert.equal(decideLaunch(observe({ visible: 10, busy: 25 })), 0);
-    assert.equal(decideLaunch(observe({ visible: 0, idle: 30 })), 0);
+  it('ignores capacity: that is what the drain-time policy adds', () => {
+    assert.equal(start({ backlog: 11, capacity: 2 }), 11);
+  });
+});
+
+describe('drain-time policy', () => {
+  const decide = (partial: Partial<ScalingObservation>) => drainTimePolicy(observe(partial));
+
+  it('starts nothing when nothing waits, and says so', () => {
+    const decision = decide({ idle: 3 });
+    assert.deepEqual(decision, { start: 0, target: 3, drainMs: null, reason: 'nothing waiting' });
   });
 
-  it('rejects observations that are not whole numbers', () => {
-    assert.throws(() => decideLaunch(observe({ visible: -1 })), /visible/);
-    assert.throws(() => decideLaunch(observe({ max: 1.5 })), /max/);
+  it('on a cold tier always starts at least one instance for waiting work', () => {
+    assert.equal(decide({ backlog: 1, startupMs: 60_000 }).start, 1);
+    assert.equal(decide({ backlog: 1, capacity: 1, max: 1 }).start, 1);
   });
 
-  it('simulated: a burst of 100 messages scales out within the maximum and back to zero', () => {
-    // A discrete-time simulation: each tick the policy starts instances, starting ones
-    // become idle, idle ones take a message each, busy ones finish in 3 ticks, and an
-    // instance idle for a whole tick with nothing to take stops itself.
-    const max = 20;
-    let visible = 100;
-    let starting = 0;
-    let idle = 0;
-    let busy: number[] = [];
-    let peak = 0;
-    let completed = 0;
-    for (let tick = 0; tick < 200 && (visible > 0 || busy.length > 0 || starting > 0 || idle > 0); tick++) {
-      const start = decideLaunch({ visible, starting, idle, busy: busy.length, max });
-      starting += start;
-      peak = Math.max(peak, starting + idle + busy.length);
-      assert.ok(starting + idle + busy.length <= max, `tick ${tick}: ${starting + idle + busy.length} instances`);
-      idle += starting;
-      starting = 0;
-      busy = busy.map((left) => left - 1);
-      const finished = busy.filter((left) => left <= 0).length;
-      completed += finished;
-      busy = busy.filter((left) => left > 0);
-      idle += finished;
-      const take = Math.min(idle, visible);
-      visible -= take;
-      idle -= take;
-      busy.push(...Array.from({ length: take }, () => 3));
-      idle = 0; // nothing left to take: the idle ones stop themselves
+  it('starts no more instances than can usefully run at once', () => {
+    // 11 images on a 2-core machine: two workers, not eleven.
+    assert.equal(decide({ backlog: 11, capacity: 2 }).start, 2);
+    assert.equal(decide({ backlog: 900, capacity: 2 }).start, 2);
+    assert.equal(decide({ backlog: 900, capacity: 2, busy: 2 }).start, 0);
+    assert.match(decide({ backlog: 900, capacity: 2, busy: 2 }).reason, /at capacity: 2/);
+  });
+
+  it('does not start an instance a running one would beat', () => {
+    // One busy instance finishes the 3 waiting images in 0.2 s; a new one needs 2 s to start.
+    const decision = decide({ backlog: 3, busy: 1 });
+    assert.equal(decision.start, 0);
+    assert.match(decision.reason, /would not finish sooner/);
+  });
+
+  it('scales out when the backlog outlasts a start-up', () => {
+    // 900 images at 50 ms on one instance: 45 s; with more instances after a 2 s start, far less.
+    const decision = decide({ backlog: 900, busy: 1 });
+    assert.ok(decision.start >= 10, `${decision.start}: ${decision.reason}`);
+    assert.ok(decision.drainMs! < 45_000 / 5, String(decision.drainMs));
+  });
+
+  it('counts the instances already starting, by how far along they are', () => {
+    const fresh = decide({ backlog: 40, starting: 2, startingAgesMs: [0, 0], capacity: 4 });
+    const almost = decide({ backlog: 40, starting: 2, startingAgesMs: [1900, 1900], capacity: 4 });
+    assert.ok(fresh.drainMs! > almost.drainMs!, `${fresh.drainMs} vs ${almost.drainMs}`);
+    assert.ok(fresh.start <= 2 && almost.start <= 2);
+  });
+
+  it('weighs a start against what it costs the running instances', () => {
+    // On one machine, a start burns CPU that two busy workers would use.
+    const free = decide({ backlog: 4, capacity: 4, busy: 1, serviceMs: 400, startupMs: 500 });
+    const costly = decide({ backlog: 4, capacity: 4, busy: 1, serviceMs: 400, startupMs: 500, startCostMs: 2000 });
+    assert.ok(free.start > costly.start, `${free.start} vs ${costly.start}`);
+  });
+
+  it('keeps the hard maximum whatever the backlog', () => {
+    assert.equal(decide({ backlog: 10_000, busy: 18 }).start, 2);
+    assert.equal(decide({ backlog: 10_000, busy: 20 }).start, 0);
+    assert.equal(decide({ backlog: 10_000, busy: 25 }).start, 0);
+  });
+
+  it('rejects observations that are not counts', () => {
+    assert.throws(() => decide({ backlog: -1 }), /backlog/);
+    assert.throws(() => decide({ max: 1.5 }), /max/);
+    assert.throws(() => decide({ capacity: 0 }), /capacity/);
+    assert.throws(() => decide({ serviceMs: Number.NaN }), /serviceMs/);
+    assert.throws(() => decide({ startupMs: -5 }), /startupMs/);
+  });
+
+  it('never exceeds the maximum for any observation (exhaustive over small counts)', () => {
+    for (let max = 1; max <= 5; max++) {
+      for (let backlog = 0; backlog <= 12; backlog++) {
+        for (let starting = 0; starting <= 3; starting++) {
+          for (let busy = 0; busy <= 3; busy++) {
+            for (const capacity of [1, 2, 8]) {
+              const existing = starting + busy;
+              const decision = decide({ backlog, starting, busy, max, capacity, startingAgesMs: Array(starting).fill(500) });
+              assert.ok(decision.start >= 0 && existing + decision.start <= Math.max(existing, max), JSON.stringify({ max, backlog, starting, busy, capacity, decision }));
+              assert.ok(decision.start <= backlog, 'never more starts than waiting images');
+              if (backlog > 0 && existing === 0) assert.ok(decision.start >= 1, 'waiting work on an empty tier always gets an instance');
+            }
+          }
+        }
+      }
     }
-    assert.equal(completed, 100);
-    assert.equal(peak, max);
-    assert.equal(starting + idle + busy.length, 0);
+  });
+});
+
+describe('expected drain time', () => {
+  it('is the work divided by the instances that can run, after their start-up', () => {
+    assert.equal(expectedDrainMs(observe({ backlog: 10, idle: 1 }), 0), 500);
+    assert.equal(expectedDrainMs(observe({ backlog: 10, idle: 2 }), 0), 250);
+    assert.equal(expectedDrainMs(observe({ backlog: 10, idle: 4, capacity: 2 }), 0), 250);
+    // No instance now, one after 2 s: 2 s + 10 × 50 ms.
+    assert.equal(expectedDrainMs(observe({ backlog: 10 }), 1), 2500);
+    assert.equal(expectedDrainMs(observe({ backlog: 10 }), 0), Infinity);
+  });
+});
+
+describe('policy names', () => {
+  it('knows both policies and "default", and rejects others with the choices', () => {
+    assert.equal(policyByName('queue-match'), queueMatchPolicy);
+    assert.equal(policyByName('default'), drainTimePolicy);
+    assert.equal(canonicalPolicyName('default'), 'drain-time');
+    assert.throws(() => policyByName('Queue-Match'), /unknown policy "Queue-Match": choose one of drain-time, queue-match/);
+    assert.throws(() => policyByName('__proto__'), /unknown policy/);
   });
 });
