@@ -54,6 +54,11 @@ export interface ChaosOptions {
   clockStepMs: number;
   /** The service's --max-attempts. */
   maxAttempts: number;
+  /**
+   * The service's --policy. queue-match by default: it drives the tier to its maximum,
+   * which is what the check that the maximum holds under kills and restarts needs.
+   */
+  policy: string;
   log: (line: string) => void;
 }
 
@@ -62,6 +67,7 @@ export const DEFAULT_CHAOS: ChaosOptions = {
   clients: 50,
   durationSeconds: 60,
   maxInstances: 20,
+  policy: 'queue-match',
   killEveryMs: 1000,
   restartWeb: true,
   restartControllers: true,
@@ -342,7 +348,7 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
   let port = 0;
   const common = () => [
     '--host', '127.0.0.1', '--data', dataDir,
-    '--max-instances', String(options.maxInstances), '--max-attempts', String(options.maxAttempts),
+    '--max-instances', String(options.maxInstances), '--max-attempts', String(options.maxAttempts), '--policy', options.policy,
     '--idle-wait', '2', '--deadline', '30', '--monitor-check', '0.5', '--launch-interval', '200',
   ];
   const clockEnv = await prepareClockFile(dataDir, options);
@@ -727,6 +733,7 @@ async function main(): Promise<number> {
       controllers: { type: 'string', default: String(DEFAULT_CHAOS.controllers) },
       'clock-step': { type: 'string', default: '0' },
       'max-attempts': { type: 'string', default: String(DEFAULT_CHAOS.maxAttempts) },
+      policy: { type: 'string', default: DEFAULT_CHAOS.policy },
       keep: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -746,6 +753,7 @@ async function main(): Promise<number> {
       `  --controllers N        controller processes at once against the one data folder (default ${DEFAULT_CHAOS.controllers})`,
       '  --clock-step=S         step every process\'s wall clock by S seconds midway through the uploads (e.g. --clock-step=-30; the = is needed for a negative S); 0 for none',
       `  --max-attempts N       the service's attempts per image (default ${DEFAULT_CHAOS.maxAttempts})`,
+      `  --policy NAME          the service's scaling policy (default ${DEFAULT_CHAOS.policy}: it drives the tier to its maximum)`,
       '  --keep                 keep the data folder (buckets, queues, registry, worker logs) afterwards',
       '',
     ].join('\n'));
@@ -767,6 +775,7 @@ async function main(): Promise<number> {
     controllers: Math.round(number('controllers', values.controllers, 1)),
     clockStepMs: clockStepSeconds(values['clock-step']) * 1000,
     maxAttempts: Math.round(number('max-attempts', values['max-attempts'], 1)),
+    policy: values.policy,
     restartWeb: !values['no-restarts'],
     restartControllers: !values['no-restarts'],
     keep: values.keep,

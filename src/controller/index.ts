@@ -38,6 +38,7 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
   const measurements = new ScalingMeasurements(events);
   let scaling: ScalingStatus | undefined;
   let scalingPublishedAt = 0;
+  let scalingDirty = false;
   const noteScaling = (tick: LaunchTick) => {
     const { observation: seen, decision } = tick;
     const next: ScalingStatus = {
@@ -54,11 +55,12 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
       reason: decision.reason,
       at: Date.now(),
     };
-    const changed = !scaling || scaling.reason !== next.reason || scaling.target !== next.target || scaling.backlog !== next.backlog;
+    if (!scaling || scaling.reason !== next.reason || scaling.target !== next.target || scaling.backlog !== next.backlog) scalingDirty = true;
     scaling = next;
     // Published when it changes, at most once a second: the page follows the tier's size.
-    if (changed && next.at - scalingPublishedAt >= 1000) {
+    if (scalingDirty && next.at - scalingPublishedAt >= 1000) {
       scalingPublishedAt = next.at;
+      scalingDirty = false;
       publish();
     }
   };
@@ -141,6 +143,7 @@ function noticingInstances(queue: Queue, onInstance: (id: string) => void): Queu
   return {
     name: queue.name,
     send: (body, options) => queue.send(body, options),
+    sendBatch: (bodies) => queue.sendBatch(bodies),
     async receive(options) {
       const messages = await queue.receive(options);
       for (const message of messages) {

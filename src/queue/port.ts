@@ -39,6 +39,11 @@ export interface ReceiveOptions {
 export interface Queue {
   readonly name: string;
   send(body: string, options?: SendOptions): Promise<string>;
+  /**
+   * Sends many messages at once, cheaper than one send each (one transaction; SQS batches
+   * of 10). Not atomic: when it throws, some of the messages may have been sent.
+   */
+  sendBatch(bodies: string[]): Promise<string[]>;
   receive(options?: ReceiveOptions): Promise<ReceivedMessage[]>;
   /** Deleting with a stale handle (the message was received again since) is a no-op, as in SQS. */
   delete(receiptHandle: string): Promise<void>;

@@ -19,6 +19,7 @@ import {
   GetQueueAttributesCommand,
   GetQueueUrlCommand,
   ReceiveMessageCommand,
+  SendMessageBatchCommand,
   SendMessageCommand,
   SQSClient,
   type QueueAttributeName,
@@ -27,6 +28,7 @@ import {
 } from '@aws-sdk/client-sqs';
 import {
   QueueError,
+  SQS_LIMITS,
   checkReceiveOptions,
   checkSendOptions,
   checkVisibilityTimeout,
@@ -218,6 +220,11 @@ export class SqsQueueProvider implements QueueProvider {
   }
 }
 
+/** SQS takes at most 10 entries per SendMessageBatch. */
+const SQS_BATCH_ENTRIES = 10;
+/** Batch requests in flight at once for one sendBatch. */
+const BATCHES_AT_ONCE = 4;
+
 class SqsQueue implements Queue {
   constructor(
     private readonly provider: SqsQueueProvider,
@@ -233,6 +240,38 @@ class SqsQueue implements Queue {
     );
     if (!response.MessageId) throw new QueueError('unavailable', `SQS accepted a message on queue ${this.sqsName} but returned no message id`);
     return response.MessageId;
+  }
+
+  /** SendMessageBatch, 10 entries and at most SQS_LIMITS.maxBodyBytes per request, a few requests at once. */
+  async sendBatch(bodies: string[]): Promise<string[]> {
+    for (const body of bodies) {
+      if (typeof body !== 'string') throw new QueueError('invalid-argument', `message body must be a string, got ${typeof body}`);
+      checkSendOptions(body, undefined);
+    }
+    const chunks: { start: number; bodies: string[] }[] = [];
+    let current: { start: number; bodies: string[]; bytes: number } | undefined;
+    for (const [i, body] of bodies.entries()) {
+      const bytes = Buffer.byteLength(body);
+      if (!current || current.bodies.length === SQS_BATCH_ENTRIES || current.bytes + bytes > SQS_LIMITS.maxBodyBytes) {
+        current = { start: i, bodies: [], bytes: 0 };
+        chunks.push(current);
+      }
+      current.bodies.push(body);
+      current.bytes += bytes;
+    }
+    const ids: string[] = new Array(bodies.length);
+    for (let next = 0; next < chunks.length; next += BATCHES_AT_ONCE) {
+      await Promise.all(chunks.slice(next, next + BATCHES_AT_ONCE).map(async (chunk) => {
+        const response = await this.request('send to', (QueueUrl, client, options) =>
+          client.send(new SendMessageBatchCommand({ QueueUrl, Entries: chunk.bodies.map((body, i) => ({ Id: String(i), MessageBody: body })) }), options),
+        );
+        const failed = response.Failed?.[0];
+        if (failed) throw new QueueError(failed.SenderFault ? 'invalid-argument' : 'unavailable', `SQS refused ${response.Failed!.length} of ${chunk.bodies.length} messages sent to queue ${this.sqsName}: ${failed.Code ?? 'no code'} ${failed.Message ?? ''}`.trim());
+        for (const entry of response.Successful ?? []) ids[chunk.start + Number(entry.Id)] = entry.MessageId!;
+        if ((response.Successful ?? []).length !== chunk.bodies.length) throw new QueueError('unavailable', `SQS accepted a batch on queue ${this.sqsName} but did not confirm every message`);
+      }));
+    }
+    return ids;
   }
 
   async receive(options?: ReceiveOptions): Promise<ReceivedMessage[]> {

@@ -349,8 +349,8 @@ function normalizeMetadata(metadata: Record<string, string> | undefined): Record
  * mkdir and the move; recreating it and trying again is enough.
  */
 async function placeFile(tempPath: string, target: string, mode: 'replace' | 'create'): Promise<boolean> {
+  // The folder usually exists (many objects share it): made only when the move says it is missing.
   for (let attempt = 1; ; attempt++) {
-    await mkdir(path.dirname(target), { recursive: true });
     try {
       if (mode === 'replace') await rename(tempPath, target);
       else await link(tempPath, target);
@@ -360,6 +360,7 @@ async function placeFile(tempPath: string, target: string, mode: 'replace' | 'cr
       if (mode === 'create' && code === 'EEXIST') return false;
       if (code !== 'ENOENT' || attempt >= 5) throw error;
     }
+    await mkdir(path.dirname(target), { recursive: true });
   }
 }
 
@@ -463,8 +464,40 @@ async function writeAllAndSync(handle: FileHandle, chunks: Buffer[]): Promise<vo
   await handle.sync();
 }
 
-/** Makes the rename itself durable, so an acknowledged put survives a power cut. */
-async function syncDirectory(dir: string): Promise<void> {
+/**
+ * Makes the rename itself durable, so an acknowledged put survives a power cut. Concurrent
+ * writers into one folder share flushes: a caller waits for a flush that starts after its
+ * call, and every caller that arrives while one runs shares the next one. An upload of many
+ * images into one batch folder then costs a few folder flushes, not one per image.
+ */
+function syncDirectory(dir: string): Promise<void> {
+  let state = directorySyncs.get(dir);
+  if (!state) {
+    state = {};
+    directorySyncs.set(dir, state);
+  }
+  if (state.next) return state.next;
+  if (!state.running) return startDirectorySync(dir, state);
+  const current = state;
+  current.next = current.running!.then(() => {
+    current.next = undefined;
+    return startDirectorySync(dir, current);
+  });
+  return current.next;
+}
+
+const directorySyncs = new Map<string, { running?: Promise<void>; next?: Promise<void> }>();
+
+function startDirectorySync(dir: string, state: { running?: Promise<void>; next?: Promise<void> }): Promise<void> {
+  const running = flushDirectory(dir).finally(() => {
+    if (state.running === running) state.running = undefined;
+    if (!state.running && !state.next) directorySyncs.delete(dir);
+  });
+  state.running = running;
+  return running;
+}
+
+async function flushDirectory(dir: string): Promise<void> {
   let handle: FileHandle | undefined;
   try {
     handle = await open(dir, 'r');

@@ -1,8 +1,8 @@
 /** The scaling panel: instance and queue charts, and the list of instances. */
 import { TimeChart, type Point } from './chart.js';
 import { byId, h, setText } from './dom.js';
-import { formatCount, formatDuration, shortId } from './format.js';
-import type { LoopHealth, QueueCounts, StatusSnapshot } from './types.js';
+import { formatCount, formatDuration, formatSeconds, shortId } from './format.js';
+import type { LoopHealth, QueueCounts, ScalingStatus, StatusSnapshot } from './types.js';
 
 const WINDOW_MS = 5 * 60_000;
 const STATES = ['busy', 'idle', 'starting'] as const;
@@ -41,6 +41,7 @@ export class Dashboard {
   private readonly emptyRow = byId('instances-empty');
   private readonly problems = byId('service-problems');
   private readonly problemList = byId<HTMLUListElement>('problem-list');
+  private readonly why = byId('scaling-why');
   private shownProblems = '';
   private peak = 0;
   private lastAt = 0;
@@ -86,6 +87,23 @@ export class Dashboard {
     this.tableBody.replaceChildren(...rows);
     this.emptyRow.hidden = rows.length > 0;
     this.showProblems((status.health ?? []).filter((loop) => !loop.ok), status.at);
+    this.showWhy(status.scaling);
+  }
+
+  /** Why the tier has its size: what the launch policy saw and decided last. */
+  private showWhy(scaling: ScalingStatus | undefined): void {
+    this.why.hidden = !scaling;
+    if (!scaling) return;
+    const guess = (measured: boolean) => (measured ? '' : ' (assumed)');
+    this.panel.dataset.policy = scaling.policy;
+    this.panel.dataset.target = String(scaling.target);
+    this.panel.dataset.capacity = String(scaling.capacity);
+    setText(byId('why-backlog'), formatCount(scaling.backlog + scaling.inFlight));
+    setText(byId('why-drain'), scaling.drainMs === null ? '–' : formatSeconds(scaling.drainMs));
+    setText(byId('why-capacity'), `${formatCount(scaling.capacity)} at once`);
+    setText(byId('why-service'), `${formatCount(scaling.serviceMs)} ms${guess(scaling.measured.service)}`);
+    setText(byId('why-startup'), `${formatSeconds(scaling.startupMs)}${guess(scaling.measured.startup)}`);
+    setText(byId('why-reason'), `${scaling.policy}: ${scaling.reason}`);
   }
 
   /** Each failing loop with what to do about it; redrawn only when that changes. */

@@ -27,6 +27,11 @@ export function formatDuration(ms: number): string {
   return hours > 0 ? `${hours}:${two(minutes)}:${two(seconds)}` : `${minutes}:${two(seconds)}`;
 }
 
+/** Short spans to a tenth of a second ("2.4 s"); a minute or more as formatDuration. */
+export function formatSeconds(ms: number): string {
+  return ms < 60_000 ? `${(Math.max(0, ms) / 1000).toFixed(1)} s` : formatDuration(ms);
+}
+
 export function formatRate(perSecond: number): string {
   if (!Number.isFinite(perSecond) || perSecond <= 0) return '–';
   return perSecond < 10 ? perSecond.toFixed(1) : formatCount(Math.round(perSecond));

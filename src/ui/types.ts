@@ -88,6 +88,23 @@ export interface StatusSnapshot {
   images?: Record<string, number>;
   /** Absent from servers older than the health report. */
   health?: LoopHealth[];
+  /** Why the tier has the size it has; absent until the controllers have reported. */
+  scaling?: ScalingStatus;
+  at: number;
+}
+
+export interface ScalingStatus {
+  policy: string;
+  capacity: number;
+  max: number;
+  backlog: number;
+  inFlight: number;
+  target: number;
+  drainMs: number | null;
+  serviceMs: number;
+  startupMs: number;
+  measured: { service: boolean; startup: boolean };
+  reason: string;
   at: number;
 }
 

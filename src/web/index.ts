@@ -1,7 +1,8 @@
 /** The web tier as one service: HTTP server, output phase and status broadcasts. */
 import path from 'node:path';
 import { every, type Loop } from '../controller/loop.js';
-import { CONTROLLER_HEALTH_KEY, CONTROLLER_HEALTH_STALE_MS, describeProblem, errorDetail, parseControllerHealth, type LoopHealth } from '../health.js';
+import { EventLog } from '../event-log.js';
+import { CONTROLLER_HEALTH_KEY, CONTROLLER_HEALTH_STALE_MS, describeProblem, errorDetail, parseControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
 import { projectRoot, type Runtime } from '../runtime.js';
 import type { ObjectStore } from '../storage/port.js';
 import { finishInterruptedDeletions } from './deletion.js';
@@ -33,13 +34,16 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
     log(`an upload to batch ${pending.manifest.batchId} was interrupted before all its images were queued: queued ${sent} again`);
   }
   const loops: Loop[] = [];
-  const controllerHealth = controllerHealthReader(runtime.store, config.outputBucket);
-  const health = async (): Promise<LoopHealth[]> => [...loops.map((loop) => loop.health()), ...(await controllerHealth())];
-  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log, health });
+  const controllers = controllerReportReader(runtime.store, config.outputBucket);
+  const health = async (): Promise<LoopHealth[]> => [...loops.map((loop) => loop.health()), ...(await controllers()).loops];
+  const scaling = async (): Promise<ScalingStatus | undefined> => (await controllers()).scaling;
+  const events = new EventLog(config.data, (error) => log(`event log: cannot write it in ${config.data}: ${(error as Error).message}`));
+  events.record({ type: 'run', at: Date.now(), component: 'web' });
+  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log, health, scaling, events });
   // A result for an image of a deleted batch is kept until the monitor has surely seen it.
   const orphanGraceSeconds = 2 * (config.deadlineSeconds + config.monitorCheckSeconds);
   const output: Loop = every({ name: 'output phase', intervalMs: 0, log }, async (signal) => {
-    await outputTick(index, runtime.queues.output, 1, signal, { orphanGraceSeconds, log });
+    await outputTick(index, runtime.queues.output, 1, signal, { orphanGraceSeconds, log, events });
   });
   const sweeper: Loop | undefined = config.retentionSeconds > 0
     ? startSweeper(async () => {
@@ -65,37 +69,39 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
       server.hub.closeAll();
       await server.app.close();
       await Promise.all([output.stop(), statusLoop.stop(), sweeper?.stop()]);
+      await events.close();
     },
   };
 }
 
 /**
- * The controllers' health as they last published it, read at most once a second however
- * many clients ask. A report that stopped coming is itself the problem to show.
+ * The controllers' health and scaling decision as they last published them, read at most
+ * once a second however many clients ask. A report that stopped coming is itself the
+ * problem to show (and its scaling decision is then left out: it no longer holds).
  */
-function controllerHealthReader(store: ObjectStore, bucket: string): () => Promise<LoopHealth[]> {
-  let cached: { at: number; health: Promise<LoopHealth[]> } | undefined;
-  const read = async (): Promise<LoopHealth[]> => {
+function controllerReportReader(store: ObjectStore, bucket: string): () => Promise<{ loops: LoopHealth[]; scaling?: ScalingStatus }> {
+  let cached: { at: number; report: Promise<{ loops: LoopHealth[]; scaling?: ScalingStatus }> } | undefined;
+  const read = async (): Promise<{ loops: LoopHealth[]; scaling?: ScalingStatus }> => {
     let object;
     try {
       object = await store.get(bucket, CONTROLLER_HEALTH_KEY);
     } catch (error) {
-      return [{ loop: 'controllers', ok: false, problem: `cannot read the controllers' health report: ${describeProblem(error)}`, detail: errorDetail(error) }];
+      return { loops: [{ loop: 'controllers', ok: false, problem: `cannot read the controllers' health report: ${describeProblem(error)}`, detail: errorDetail(error) }] };
     }
     // None yet: no controller has run against these buckets, or it is only starting.
-    if (!object) return [];
+    if (!object) return { loops: [] };
     const report = parseControllerHealth(object.body.toString('utf8'));
-    if (!report) return [{ loop: 'controllers', ok: false, problem: `the controllers' health report (${CONTROLLER_HEALTH_KEY} in bucket ${bucket}) is not valid` }];
+    if (!report) return { loops: [{ loop: 'controllers', ok: false, problem: `the controllers' health report (${CONTROLLER_HEALTH_KEY} in bucket ${bucket}) is not valid` }] };
     const age = Date.now() - report.writtenAt;
     if (age > CONTROLLER_HEALTH_STALE_MS) {
-      return [{ loop: 'controllers', ok: false, problem: `no report from the controllers for ${Math.round(age / 1000)} s: is icaas controller (or icaas start) running?`, since: report.writtenAt }];
+      return { loops: [{ loop: 'controllers', ok: false, problem: `no report from the controllers for ${Math.round(age / 1000)} s: is icaas controller (or icaas start) running?`, since: report.writtenAt }] };
     }
-    return report.loops;
+    return { loops: report.loops, ...(report.scaling ? { scaling: report.scaling } : {}) };
   };
   return () => {
     const now = Date.now();
-    if (!cached || now - cached.at >= 1000) cached = { at: now, health: read() };
-    return cached.health;
+    if (!cached || now - cached.at >= 1000) cached = { at: now, report: read() };
+    return cached.report;
   };
 }
 

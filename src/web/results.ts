@@ -8,6 +8,7 @@
  * it (an event-stream client, an upload into it). So a restart reads nothing up front, and
  * memory follows the work in progress and the bound, not everything ever uploaded.
  */
+import type { EventSink } from '../event-log.js';
 import { EventEmitter } from 'node:events';
 import {
   type BatchManifest,
@@ -480,6 +481,8 @@ export interface OutputPhaseOptions {
    */
   orphanGraceSeconds?: number;
   log?: (line: string) => void;
+  /** Where each image's start and finish are recorded, for calibrating the simulator. */
+  events?: EventSink;
 }
 
 /**
@@ -490,6 +493,24 @@ export interface OutputPhaseOptions {
  * was still queued) is not recorded; the message is held back for the grace period and then
  * its result object is deleted, so a deleted batch leaves nothing behind in the bucket.
  */
+/** A duplicate announcement is recorded too: readers keep the first finish of each image. */
+function recordEvent(events: EventSink | undefined, output: OutputMessage): void {
+  if (!events) return;
+  if (output.type === 'progress') {
+    events.record({ type: 'image-start', at: output.at, instanceId: output.instanceId, imageId: output.imageId, attempt: output.attempt });
+    return;
+  }
+  const { result } = output;
+  events.record({
+    type: 'image-finish',
+    at: result.finishedAt,
+    imageId: result.imageId,
+    ...(result.instanceId ? { instanceId: result.instanceId } : {}),
+    status: result.status,
+    ...(result.status === 'ok' && result.durationMs !== undefined ? { serviceMs: result.durationMs } : {}),
+  });
+}
+
 export async function outputTick(index: ResultsIndex, outputQueue: Queue, waitSeconds: number, signal?: AbortSignal, options: OutputPhaseOptions = {}): Promise<number> {
   const log = options.log ?? (() => {});
   const graceMs = (options.orphanGraceSeconds ?? 0) * 1000;
@@ -497,7 +518,9 @@ export async function outputTick(index: ResultsIndex, outputQueue: Queue, waitSe
   for (const message of messages) {
     try {
       const output = parseOutputMessage(message.body);
-      if ((await index.applyOutput(output)) === 'orphan' && output.type === 'result') {
+      const applied = await index.applyOutput(output);
+      if (applied === 'applied') recordEvent(options.events, output);
+      if (applied === 'orphan' && output.type === 'result') {
         const waitMs = message.sentAt + graceMs - Date.now();
         if (waitMs > 0) {
           // Kept in flight, not deleted: it comes back once the grace period is over.

@@ -8,7 +8,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { FailureLog } from '../controller/loop.js';
-import type { LoopHealth } from '../health.js';
+import type { EventSink } from '../event-log.js';
+import type { LoopHealth, ScalingStatus } from '../health.js';
 import { inputKey } from '../messages.js';
 import type { Runtime } from '../runtime.js';
 import { deleteBatch } from './deletion.js';
@@ -25,6 +26,10 @@ export interface WebOptions {
   log?: (line: string) => void;
   /** The health of the service's loops: the web tier's own and the controllers' last report. */
   health?: () => Promise<LoopHealth[]>;
+  /** The launch policy's last decision, as the controllers published it. */
+  scaling?: () => Promise<ScalingStatus | undefined>;
+  /** Where arrivals are recorded (the run's event log). */
+  events?: EventSink;
 }
 
 export interface StatusSnapshot {
@@ -35,6 +40,8 @@ export interface StatusSnapshot {
   images: Record<string, number>;
   /** Each loop of the service, with its current error in words a user can act on. */
   health: LoopHealth[];
+  /** Why the tier has the size it has; absent until the controllers have reported. */
+  scaling?: ScalingStatus;
   at: number;
 }
 
@@ -170,6 +177,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     launchQueue: runtime.queues.launch,
     index,
     limits: { maxFileBytes: config.maxFileBytes, maxPixels: config.maxPixels, maxFiles: config.maxFiles },
+    ...(options.events ? { events: options.events } : {}),
   };
 
   const refuseWhenBusy = async (reply: FastifyReply): Promise<boolean> => {
@@ -266,12 +274,13 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
       errors.push(error);
       return fallback;
     });
-    const [launch, monitor, output, instances, health] = await Promise.all([
+    const [launch, monitor, output, instances, health, scaling] = await Promise.all([
       orElse(runtime.queues.launch.counts(), undefined),
       orElse(runtime.queues.monitor.counts(), undefined),
       orElse(runtime.queues.output.counts(), undefined),
       orElse(runtime.compute.list(), []),
       orElse(options.health?.() ?? Promise.resolve([]), []),
+      orElse(options.scaling?.() ?? Promise.resolve(undefined), undefined),
     ]);
     if (errors.length > 0) statusFailures.failed(errors[0]);
     else statusFailures.succeeded();
@@ -281,6 +290,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
       instances: instances.map((instance) => ({ ...instance })),
       images: index.totals(),
       health: [statusFailures.health(), ...health],
+      ...(scaling ? { scaling } : {}),
       at: Date.now(),
     };
   };

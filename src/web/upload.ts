@@ -14,6 +14,7 @@
  * them. A second launch message for an image is harmless: workers skip images that have a
  * result, and the first final result wins.
  */
+import type { EventSink } from '../event-log.js';
 import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
@@ -30,6 +31,8 @@ export interface UploadContext {
   launchQueue: Queue;
   index: ResultsIndex;
   limits: ImageLimits & { maxFiles: number };
+  /** Where each accepted image's arrival is recorded, for calibrating the simulator. */
+  events?: EventSink;
 }
 
 /** A stored manifest whose launch messages may not all have been sent. */
@@ -81,6 +84,7 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
   const manifestKey = batchManifestKey(batchId, uploadId);
   const markerKey = pendingKey(batchId, uploadId);
   let files = 0;
+  const commits = new PendingCommits();
   try {
     const parts = request.parts({ limits: { fileSize: context.limits.maxFileBytes, files: maxFiles, fields: 100, parts: maxFiles + 100 } });
     for await (const part of parts) {
@@ -97,9 +101,12 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
         rejected.push({ name, reason: outcome.reason });
         continue;
       }
+      await commits.add(outcome.committed, outcome.size);
       images.push({ id: imageId, name, status: 'queued', size: outcome.size, contentType: outcome.contentType });
       manifest.images.push({ imageId, name, key, size: outcome.size, contentType: outcome.contentType });
     }
+    // Every image durably stored before the manifest names it.
+    await commits.all();
     if (files === 0) throw new UploadError(400, 'the request holds no files: send images as multipart/form-data file parts');
     if (images.length > 0) {
       if (context.index.isDeleted(batchId)) throw new UploadError(404, `batch ${batchId} was deleted; nothing was stored`);
@@ -110,6 +117,8 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
       stored.push(manifestKey);
     }
   } catch (error) {
+    // A write still under way would land after its delete and leave a file behind.
+    await commits.settled();
     await Promise.allSettled(stored.map((key) => context.store.delete(context.inputBucket, key)));
     throw toUploadError(error, maxFiles, rejected);
   }
@@ -135,6 +144,7 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     throw new UploadError(404, `batch ${batchId} was deleted while the upload ran; nothing was kept`);
   }
   context.index.addManifest(manifest);
+  for (const image of manifest.images) context.events?.record({ type: 'arrival', at: queuedAt, imageId: image.imageId, batchId });
   await markLaunched({ manifestKey, manifest, markerKey }, context.store, context.inputBucket).catch(() => {
     // Every message is out; a mark that failed to land costs only a second launch message
     // per unfinished image when the next web tier starts.
@@ -143,11 +153,51 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
 }
 
 /**
+ * Store writes whose body has been read but which are still being made durable (an fsync
+ * and a rename, or an S3 PUT in flight). The next part is read meanwhile, so an upload of
+ * many small images is not paced by one disk flush or one round trip per image; the
+ * writes still under way are bounded in number and in bytes (an S3 write may hold its body).
+ */
+class PendingCommits {
+  private readonly pending: { done: Promise<void>; bytes: number }[] = [];
+  private bytes = 0;
+
+  async add(committed: Promise<void>, bytes: number): Promise<void> {
+    // Handled here and awaited later: a failure must not go unheard in between.
+    committed.catch(() => undefined);
+    this.pending.push({ done: committed, bytes });
+    this.bytes += bytes;
+    while (this.pending.length > COMMITS_IN_FLIGHT || this.bytes > COMMIT_BYTES_IN_FLIGHT) {
+      const oldest = this.pending.shift()!;
+      this.bytes -= oldest.bytes;
+      await oldest.done;
+    }
+  }
+
+  /** Resolves when every write is durable; throws the first failure, once every write has settled. */
+  async all(): Promise<void> {
+    const outcomes = await Promise.allSettled(this.pending.splice(0).map((entry) => entry.done));
+    this.bytes = 0;
+    const failed = outcomes.find((outcome) => outcome.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  async settled(): Promise<void> {
+    await Promise.allSettled(this.pending.splice(0).map((entry) => entry.done));
+    this.bytes = 0;
+  }
+}
+
+const COMMITS_IN_FLIGHT = 16;
+const COMMIT_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
+
+/**
  * Streams one file part through the inspector into the store. A file the inspector refuses
  * fails the store's write before it completes, so nothing of it is stored; the rest of it
- * is then read and dropped, so the next part can follow.
+ * is then read and dropped, so the next part can follow. Returns once the body is read and
+ * accepted; `committed` settles when the store has made the write durable.
  */
-async function storeFile(file: Readable & { truncated?: boolean }, key: string, metadata: Record<string, string>, context: UploadContext): Promise<{ size: number; contentType: string } | { reason: string }> {
+async function storeFile(file: Readable & { truncated?: boolean }, key: string, metadata: Record<string, string>, context: UploadContext): Promise<{ size: number; contentType: string; committed: Promise<void> } | { reason: string }> {
   const inspector = new ImageInspector(context.limits, () => file.truncated === true);
   // The parser stops passing the file on at the size limit: no need to wait for its end.
   const onLimit = () => inspector.destroy(new ImageRejected(`file is larger than the ${formatBytes(context.limits.maxFileBytes)} limit`));
@@ -159,8 +209,15 @@ async function storeFile(file: Readable & { truncated?: boolean }, key: string, 
   inspector.on('error', () => undefined);
   try {
     const contentType = await inspector.contentType;
-    const { size } = await context.store.putStream(context.inputBucket, key, inspector, { contentType, metadata });
-    return { size, contentType };
+    // 'end' comes only after the inspector's last check: the image is accepted once it is read.
+    const read = new Promise<'read'>((resolve) => inspector.once('end', () => resolve('read')));
+    const put = context.store.putStream(context.inputBucket, key, inspector, { contentType, metadata });
+    const first = await Promise.race([read, put]);
+    const committed = put.then(({ size }) => {
+      if (size !== inspector.bytes) throw new Error(`the store wrote ${size} bytes of ${key}, the upload had ${inspector.bytes}`);
+    });
+    if (first !== 'read') await committed;
+    return { size: inspector.bytes, contentType, committed };
   } catch (error) {
     if (error instanceof ImageRejected) return { reason: error.message };
     throw error;
@@ -238,10 +295,8 @@ export function decodeFormFileName(name: string | undefined): string {
   return (name ?? '').replace(/%22/g, '"').replace(/%0[AD]/gi, '');
 }
 
-async function sendInChunks(bodies: string[], queue: Queue, width = 10): Promise<void> {
-  for (let i = 0; i < bodies.length; i += width) {
-    await Promise.all(bodies.slice(i, i + width).map((body) => queue.send(body)));
-  }
+async function sendInChunks(bodies: string[], queue: Queue): Promise<void> {
+  await queue.sendBatch(bodies);
 }
 
 function toUploadError(error: unknown, maxFiles: number, rejected: { name: string; reason: string }[]): unknown {

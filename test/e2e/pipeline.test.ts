@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { readEventLog, type RunEvent } from '../../src/event-log.js';
 import { cliPath, makeTempDir, waitFor } from '../helpers.js';
 import { followEvents, getBatch, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
 
@@ -26,7 +27,8 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
   });
 
   it('classifies 100 images uploaded in one request, scaling out and back to zero', async (t) => {
-    const service = await startService({ maxInstances: 20, idleWaitSeconds: 2 });
+    // Capacity named, so the test means the same on a machine with more cores.
+    const service = await startService({ maxInstances: 20, idleWaitSeconds: 2, extraArgs: ['--capacity', '2'] });
     services.push(service);
     const images = await sharedImages();
     assert.equal(images.length, 100);
@@ -53,7 +55,29 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
 
     await waitFor('the tier to scale back to zero', async () => (await service.activeInstances()) === 0, { timeoutMs: 30_000 });
     assert.ok(service.peak() > 1, `instances never rose above 1 (peak ${service.peak()})`);
-    assert.ok(service.peak() <= 20, `instances peaked at ${service.peak()}, over the maximum`);
+    // The default policy starts no more workers than can run at once.
+    assert.ok(service.peak() <= 2, `instances peaked at ${service.peak()}, over the capacity of 2`);
+
+    const status = await (await fetch(`${service.url}/api/status`)).json() as { scaling?: { policy: string; capacity: number; max: number; measured: { startup: boolean }; startupMs: number; reason: string } };
+    assert.equal(status.scaling?.policy, 'drain-time', JSON.stringify(status.scaling));
+    assert.equal(status.scaling.capacity, 2);
+    assert.equal(status.scaling.max, 20);
+    assert.equal(status.scaling.measured.startup, true, 'start-up is measured from the instances that started');
+    assert.ok(status.scaling.startupMs > 0);
+
+    // The run's event log holds what the simulator calibrates against.
+    const file = path.join(service.dataDir, 'events.jsonl');
+    const ids = new Set<string>(upload.body.images.map((image: { id: string }) => image.id));
+    const log = await waitFor('the event log to hold every arrival, finish and stop', async () => {
+      const { events: logged } = await readEventLog(file).catch(() => ({ events: [] as RunEvent[] }));
+      const finished = new Set(logged.filter((event) => event.type === 'image-finish').map((event) => (event as { imageId: string }).imageId));
+      const arrived = logged.filter((event) => event.type === 'arrival' && ids.has(event.imageId)).length;
+      const launched = logged.filter((event) => event.type === 'launch').length;
+      const stopped = logged.filter((event) => event.type === 'stop').length;
+      return arrived === 100 && [...ids].every((id) => finished.has(id)) && launched > 0 && stopped === launched ? logged : undefined;
+    }, { timeoutMs: 20_000 });
+    const kinds = new Set(log.map((event) => event.type));
+    for (const kind of ['run', 'arrival', 'launch', 'ready', 'image-start', 'image-finish', 'stop']) assert.ok(kinds.has(kind as RunEvent['type']), `no ${kind} event`);
   });
 
   it('holds 100 concurrent synchronous requests, answering each with name:label', async () => {

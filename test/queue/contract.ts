@@ -187,6 +187,34 @@ export function queueContract(adapterName: string, setup: () => Promise<QueueCon
       assert.ok(Date.now() - againStarted < 10_000, 'a receive with an aborted signal waited');
     });
 
+    it('sendBatch sends every message once with its own id, past one SQS batch of 10', async () => {
+      const queue = freshQueue();
+      const bodies = Array.from({ length: 23 }, (_, i) => JSON.stringify({ i, name: `image-${i}.jpg` }));
+      const ids = await queue.sendBatch(bodies);
+      assert.equal(ids.length, 23);
+      assert.equal(new Set(ids).size, 23, 'ids are distinct');
+      assert.deepEqual(await queue.sendBatch([]), []);
+      const seen = new Map<string, string>();
+      await waitFor('all 23 batched messages to be received', async () => {
+        for (const message of await queue.receive({ maxMessages: 10, waitSeconds: 1, visibilityTimeoutSeconds: LONG_VISIBILITY })) {
+          assert.ok(!seen.has(message.id), `message ${message.id} handed out twice`);
+          seen.set(message.id, message.body);
+          await queue.delete(message.receiptHandle);
+        }
+        return seen.size >= 23;
+      });
+      // Each id names the body it was returned for.
+      assert.deepEqual(ids.map((id) => seen.get(id)), bodies);
+    });
+
+    it('sendBatch refuses the whole batch when one body is invalid, before sending any', async () => {
+      const queue = freshQueue();
+      const tooBig = 'x'.repeat(SQS_LIMITS.maxBodyBytes + 1);
+      await assert.rejects(queue.sendBatch(['fine', tooBig]), isQueueError('invalid-argument'));
+      await assert.rejects(queue.sendBatch(['fine', 42 as unknown as string]), isQueueError('invalid-argument'));
+      assert.deepEqual(await queue.receive({ waitSeconds: 1 }), [], 'nothing of a refused batch was sent');
+    });
+
     it('a receive returns at most maxMessages, and every message once', async () => {
       const queue = freshQueue();
       const ids = new Set<string>();

@@ -48,6 +48,9 @@ class MemoryQueue implements Queue {
     this.messages.push(body);
     return String(this.messages.length);
   }
+  async sendBatch(bodies: string[]): Promise<string[]> {
+    return Promise.all(bodies.map((body) => this.send(body)));
+  }
   async receive(): Promise<ReceivedMessage[]> {
     const body = this.messages.shift();
     return body === undefined ? [] : [{ id: '1', body, receiptHandle: '1', receiveCount: 1, sentAt: Date.now() }];

@@ -16,10 +16,17 @@ describe('upload rollback', async () => {
   // The real queue, failing from the third send on, as a full disk or a lost connection would.
   const realLaunch = runtime.queues.launch;
   let sends = 0;
+  const send = async (body: string) => {
+    if (++sends > 2) throw new Error(`disk I/O error on ${temp.dir}/queues.db`);
+    return realLaunch.send(body);
+  };
   const failingLaunch: Queue = Object.assign(Object.create(realLaunch) as Queue, {
-    send: async (body: string) => {
-      if (++sends > 2) throw new Error(`disk I/O error on ${temp.dir}/queues.db`);
-      return realLaunch.send(body);
+    send,
+    // Part of the batch goes out before the failure, as with SQS batches of 10.
+    sendBatch: async (bodies: string[]) => {
+      const ids: string[] = [];
+      for (const body of bodies) ids.push(await send(body));
+      return ids;
     },
   });
   runtime.queues.launch = failingLaunch;
