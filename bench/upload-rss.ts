@@ -72,6 +72,7 @@ try {
   console.log(`web tier resident memory: ${mib(atStart.rss)} at start, peak ${mib(peak)} sampled every 20 ms, high-water mark ${mib(hwm)}`);
   console.log(`throughput: ${(sentBytes / 2 ** 20 / seconds).toFixed(1)} MiB/s, ${(files.length / seconds).toFixed(1)} images/s (${seconds.toFixed(1)} s)`);
   const verdict = hwm <= targetBytes;
+  console.log(JSON.stringify({ bench: 'upload-rss', peakMb: hwm / 2 ** 20, startMb: atStart.rss / 2 ** 20, mibPerSecond: sentBytes / 2 ** 20 / seconds, images: files.length }));
   console.log(`${verdict ? 'PASS' : 'FAIL'}: peak ${mib(hwm)} ${verdict ? '<=' : '>'} target ${mib(targetBytes)}`);
   process.exitCode = verdict ? 0 : 1;
 } finally {

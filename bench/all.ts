@@ -1,0 +1,254 @@
+/**
+ * Every performance target in one table, each measured against its reference in the same
+ * run (this machine is shared and noisy: only ratios from one run compare):
+ *
+ *   npm run bench [-- --quick] [--json FILE]
+ *
+ * The reference is the raw classifier with one process per core on the same images
+ * (bench/raw-classifier.ts). Rows:
+ *  1. 900 images in one upload, default settings: throughput from the upload's start to the
+ *     last result, against the reference;
+ *  2. batches of 10, 100 and 900 on a cold tier: the default policy's completion time
+ *     against the best of queue-match at fixed limits 1, 2, 4 and 20 (measured here too);
+ *  3. 100 concurrent synchronous requests: wall time against 2 × (one worker's start-up +
+ *     100 × the per-image time / cores);
+ *  4. worker bookkeeping per image against its classification time (bench/worker.ts);
+ *  5. web tier peak RSS during a 1 GiB upload (bench/upload-rss.ts) and worker RSS;
+ *  6. upload throughput of the shared images over loopback against the reference;
+ *  7. `icaas simulate --replay` of the 900-image run against its real completion time.
+ * --quick measures the fixed limits on 10 and 100 images only and skips the 1 GiB upload.
+ * Exits 1 when a row fails.
+ */
+import { execFile } from 'node:child_process';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, promisify } from 'node:util';
+import { readEventLog } from '../src/event-log.js';
+import { cliPath, makeTempDir, startWebProcess } from '../test/helpers.js';
+import { getBatch, startService, uploadForm, waitForBatch } from '../test/e2e/harness.js';
+import { imageFiles, measureRawClassifier, type RawClassifierResult } from './raw-classifier.js';
+
+const run = promisify(execFile);
+const benchDir = path.dirname(fileURLToPath(import.meta.url));
+const cores = availableParallelism();
+
+/** The service's own defaults, restored over the test harness's faster settings. */
+const DEFAULT_SETTINGS = ['--idle-wait', '5', '--launch-interval', '500', '--monitor-check', '2', '--deadline', '30', '--max-instances', '20'];
+
+interface Row {
+  row: string;
+  measured: string;
+  reference: string;
+  ratio: number | null;
+  target: string;
+  pass: boolean | null;
+}
+
+interface BatchRun {
+  label: string;
+  images: number;
+  seconds: number;
+  peak: number;
+  dataDir?: string;
+}
+
+async function loadFiles(count: number): Promise<{ name: string; body: Buffer }[]> {
+  const files = await imageFiles(count);
+  return Promise.all(files.map(async (file, i) => ({ name: `${i}-${path.basename(file)}`, body: await readFile(file) })));
+}
+
+/**
+ * One batch through a fresh (cold) service: seconds from the upload's start to the last
+ * result's finish, as the workers stamped it. `keep` leaves the data folder for a replay.
+ */
+async function runBatch(label: string, files: { name: string; body: Buffer }[], args: string[], keep = false): Promise<BatchRun> {
+  const temp = keep ? await makeTempDir('icaas-bench-') : undefined;
+  const service = await startService({ extraArgs: [...DEFAULT_SETTINGS, ...args], ...(temp ? { dataDir: temp.dir } : {}) });
+  try {
+    const started = Date.now();
+    const upload = await uploadForm(service.url, files);
+    if (upload.status !== 202) throw new Error(`${label}: upload answered ${upload.status}: ${JSON.stringify(upload.body).slice(0, 300)}`);
+    await waitForBatch(service.url, upload.body.batchId, 900_000);
+    const batch = await getBatch(service.url, upload.body.batchId) as unknown as { images: { finishedAt?: number; status: string }[] };
+    const errors = batch.images.filter((image) => image.status === 'error').length;
+    if (errors > 0) throw new Error(`${label}: ${errors} images ended as errors`);
+    const last = Math.max(...batch.images.map((image) => image.finishedAt ?? Date.now()));
+    return { label, images: files.length, seconds: (last - started) / 1000, peak: service.peak(), ...(temp ? { dataDir: temp.dir } : {}) };
+  } finally {
+    await service.stop();
+    await service.cleanup();
+  }
+}
+
+/** 100 concurrent synchronous requests on a cold tier; also one worker's start-up, from the event log. */
+async function runSync(files: { name: string; body: Buffer }[]): Promise<{ seconds: number; startupMs: number }> {
+  const temp = await makeTempDir('icaas-bench-sync-');
+  const service = await startService({ extraArgs: DEFAULT_SETTINGS, dataDir: temp.dir });
+  try {
+    const started = performance.now();
+    const answers = await Promise.all(files.map(async (file) => {
+      const form = new FormData();
+      form.append('image', new Blob([file.body]), file.name);
+      const response = await fetch(`${service.url}/`, { method: 'POST', body: form });
+      await response.text();
+      return response.status;
+    }));
+    const seconds = (performance.now() - started) / 1000;
+    const failed = answers.filter((status) => status !== 200).length;
+    if (failed > 0) throw new Error(`${failed} synchronous requests failed`);
+    await service.stop();
+    const { events } = await readEventLog(path.join(temp.dir, 'events.jsonl'));
+    const launches = new Map(events.filter((event) => event.type === 'launch').map((event) => [event.instanceId, event.at]));
+    const startups = events.flatMap((event) => (event.type === 'ready' && launches.has(event.instanceId) ? [event.at - launches.get(event.instanceId)!] : []));
+    if (startups.length === 0) throw new Error('the synchronous run recorded no worker start-up');
+    return { seconds, startupMs: Math.min(...startups) };
+  } finally {
+    await service.cleanup();
+    await temp.cleanup();
+  }
+}
+
+/** The shared images in one request to a web tier alone (no workers competing for the CPU). */
+async function runUpload(files: { name: string; body: Buffer }[]): Promise<number> {
+  const temp = await makeTempDir('icaas-bench-upload-');
+  const web = await startWebProcess(['--host', '127.0.0.1', '--data', temp.dir]);
+  try {
+    await uploadForm(web.url, files.slice(0, 20)); // warm-up: the first request pays for lazy loading
+    const started = performance.now();
+    const upload = await uploadForm(web.url, files);
+    if (upload.status !== 202) throw new Error(`upload answered ${upload.status}`);
+    return files.length / ((performance.now() - started) / 1000);
+  } finally {
+    await web.stop();
+    await temp.cleanup();
+  }
+}
+
+/** The last JSON line a bench script printed whose "bench" field is `name`. */
+async function benchJson(script: string, args: string[], name: string): Promise<Record<string, number> | undefined> {
+  const file = path.join(benchDir, script);
+  try {
+    const { stdout } = await run(process.execPath, [file, ...args], { maxBuffer: 64 * 1024 * 1024, timeout: 1_800_000 });
+    return lastJson(stdout, name);
+  } catch (error) {
+    // A failing target exits 1 and still prints its numbers.
+    const stdout = (error as { stdout?: string }).stdout;
+    const found = stdout ? lastJson(stdout, name) : undefined;
+    if (!found) process.stderr.write(`${script} failed: ${(error as Error).message.split('\n')[0]}\n`);
+    return found;
+  }
+}
+
+function lastJson(stdout: string, name: string): Record<string, number> | undefined {
+  for (const line of stdout.trim().split('\n').reverse()) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const parsed = JSON.parse(line) as Record<string, number> & { bench?: string };
+      if (parsed.bench === name) return parsed;
+    } catch {
+      // Not a result line.
+    }
+  }
+  return undefined;
+}
+
+async function replay(dataDir: string): Promise<{ simulated: number; real: number } | undefined> {
+  try {
+    const { stdout } = await run(process.execPath, [cliPath, 'simulate', '--replay', dataDir, '--json'], { maxBuffer: 16 * 1024 * 1024 });
+    const parsed = JSON.parse(stdout) as { replay?: { simulatedSeconds: number; realSeconds: number } };
+    return parsed.replay ? { simulated: parsed.replay.simulatedSeconds, real: parsed.replay.realSeconds } : undefined;
+  } catch (error) {
+    process.stderr.write(`simulate --replay failed: ${(error as Error).message.split('\n')[0]}\n`);
+    return undefined;
+  }
+}
+
+const fixed = (n: number) => n.toFixed(2);
+const row = (name: string, measured: string, reference: string, ratio: number | null, target: string, pass: boolean | null): Row => ({ row: name, measured, reference, ratio, target, pass });
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, json: { type: 'string' } } });
+  const log = (line: string) => process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
+  const rows: Row[] = [];
+  const batches: BatchRun[] = [];
+  const temps: string[] = [];
+
+  log(`reference: the raw classifier, ${cores} processes, 900 images`);
+  const raw: RawClassifierResult = await measureRawClassifier(900, cores);
+  const reference = `raw classifier ${raw.imagesPerSecond.toFixed(1)} img/s on ${cores} cores`;
+  const files900 = await loadFiles(900);
+
+  log('900 images, one upload, default settings');
+  const default900 = await runBatch('drain-time 900', files900, [], true);
+  batches.push(default900);
+  if (default900.dataDir) temps.push(default900.dataDir);
+  const throughput = 900 / default900.seconds;
+  rows.push(row('900 images, one upload, default settings', `${throughput.toFixed(1)} img/s`, reference, throughput / raw.imagesPerSecond, '>= 0.70', throughput / raw.imagesPerSecond >= 0.7));
+
+  for (const size of [10, 100, 900]) {
+    const files = files900.slice(0, size);
+    const runs: BatchRun[] = size === 900 ? [default900] : [await runBatch(`drain-time ${size}`, files, [])];
+    if (size !== 900) batches.push(runs[0]!);
+    for (const limit of [1, 2, 4, 20]) {
+      if (values.quick && size === 900) continue;
+      log(`${size} images, queue-match, max ${limit}`);
+      const fixedRun = await runBatch(`queue-match max ${limit}, ${size}`, files, ['--policy', 'queue-match', '--max-instances', String(limit)]);
+      batches.push(fixedRun);
+      runs.push(fixedRun);
+    }
+    const best = runs.slice(1).reduce((a, b) => (b.seconds < a.seconds ? b : a), runs[1] ?? runs[0]!);
+    const ratio = runs[0]!.seconds / best.seconds;
+    rows.push(row(`batch of ${size}, default policy, cold tier`, `${runs[0]!.seconds.toFixed(1)} s`, runs.length > 1 ? `best fixed: ${best.label} ${best.seconds.toFixed(1)} s` : 'not measured (--quick)', runs.length > 1 ? ratio : null, '<= 1.10', runs.length > 1 ? ratio <= 1.1 : null));
+  }
+
+  log('100 concurrent synchronous requests');
+  const sync = await runSync(files900.slice(0, 100));
+  const syncBound = 2 * (sync.startupMs / 1000 + (100 * raw.perImageMs) / 1000 / cores);
+  rows.push(row('100 concurrent synchronous requests', `${sync.seconds.toFixed(1)} s`, `2 x (start-up ${(sync.startupMs / 1000).toFixed(1)} s + 100 x ${raw.perImageMs.toFixed(1)} ms / ${cores}) = ${syncBound.toFixed(1)} s`, sync.seconds / syncBound, '<= 1.00', sync.seconds <= syncBound));
+
+  log('worker bookkeeping (bench/worker.js)');
+  const worker = await benchJson('worker.js', [], 'worker');
+  rows.push(worker
+    ? row('worker bookkeeping per image', `${fixed(worker.perImageMs! - worker.classifyMs!)} ms`, `classification ${fixed(worker.classifyMs!)} ms`, worker.bookkeepingRatio!, '<= 0.25', worker.bookkeepingRatio! <= 0.25)
+    : row('worker bookkeeping per image', 'not measured', '', null, '<= 0.25', null));
+
+  if (!values.quick) log('web tier RSS during a 1 GiB upload (bench/upload-rss.js)');
+  const rss = values.quick ? undefined : await benchJson('upload-rss.js', [], 'upload-rss');
+  rows.push(rss
+    ? row('web tier peak RSS, 1 GiB upload', `${rss.peakMb!.toFixed(0)} MB`, '250 MB', rss.peakMb! / 250, '<= 1.00', rss.peakMb! <= 250)
+    : row('web tier peak RSS, 1 GiB upload', 'not measured', '250 MB', null, '<= 1.00', null));
+  rows.push(worker?.peakRssMb !== undefined
+    ? row('worker peak RSS', `${worker.peakRssMb.toFixed(0)} MB`, '150 MB', worker.peakRssMb / 150, '<= 1.00', worker.peakRssMb <= 150)
+    : row('worker peak RSS', 'not measured', '150 MB', null, '<= 1.00', null));
+
+  log('upload throughput, 900 shared images, web tier alone');
+  const uploadRate = await runUpload(files900);
+  rows.push(row('upload throughput over loopback', `${uploadRate.toFixed(0)} img/s`, reference, uploadRate / raw.imagesPerSecond, '>= 5.00', uploadRate / raw.imagesPerSecond >= 5));
+
+  log('simulate --replay of the 900-image run');
+  const replayed = default900.dataDir ? await replay(default900.dataDir) : undefined;
+  rows.push(replayed
+    ? row('simulate --replay of the 900-image run', `${replayed.simulated.toFixed(1)} s simulated`, `${replayed.real.toFixed(1)} s real`, replayed.simulated / replayed.real, '0.80 - 1.20', Math.abs(replayed.simulated / replayed.real - 1) <= 0.2)
+    : row('simulate --replay of the 900-image run', 'not measured', '', null, '0.80 - 1.20', null));
+
+  for (const dir of temps) await rm(dir, { recursive: true, force: true });
+  print(rows, batches, raw);
+  if (values.json) await writeFile(values.json, JSON.stringify({ at: new Date().toISOString(), cores, raw, rows, batches }, null, 2));
+  return rows.some((r) => r.pass === false) ? 1 : 0;
+}
+
+function print(rows: Row[], batches: BatchRun[], raw: RawClassifierResult): void {
+  const table = [['row', 'measured', 'reference', 'ratio', 'target', 'result'], ...rows.map((r) => [r.row, r.measured, r.reference, r.ratio === null ? '–' : fixed(r.ratio), r.target, r.pass === null ? 'not run' : r.pass ? 'pass' : 'FAIL'])];
+  const widths = table[0]!.map((_, c) => Math.max(...table.map((cells) => cells[c]!.length)));
+  console.log(`raw classifier: ${raw.imagesPerSecond.toFixed(1)} img/s on ${raw.processes} processes, ${raw.perImageMs.toFixed(1)} ms per image per core`);
+  for (const [i, cells] of table.entries()) {
+    console.log(`| ${cells.map((cell, c) => cell.padEnd(widths[c]!)).join(' | ')} |`);
+    if (i === 0) console.log(`| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`);
+  }
+  console.log('\nbatches (completion from the upload\'s start to the last result):');
+  for (const batch of batches) console.log(`  ${batch.label.padEnd(28)} ${batch.seconds.toFixed(1).padStart(6)} s  ${(batch.images / batch.seconds).toFixed(1).padStart(6)} img/s  peak ${batch.peak}`);
+}
+
+process.exitCode = await main();
