@@ -116,7 +116,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       at: startedAt,
     });
 
-    const own = await classifyOne(options, launch, started);
+    const { result: own, classifyMs } = await classifyOne(options, launch, started);
     const { won, result } = await storeFirstResult(options.store, options.outputBucket, own);
     // The loser announces the result that stands (its writer may have died before
     // announcing it); the output phase keeps the first announcement of each image.
@@ -124,7 +124,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
     processed++;
     const elapsed = Math.round(clock.monotonic() - started);
     const outcome = own.status === 'ok' ? `${own.label} ${own.probability.toFixed(3)}` : `error: ${own.error}`;
-    log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${outcome} in ${elapsed} ms${won ? '' : `; not stored, the image already had its result (${result.status})`}`);
+    log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${outcome} in ${elapsed} ms (classification ${classifyMs.toFixed(1)} ms)${won ? '' : `; not stored, the image already had its result (${result.status})`}`);
     await compute.report(instanceId, { state: 'idle', imageId: null, processed });
   }
 }
@@ -173,18 +173,21 @@ async function staleDelivery(options: WorkerOptions, launch: LaunchMessage): Pro
 }
 
 /** `started` is on the monotonic clock, so a wall-clock step cannot make a duration negative. */
-async function classifyOne(options: WorkerOptions, launch: LaunchMessage, started: number): Promise<ImageResult> {
+async function classifyOne(options: WorkerOptions, launch: LaunchMessage, started: number): Promise<{ result: ImageResult; classifyMs: number }> {
   const clock = options.clock ?? systemClock;
   const base = { imageId: launch.imageId, batchId: launch.batchId, name: launch.name, attempts: launch.attempt, instanceId: options.instanceId };
-  const failed = (error: string): ImageResult => ({ status: 'error', ...base, error, finishedAt: clock.now() });
+  let classifyMs = 0;
+  const failed = (error: string) => ({ result: { status: 'error', ...base, error, finishedAt: clock.now() } as ImageResult, classifyMs });
   const image = await options.store.get(options.inputBucket, launch.key);
   if (!image) return failed('the stored image is missing from the input bucket');
   await injectFaults(options.faults, launch.name);
   try {
+    const classifyStarted = clock.monotonic();
     const predictions = await options.classifier.classify(image.body, 5);
+    classifyMs = clock.monotonic() - classifyStarted;
     const best = predictions[0];
     if (!best) return failed('the classifier returned no labels');
-    return {
+    return { classifyMs, result: {
       status: 'ok',
       ...base,
       label: best.label,
@@ -192,7 +195,7 @@ async function classifyOne(options: WorkerOptions, launch: LaunchMessage, starte
       top5: predictions.map(({ label, probability }) => ({ label, probability })),
       durationMs: Math.max(0, clock.monotonic() - started),
       finishedAt: clock.now(),
-    };
+    } };
   } catch (error) {
     // A decode failure is a property of the image: retrying on another instance cannot help.
     if (error instanceof ImageDecodeError) return failed(`the image could not be decoded: ${error.message}`);
