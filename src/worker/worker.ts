@@ -7,13 +7,14 @@
  * finishes second neither replaces nor announces its own result.
  *
  * What is not classification is kept off the classifier's way. While an image is being
- * classified the worker takes the next launch message ahead (one, hidden for a short
- * visibility timeout, so a worker that dies holding it delays it only briefly), checks it
- * and reads its image; and it stores and announces an image's result while the next one is
+ * classified the worker takes the next launch message ahead (one only, so instances share
+ * a short queue fairly; a worker that dies holding it delays it by its visibility timeout,
+ * and one that is stopped gives it back at once), checks it and reads its image; and it
+ * deletes the launch message, stores and announces an image's result while the next one is
  * being classified. It reports to the compute adapter once per image (busy, naming it) and
- * once when it runs out of work (idle), and sends a progress note only for an image still
- * in hand after PROGRESS_AFTER_MS: for the usual image the result follows within
- * milliseconds and says the same.
+ * once when it runs out of work (idle). An image still in hand after PROGRESS_AFTER_MS has
+ * its launch message deleted then and gets a progress note; for the usual image the result
+ * follows within milliseconds and says the same.
  */
 import { Backoff, sleep } from '../backoff.js';
 import type { Classifier } from '../classifier/port.js';
@@ -52,9 +53,11 @@ export interface WorkerOptions {
   /** How long a received launch message stays hidden before the notice takes over. */
   launchVisibilitySeconds?: number;
   /**
-   * How long a launch message taken ahead, while another image is classified, stays hidden.
-   * Short, so a worker that dies holding one delays it little; one held past half of this
-   * is not started but left to come back (another worker may have it by then). Default 5 s.
+   * How long a launch message taken ahead, while another image is classified, stays hidden;
+   * one held past half of this is not started but left to come back (another worker may
+   * have it by then). Default: as a received one. Not shorter in service: once started, its
+   * message is deleted only with the result, and it must not come back before the monitor
+   * has had time to notice a worker that died holding it.
    */
   prefetchVisibilitySeconds?: number;
   log?: (line: string) => void;
@@ -151,7 +154,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       const inHand = heldLong(options, taken, { type: 'progress', imageId: launch.imageId, batchId: launch.batchId, instanceId, attempt: launch.attempt, at: startedAt });
       const classifying = classifyOne(options, launch, taken.image, started);
       if (!stopped()) {
-        const prefetch = take(0, options.prefetchVisibilitySeconds ?? 5);
+        const prefetch = take(0, options.prefetchVisibilitySeconds ?? options.launchVisibilitySeconds ?? 30);
         // Its failure (the queue or store failing) surfaces when it is awaited, next round.
         prefetch.catch(() => undefined);
         ahead = prefetch.then((next) => (next === 'stopped' ? null : next));
