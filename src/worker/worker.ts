@@ -116,12 +116,12 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
   const take = taker(options, log);
   /** The next message, taken while the current image was classified. */
   let ahead: Promise<Taken | null> | undefined;
-  /** Storing and announcing the previous image's result. */
-  let finishing: Pending | undefined;
+  /** The image before: its result being stored, then announced. */
+  let previous: Finisher | undefined;
   const stopped = () => options.signal?.aborted === true;
   const end = async (reason: WorkerSummary['reason']): Promise<WorkerSummary> => {
-    await rethrow(finishing);
-    finishing = undefined;
+    await previous?.done();
+    previous = undefined;
     return { processed: tally.processed, reason };
   };
   try {
@@ -133,8 +133,8 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       ahead = undefined;
       if (taken && !(await stillStartable(options, taken, clock, log))) taken = null;
       if (!taken) {
-        await rethrow(finishing);
-        finishing = undefined;
+        await previous?.done();
+        previous = undefined;
         if (stopped()) return await end('stopped');
         await reporter.idle();
         const next = await take(options.idleWaitSeconds, options.launchVisibilitySeconds ?? 30);
@@ -151,6 +151,11 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       const notice: MonitorNotice = { type: 'monitor', imageId: launch.imageId, batchId: launch.batchId, name: launch.name, key: launch.key, attempt: launch.attempt, instanceId, startedAt };
       await queues.monitor.send(JSON.stringify(notice));
       await reporter.busy(launch.imageId);
+      // Classification is where a worker hangs or crashes: the image before must have its
+      // result stored by then, or it would be retried (an attempt lost) for this one's fault.
+      // Its announcement may trail: a result stored but never announced is announced by the
+      // monitor.
+      await previous?.stored();
       const inHand = heldLong(options, taken, { type: 'progress', imageId: launch.imageId, batchId: launch.batchId, instanceId, attempt: launch.attempt, at: startedAt });
       const classifying = classifyOne(options, launch, taken.image, started);
       if (!stopped()) {
@@ -166,25 +171,56 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       } finally {
         deleted = await inHand.stop();
       }
-      // One result in flight at a time: the one before has long had its turn.
-      await rethrow(finishing);
-      finishing = settled(finish(options, taken, deleted, outcome, started, clock, tally, log));
+      await previous?.done();
+      previous = finisher(options, { taken, deleted, outcome, started }, clock, tally, log);
     }
   } finally {
     // Whatever ends the loop, the result in flight is stored and announced, and a message
     // taken ahead but never started goes back to the queue at once.
-    const error = await finishing;
+    const error = await previous?.done().then(() => null, (failure: unknown) => failure);
     await release(options, ahead, log);
     if (error) throw error;
   }
 }
 
-/** Stores the result (create-if-absent), announces the one that stands, folds the time in. */
-async function finish(options: WorkerOptions, taken: Taken, deleted: boolean, outcome: { result: ImageResult; classifyMs: number }, started: number, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: (line: string) => void): Promise<void> {
+/** An image classified, to be finished. */
+interface Classified {
+  taken: Taken;
+  /** Whether its launch message is already deleted (it was in hand for long). */
+  deleted: boolean;
+  outcome: { result: ImageResult; classifyMs: number };
+  started: number;
+}
+
+interface Finisher {
+  /** Resolves once the result is stored; its announcement goes on. */
+  stored(): Promise<void>;
+  /** Resolves once it is stored and announced; rejects with what failed. */
+  done(): Promise<void>;
+}
+
+/**
+ * Finishes an image, starting at once: stores the result (create-if-absent), then deletes
+ * the launch message, announces the result that stands and folds the time in.
+ */
+function finisher(options: WorkerOptions, classified: Classified, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: (line: string) => void): Finisher {
+  const storing = storeFirstResult(options.store, options.outputBucket, classified.outcome.result);
+  storing.catch(() => undefined);
+  let announcing: Promise<void> | undefined;
+  const announce = (): Promise<void> => (announcing ??= storing.then((stored) => announced(options, classified, stored, clock, tally, log)));
+  return {
+    async stored() {
+      await storing;
+      announce().catch(() => undefined);
+    },
+    done: announce,
+  };
+}
+
+async function announced(options: WorkerOptions, { taken, deleted, outcome, started }: Classified, { won, result }: { won: boolean; result: ImageResult }, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: (line: string) => void): Promise<void> {
   const { launch } = taken;
   const own = outcome.result;
   if (!deleted) await options.queues.launch.delete(taken.message.receiptHandle);
-  const { won, result } = await storeFirstResult(options.store, options.outputBucket, own);
   // The loser announces the result that stands (its writer may have died before
   // announcing it); the output phase keeps the first announcement of each image.
   await sendOutput(options.queues.output, { type: 'result', result });

@@ -16,7 +16,6 @@ import { inputKey, parseMonitorNotice, parseOutputMessage, resultKey, type Launc
 import type { Queue } from '../../src/queue/port.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { FsObjectStore } from '../../src/storage/fs.js';
-import type { ObjectStore } from '../../src/storage/port.js';
 import { runWorker, PROGRESS_AFTER_MS, type WorkerOptions } from '../../src/worker/worker.js';
 import { drainQueue as drain, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
 
@@ -95,24 +94,29 @@ describe('worker loop, per image', async () => {
     assert.deepEqual(await queues.launch.counts(), { visible: 0, inFlight: 0, delayed: 0 });
   });
 
-  it('takes the next message and reads its image while an image is classified, and stores a result while the next image is classified', async () => {
+  it('takes the next message and reads its image while an image is classified; stores each result before the next image is classified and announces it meanwhile', async () => {
     await enqueue('p1', 'p2', 'p3');
     const classified: string[] = [];
     const inFlightAfter: number[] = [];
+    const storedBefore: boolean[] = [];
     const classify = classifier.classify.bind(classifier);
     const watching: Classifier = { ...classifier, classify: async (image, k) => {
+      // A hang or crash in here must not cost the image before an attempt: it is stored.
+      if (classified.length === 1) storedBefore.push((await store.head('out-bucket', resultKey('p1'))) !== null);
       const predictions = await classify(image, k);
       inFlightAfter.push((await queues.launch.counts()).inFlight);
       classified.push(`#${classified.length + 1}`);
       return predictions;
     } };
-    // The first result may be stored only once the second image is being classified: a
-    // worker that stores before it starts the next image never gets there.
-    const gated: ObjectStore = counted<ObjectStore>(store, [], async (method, args) => {
-      if (method === 'put' && args[1] === resultKey('p1')) await waitFor('the second image to be classified', () => classified.length >= 2, { timeoutMs: 10_000 });
+    // The first result may be announced only once the second image is being classified: a
+    // worker that announces before it starts the next image never gets there.
+    const output = counted(queues.output, [], async (_method, args) => {
+      const message = parseOutputMessage(args[0] as string);
+      if (message.type === 'result' && message.result.imageId === 'p1') await waitFor('the second image to be classified', () => classified.length >= 2, { timeoutMs: 10_000 });
     });
-    const summary = await runWorker({ ...options(), classifier: watching, store: gated });
+    const summary = await runWorker({ ...options(), classifier: watching, queues: { ...queues, output } });
     assert.equal(summary.processed, 3);
+    assert.deepEqual(storedBefore, [true]);
     // After each of the first two images, the next message was already taken (its own
     // message is deleted only with its result, so two are in flight); after the last, one.
     assert.deepEqual(inFlightAfter, [2, 2, 1]);
