@@ -5,12 +5,22 @@
  * harmless (see ../outcomes.ts): an attempt already superseded by a claimed retry is
  * dropped before it starts, and the result is stored create-if-absent, so a duplicate that
  * finishes second neither replaces nor announces its own result.
+ *
+ * What is not classification is kept off the classifier's way. While an image is being
+ * classified the worker takes the next launch message ahead (one only, so instances share
+ * a short queue fairly; a worker that dies holding it delays it by its visibility timeout,
+ * and one that is stopped gives it back at once), checks it and reads its image; and it
+ * deletes the launch message, stores and announces an image's result while the next one is
+ * being classified. It reports to the compute adapter once per image (busy, naming it) and
+ * once when it runs out of work (idle). An image still in hand after PROGRESS_AFTER_MS has
+ * its launch message deleted then and gets a progress note; for the usual image the result
+ * follows within milliseconds and says the same.
  */
 import { Backoff, sleep } from '../backoff.js';
 import type { Classifier } from '../classifier/port.js';
 import { FailureLog } from '../controller/loop.js';
 import { ImageDecodeError } from '../classifier/port.js';
-import type { Compute } from '../compute/port.js';
+import type { Compute, InstanceReport } from '../compute/port.js';
 import { clock as systemClock, type Clock } from '../clock.js';
 import {
   type ImageResult,
@@ -21,8 +31,8 @@ import {
   parseLaunchMessage,
 } from '../messages.js';
 import { attemptKey, readFinalResult, storeFirstResult } from '../outcomes.js';
-import type { Queue, ReceivedMessage } from '../queue/port.js';
-import type { ObjectStore } from '../storage/port.js';
+import { QueueError, type Queue, type ReceivedMessage } from '../queue/port.js';
+import type { ObjectStore, StoredObject } from '../storage/port.js';
 
 export interface WorkerQueues {
   launch: Queue;
@@ -42,6 +52,14 @@ export interface WorkerOptions {
   idleWaitSeconds: number;
   /** How long a received launch message stays hidden before the notice takes over. */
   launchVisibilitySeconds?: number;
+  /**
+   * How long a launch message taken ahead, while another image is classified, stays hidden;
+   * one held past half of this is not started but left to come back (another worker may
+   * have it by then). Default: as a received one. Not shorter in service: once started, its
+   * message is deleted only with the result, and it must not come back before the monitor
+   * has had time to notice a worker that died holding it.
+   */
+  prefetchVisibilitySeconds?: number;
   log?: (line: string) => void;
   /**
    * How long the launch queue may keep failing before the worker gives up with the error
@@ -61,72 +79,270 @@ export interface WorkerSummary {
   reason: 'idle' | 'stopped';
 }
 
+/** An image in hand this long gets a progress note, so users see which instance holds it. */
+export const PROGRESS_AFTER_MS = 1000;
+/** Weight of the newest image in the moving average of the service time. */
+const SERVICE_WEIGHT = 0.2;
+/** A message taken ahead longer ago than this part of its visibility timeout is not started. */
+const PREFETCH_START_WITHIN = 0.5;
+/** A check for staleness older than this is made again before the image starts. */
+const STALE_CHECK_FRESH_MS = 1000;
+
+/** A launch message taken from the queue, checked, with its image read: ready to start. */
+interface Taken {
+  message: ReceivedMessage;
+  launch: LaunchMessage;
+  /** Null when the input bucket no longer has it. */
+  image: StoredObject | null;
+  /** Monotonic: it must not start after this (its visibility timeout is running out). */
+  startBy: number;
+  checkedAt: number;
+}
+
+/** A settled background step: its error, or null. Never rejects, so none goes unhandled. */
+type Pending = Promise<unknown>;
+const settled = (work: Promise<unknown>): Pending => work.then(() => null, (error: unknown) => error ?? new Error('failed'));
+async function rethrow(pending: Pending | undefined): Promise<void> {
+  const error = await pending;
+  if (error) throw error;
+}
+
 export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> {
   const { instanceId, queues, compute, log = () => {} } = options;
-  let processed = 0;
-  await compute.report(instanceId, { state: 'idle', imageId: null, processed });
-  const receive = receiver(options, log);
-  for (;;) {
-    if (options.signal?.aborted) return { processed, reason: 'stopped' };
-    const messages = await receive();
-    if (messages === 'stopped') return { processed, reason: 'stopped' };
-    const message = messages[0];
-    if (!message) {
-      if (options.signal?.aborted) return { processed, reason: 'stopped' };
-      log(`no work after waiting ${options.idleWaitSeconds}s; stopping (${processed} images processed)`);
-      return { processed, reason: 'idle' };
+  const clock = options.clock ?? systemClock;
+  const tally = { processed: 0, serviceMs: undefined as number | undefined };
+  const reporter = reports(compute, instanceId, tally);
+  await reporter.idle();
+  const take = taker(options, log);
+  /** The next message, taken while the current image was classified. */
+  let ahead: Promise<Taken | null> | undefined;
+  /** The image before: its result being stored, then announced. */
+  let previous: Finisher | undefined;
+  const stopped = () => options.signal?.aborted === true;
+  const end = async (reason: WorkerSummary['reason']): Promise<WorkerSummary> => {
+    await previous?.done();
+    previous = undefined;
+    return { processed: tally.processed, reason };
+  };
+  try {
+    for (;;) {
+      if (stopped()) return await end('stopped');
+      let taken = ahead ? await ahead : null;
+      // Not started: the finally below gives it back.
+      if (stopped()) return await end('stopped');
+      ahead = undefined;
+      if (taken && !(await stillStartable(options, taken, clock, log))) taken = null;
+      if (!taken) {
+        await previous?.done();
+        previous = undefined;
+        if (stopped()) return await end('stopped');
+        await reporter.idle();
+        const next = await take(options.idleWaitSeconds, options.launchVisibilitySeconds ?? 30);
+        if (next === 'stopped') return await end('stopped');
+        if (!next) {
+          log(`no work after waiting ${options.idleWaitSeconds}s; stopping (${tally.processed} images processed)`);
+          return await end('idle');
+        }
+        taken = next;
+      }
+      const started = clock.monotonic();
+      const startedAt = clock.now();
+      const { launch } = taken;
+      const notice: MonitorNotice = { type: 'monitor', imageId: launch.imageId, batchId: launch.batchId, name: launch.name, key: launch.key, attempt: launch.attempt, instanceId, startedAt };
+      await queues.monitor.send(JSON.stringify(notice));
+      await reporter.busy(launch.imageId);
+      // Classification is where a worker hangs or crashes: the image before must have its
+      // result stored by then, or it would be retried (an attempt lost) for this one's fault.
+      // Its announcement may trail: a result stored but never announced is announced by the
+      // monitor.
+      await previous?.stored();
+      const inHand = heldLong(options, taken, { type: 'progress', imageId: launch.imageId, batchId: launch.batchId, instanceId, attempt: launch.attempt, at: startedAt });
+      const classifying = classifyOne(options, launch, taken.image, started);
+      if (!stopped()) {
+        const prefetch = take(0, options.prefetchVisibilitySeconds ?? options.launchVisibilitySeconds ?? 30);
+        // Its failure (the queue or store failing) surfaces when it is awaited, next round.
+        prefetch.catch(() => undefined);
+        ahead = prefetch.then((next) => (next === 'stopped' ? null : next));
+      }
+      let outcome: { result: ImageResult; classifyMs: number };
+      let deleted: boolean;
+      try {
+        outcome = await classifying;
+      } finally {
+        deleted = await inHand.stop();
+      }
+      await previous?.done();
+      previous = finisher(options, { taken, deleted, outcome, started }, clock, tally, log);
     }
-    let launch: LaunchMessage;
-    try {
-      launch = parseLaunchMessage(message.body);
-    } catch (error) {
-      if (!(error instanceof InvalidMessageError)) throw error;
-      log(`dropping malformed launch message ${message.id}: ${error.message}`);
-      await queues.launch.delete(message.receiptHandle);
-      continue;
-    }
-    const stale = await staleDelivery(options, launch);
-    if (stale) {
-      log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): dropped, ${stale}`);
-      await queues.launch.delete(message.receiptHandle);
-      continue;
-    }
-    const clock = options.clock ?? systemClock;
-    const startedAt = clock.now();
-    const started = clock.monotonic();
-    const notice: MonitorNotice = {
-      type: 'monitor',
-      imageId: launch.imageId,
-      batchId: launch.batchId,
-      name: launch.name,
-      key: launch.key,
-      attempt: launch.attempt,
-      instanceId,
-      startedAt,
-    };
-    await queues.monitor.send(JSON.stringify(notice));
-    await queues.launch.delete(message.receiptHandle);
-    await compute.report(instanceId, { state: 'busy', imageId: launch.imageId, processed });
-    await sendOutput(queues.output, {
-      type: 'progress',
-      imageId: launch.imageId,
-      batchId: launch.batchId,
-      instanceId,
-      attempt: launch.attempt,
-      at: startedAt,
-    });
-
-    const own = await classifyOne(options, launch, started);
-    const { won, result } = await storeFirstResult(options.store, options.outputBucket, own);
-    // The loser announces the result that stands (its writer may have died before
-    // announcing it); the output phase keeps the first announcement of each image.
-    await sendOutput(queues.output, { type: 'result', result });
-    processed++;
-    const elapsed = Math.round(clock.monotonic() - started);
-    const outcome = own.status === 'ok' ? `${own.label} ${own.probability.toFixed(3)}` : `error: ${own.error}`;
-    log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${outcome} in ${elapsed} ms${won ? '' : `; not stored, the image already had its result (${result.status})`}`);
-    await compute.report(instanceId, { state: 'idle', imageId: null, processed });
+  } finally {
+    // Whatever ends the loop, the result in flight is stored and announced, and a message
+    // taken ahead but never started goes back to the queue at once.
+    const error = await previous?.done().then(() => null, (failure: unknown) => failure);
+    await release(options, ahead, log);
+    if (error) throw error;
   }
+}
+
+/** An image classified, to be finished. */
+interface Classified {
+  taken: Taken;
+  /** Whether its launch message is already deleted (it was in hand for long). */
+  deleted: boolean;
+  outcome: { result: ImageResult; classifyMs: number };
+  started: number;
+}
+
+interface Finisher {
+  /** Resolves once the result is stored; its announcement goes on. */
+  stored(): Promise<void>;
+  /** Resolves once it is stored and announced; rejects with what failed. */
+  done(): Promise<void>;
+}
+
+/**
+ * Finishes an image, starting at once: stores the result (create-if-absent), then deletes
+ * the launch message, announces the result that stands and folds the time in.
+ */
+function finisher(options: WorkerOptions, classified: Classified, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: (line: string) => void): Finisher {
+  const storing = storeFirstResult(options.store, options.outputBucket, classified.outcome.result);
+  storing.catch(() => undefined);
+  let announcing: Promise<void> | undefined;
+  const announce = (): Promise<void> => (announcing ??= storing.then((stored) => announced(options, classified, stored, clock, tally, log)));
+  return {
+    async stored() {
+      await storing;
+      announce().catch(() => undefined);
+    },
+    done: announce,
+  };
+}
+
+async function announced(options: WorkerOptions, { taken, deleted, outcome, started }: Classified, { won, result }: { won: boolean; result: ImageResult }, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: (line: string) => void): Promise<void> {
+  const { launch } = taken;
+  const own = outcome.result;
+  if (!deleted) await options.queues.launch.delete(taken.message.receiptHandle);
+  // The loser announces the result that stands (its writer may have died before
+  // announcing it); the output phase keeps the first announcement of each image.
+  await sendOutput(options.queues.output, { type: 'result', result });
+  tally.processed++;
+  const elapsed = clock.monotonic() - started;
+  tally.serviceMs = tally.serviceMs === undefined ? elapsed : tally.serviceMs + SERVICE_WEIGHT * (elapsed - tally.serviceMs);
+  const said = own.status === 'ok' ? `${own.label} ${own.probability.toFixed(3)}` : `error: ${own.error}`;
+  log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${said} in ${Math.round(elapsed)} ms (classification ${outcome.classifyMs.toFixed(1)} ms)${won ? '' : `; not stored, the image already had its result (${result.status})`}`);
+}
+
+/**
+ * Reports on changes of state only: busy once per image (which also restarts the compute
+ * adapter's busy deadline for it), idle when the worker runs out of work. Between two
+ * images there is no idle report: the next busy one replaces it.
+ */
+function reports(compute: Compute, instanceId: string, tally: { processed: number; serviceMs: number | undefined }) {
+  let last: string | undefined;
+  const send = async (report: InstanceReport): Promise<void> => {
+    const full: InstanceReport = { ...report, processed: tally.processed, ...(tally.serviceMs !== undefined ? { serviceMs: Math.round(tally.serviceMs * 10) / 10 } : {}) };
+    const key = JSON.stringify(full);
+    if (report.state === 'idle' && key === last) return;
+    last = key;
+    await compute.report(instanceId, full);
+  };
+  return {
+    idle: () => send({ state: 'idle', imageId: null }),
+    busy: (imageId: string) => send({ state: 'busy', imageId }),
+  };
+}
+
+/**
+ * What an image still in hand after PROGRESS_AFTER_MS gets: its launch message deleted
+ * (the notice has long been sent; left alone it would come back when its visibility timeout
+ * ends) and a progress note. A quick image gets neither here: its launch message is
+ * deleted with its result, and the result is all users need to see. stop() says whether
+ * the launch message was deleted.
+ */
+function heldLong(options: WorkerOptions, taken: Taken, progress: OutputMessage): { stop(): Promise<boolean> } {
+  let work: Pending | undefined;
+  const timer = setTimeout(() => {
+    work = settled((async () => {
+      await options.queues.launch.delete(taken.message.receiptHandle);
+      await sendOutput(options.queues.output, progress);
+    })());
+  }, PROGRESS_AFTER_MS);
+  return {
+    async stop() {
+      clearTimeout(timer);
+      if (!work) return false;
+      await rethrow(work);
+      return true;
+    },
+  };
+}
+
+/**
+ * Whether a message taken ahead may still start: not once half its visibility timeout has
+ * passed (it may come back to another worker before the notice goes out), and a check for
+ * staleness made long ago is made again.
+ */
+async function stillStartable(options: WorkerOptions, taken: Taken, clock: Clock, log: (line: string) => void): Promise<boolean> {
+  const { launch } = taken;
+  if (clock.monotonic() > taken.startBy) {
+    log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): taken ahead too long ago; left to come back to the queue`);
+    return false;
+  }
+  if (clock.monotonic() - taken.checkedAt <= STALE_CHECK_FRESH_MS) return true;
+  const stale = await staleDelivery(options, launch);
+  if (!stale) return true;
+  log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): dropped, ${stale}`);
+  await options.queues.launch.delete(taken.message.receiptHandle);
+  return false;
+}
+
+/** Gives a message taken ahead back to the queue at once, instead of when its timeout ends. */
+async function release(options: WorkerOptions, ahead: Promise<Taken | null> | undefined, log: (line: string) => void): Promise<void> {
+  const taken = await ahead?.catch(() => null);
+  if (!taken) return;
+  try {
+    await options.queues.launch.changeVisibility(taken.message.receiptHandle, 0);
+  } catch (error) {
+    // Back already, or the queue fails: either way it comes back when its timeout ends.
+    if (!(error instanceof QueueError)) throw error;
+    log(`could not give back launch message ${taken.message.id} (${error.message}); it comes back when its visibility timeout ends`);
+  }
+}
+
+/**
+ * Takes the next launch message worth starting: receives (long-polling `waitSeconds`),
+ * drops malformed messages and stale duplicates, and reads the image. Null when the poll
+ * found nothing; 'stopped' when the worker was asked to stop meanwhile.
+ */
+function taker(options: WorkerOptions, log: (line: string) => void): (waitSeconds: number, visibilitySeconds: number) => Promise<Taken | null | 'stopped'> {
+  const receive = receiver(options, log);
+  const clock = options.clock ?? systemClock;
+  return async (waitSeconds, visibilitySeconds) => {
+    for (;;) {
+      const asked = clock.monotonic();
+      const messages = await receive(waitSeconds, visibilitySeconds);
+      if (messages === 'stopped') return 'stopped';
+      const message = messages[0];
+      if (!message) return null;
+      let launch: LaunchMessage;
+      try {
+        launch = parseLaunchMessage(message.body);
+      } catch (error) {
+        if (!(error instanceof InvalidMessageError)) throw error;
+        log(`dropping malformed launch message ${message.id}: ${error.message}`);
+        await options.queues.launch.delete(message.receiptHandle);
+        continue;
+      }
+      const stale = await staleDelivery(options, launch);
+      if (stale) {
+        log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): dropped, ${stale}`);
+        await options.queues.launch.delete(message.receiptHandle);
+        continue;
+      }
+      const image = await options.store.get(options.inputBucket, launch.key);
+      // Measured from before the receive: the queue's timeout may have started then.
+      return { message, launch, image, startBy: asked + visibilitySeconds * 1000 * PREFETCH_START_WITHIN, checkedAt: clock.monotonic() };
+    }
+  };
 }
 
 /**
@@ -134,17 +350,17 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
  * repeated one once, until they have lasted `receiveFailureLimitMs`: then the error ends
  * the worker. 'stopped' when the worker was asked to stop meanwhile.
  */
-function receiver(options: WorkerOptions, log: (line: string) => void): () => Promise<ReceivedMessage[] | 'stopped'> {
+function receiver(options: WorkerOptions, log: (line: string) => void): (waitSeconds: number, visibilitySeconds: number) => Promise<ReceivedMessage[] | 'stopped'> {
   const failures = new FailureLog('launch queue', log);
   const backoff = new Backoff({ initialMs: 250, maxMs: 5_000 });
   const limitMs = options.receiveFailureLimitMs ?? 30_000;
-  return async () => {
+  return async (waitSeconds, visibilitySeconds) => {
     for (;;) {
       try {
         const messages = await options.queues.launch.receive({
           maxMessages: 1,
-          waitSeconds: options.idleWaitSeconds,
-          visibilityTimeoutSeconds: options.launchVisibilitySeconds ?? 30,
+          waitSeconds,
+          visibilityTimeoutSeconds: visibilitySeconds,
           ...(options.signal ? { signal: options.signal } : {}),
         });
         backoff.reset();
@@ -173,18 +389,20 @@ async function staleDelivery(options: WorkerOptions, launch: LaunchMessage): Pro
 }
 
 /** `started` is on the monotonic clock, so a wall-clock step cannot make a duration negative. */
-async function classifyOne(options: WorkerOptions, launch: LaunchMessage, started: number): Promise<ImageResult> {
+async function classifyOne(options: WorkerOptions, launch: LaunchMessage, image: StoredObject | null, started: number): Promise<{ result: ImageResult; classifyMs: number }> {
   const clock = options.clock ?? systemClock;
   const base = { imageId: launch.imageId, batchId: launch.batchId, name: launch.name, attempts: launch.attempt, instanceId: options.instanceId };
-  const failed = (error: string): ImageResult => ({ status: 'error', ...base, error, finishedAt: clock.now() });
-  const image = await options.store.get(options.inputBucket, launch.key);
+  let classifyMs = 0;
+  const failed = (error: string) => ({ result: { status: 'error', ...base, error, finishedAt: clock.now() } as ImageResult, classifyMs });
   if (!image) return failed('the stored image is missing from the input bucket');
   await injectFaults(options.faults, launch.name);
   try {
+    const classifyStarted = clock.monotonic();
     const predictions = await options.classifier.classify(image.body, 5);
+    classifyMs = clock.monotonic() - classifyStarted;
     const best = predictions[0];
     if (!best) return failed('the classifier returned no labels');
-    return {
+    return { classifyMs, result: {
       status: 'ok',
       ...base,
       label: best.label,
@@ -192,7 +410,7 @@ async function classifyOne(options: WorkerOptions, launch: LaunchMessage, starte
       top5: predictions.map(({ label, probability }) => ({ label, probability })),
       durationMs: Math.max(0, clock.monotonic() - started),
       finishedAt: clock.now(),
-    };
+    } };
   } catch (error) {
     // A decode failure is a property of the image: retrying on another instance cannot help.
     if (error instanceof ImageDecodeError) return failed(`the image could not be decoded: ${error.message}`);

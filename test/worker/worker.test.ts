@@ -69,7 +69,8 @@ describe('worker instance loop', async () => {
     const notices = (await drain(queues.monitor)).map(parseMonitorNotice);
     assert.deepEqual(notices.map((notice) => [notice.imageId, notice.attempt, notice.instanceId]), [['img1', 1, 'i-test'], ['img2', 2, 'i-test']]);
     const output = (await drain(queues.output)).map(parseOutputMessage);
-    assert.deepEqual(output.map((message) => message.type), ['progress', 'result', 'progress', 'result']);
+    // Quick images get no progress note: their result follows within milliseconds.
+    assert.deepEqual(output.map((message) => message.type), ['result', 'result']);
     const stored = parseImageResult((await store.get('out-bucket', resultKey('img1')))!.body.toString());
     assert.equal(stored.status, 'ok');
     assert.ok(stored.status === 'ok' && stored.label === 'brambling' && stored.top5.length === 5 && stored.instanceId === 'i-test');
@@ -105,13 +106,28 @@ describe('worker instance loop', async () => {
     assert.ok(lines.some((line) => /dropping malformed launch message/.test(line)));
   });
 
-  it('stops after the image in hand when asked', async () => {
+  it('stops after the image in hand when asked, and gives back at once the message it took ahead', async () => {
     await enqueue('s1', 's1.jpg', tench);
     await enqueue('s2', 's2.jpg', tench);
+    await enqueue('s3', 's3.jpg', tench);
     const stop = new AbortController();
-    const summary = await runWorker({ ...options(), signal: stop.signal, log: () => stop.abort() });
+    // Asked to stop once the first image has started (its notice is out) and the next one
+    // has been taken ahead.
+    const monitor = queues.monitor;
+    const stopAfterNotice: Queue = Object.create(monitor, {
+      send: { value: async (body: string) => monitor.send(body).finally(() => setImmediate(() => stop.abort())) },
+    });
+    const classify = classifier.classify.bind(classifier);
+    const waitForAhead: Classifier = { ...classifier, classify: async (image, k) => {
+      await waitFor('the next message to be taken ahead', async () => (await queues.launch.counts()).inFlight === 1 && stop.signal.aborted);
+      return classify(image, k);
+    } };
+    const summary = await runWorker({ ...options(), classifier: waitForAhead, queues: { ...queues, monitor: stopAfterNotice }, signal: stop.signal });
     assert.deepEqual(summary, { processed: 1, reason: 'stopped' });
-    assert.equal((await queues.launch.counts()).visible, 1);
+    // s2 was taken ahead but never started: visible again now, not when its timeout ends.
+    assert.deepEqual(await queues.launch.counts(), { visible: 2, inFlight: 0, delayed: 0 });
+    assert.deepEqual((await drain(queues.monitor)).map(parseMonitorNotice).map((notice) => notice.imageId), ['s1']);
+    assert.ok(await store.head('out-bucket', resultKey('s1')), 'the image in hand was finished');
   });
 
   const monitorOptions = (overrides: Partial<MonitorOptions> = {}): MonitorOptions => ({
