@@ -47,7 +47,7 @@ import {
 } from '@aws-sdk/client-ec2';
 import type { LaunchLease } from '../controller/lease.js';
 import type { ObjectStore } from '../storage/port.js';
-import { describeDeadline, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
+import { describeDeadline, WORKER_PROCESS_ENV, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
 
 export const TAG_DEPLOYMENT = 'icaas:deployment';
 export const TAG_ROLE = 'icaas:role';
@@ -607,7 +607,7 @@ export interface WorkerUserDataOptions {
  */
 export function workerUserData(options: WorkerUserDataOptions): string {
   const exports: string[] = [];
-  for (const [name, value] of Object.entries(options.configEnv).sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [name, value] of Object.entries({ ...WORKER_PROCESS_ENV, ...options.configEnv }).sort(([a], [b]) => a.localeCompare(b))) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Ec2ComputeError(`cannot pass ${JSON.stringify(name)} to workers: not an environment variable name`);
     if (value === '' || LEFT_OUT_ENV.has(name)) continue;
     exports.push(`export ${name}=${shellQuote(value)}`);

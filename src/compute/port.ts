@@ -103,6 +103,18 @@ export function describeDeadline(reason: DeadlineReason, deadlines: InstanceDead
   }
 }
 
+/**
+ * Environment every worker process gets, on any compute adapter, to keep its memory low
+ * (measured over 300 images: about 175 MB peak resident without, 125-140 MB with):
+ * - glibc gives each thread that allocates (ONNX Runtime's and libvips's) its own malloc
+ *   arena, up to 8 per core, each keeping freed memory; a worker classifies one image at a
+ *   time, so two arenas serve it as well. Other C libraries ignore the variable.
+ * - V8's young generation grows to 16 MB semi-spaces under allocation pressure; a worker
+ *   allocates little on the JS heap (pixels live in native buffers), so 1 MB costs a few
+ *   more minor collections and no measurable time.
+ */
+export const WORKER_PROCESS_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=1' };
+
 export function isActive(instance: InstanceInfo): boolean {
   return instance.state !== 'stopped';
 }

@@ -18,7 +18,7 @@ import { open } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { clock as defaultClock, type Clock } from '../clock.js';
-import { describeDeadline, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
+import { describeDeadline, WORKER_PROCESS_ENV, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
 
 export interface ProcessComputeOptions extends InstanceDeadlines {
   /** SQLite file holding the instance registry. */
@@ -151,7 +151,7 @@ export class ProcessCompute implements Compute {
         // mid-image; the parent stops them itself, and they stop on their own when idle.
         detached: true,
         stdio: ['ignore', logFd, logFd],
-        env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...this.options.workerEnv, ICAAS_INSTANCE_ID: id },
+        env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...WORKER_PROCESS_ENV, ...this.options.workerEnv, ICAAS_INSTANCE_ID: id },
       });
       child.unref();
       if (child.pid === undefined) throw new Error('spawn returned no pid');
