@@ -151,11 +151,15 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       const notice: MonitorNotice = { type: 'monitor', imageId: launch.imageId, batchId: launch.batchId, name: launch.name, key: launch.key, attempt: launch.attempt, instanceId, startedAt };
       await queues.monitor.send(JSON.stringify(notice));
       await reporter.busy(launch.imageId);
-      // Classification is where a worker hangs or crashes: the image before must have its
-      // result stored by then, or it would be retried (an attempt lost) for this one's fault.
-      // Its announcement may trail: a result stored but never announced is announced by the
-      // monitor.
-      await previous?.stored();
+      // Classification is where a worker hangs or crashes, and a result still being stored
+      // then is lost: the image before would be retried (an attempt spent) for this one's
+      // fault. A first attempt takes that risk, so that the store's disk flushes overlap
+      // the classification; a retried image may be the one that brought its worker down
+      // before, so the image before waits for its result to be stored. An innocent image
+      // that shared a worker with a bad one thus loses at most one attempt, and the retries
+      // of the two, which arrive together, cannot sink it again. Announcements may trail:
+      // a result stored but never announced is announced by the monitor.
+      if (launch.attempt > 1) await previous?.stored();
       const inHand = heldLong(options, taken, { type: 'progress', imageId: launch.imageId, batchId: launch.batchId, instanceId, attempt: launch.attempt, at: startedAt });
       const classifying = classifyOne(options, launch, taken.image, started);
       if (!stopped()) {
