@@ -47,6 +47,12 @@ export interface TickSample {
 export interface SimRun extends RunSummary {
   policy: PolicyName;
   timeline: TickSample[];
+  /** Every image with its arrival, start and finish. */
+  records: readonly SimImage[];
+  /** Finishes counted as they happened: equal to `images` when each finished exactly once. */
+  finishEvents: number;
+  /** When the last instance stopped, ms. */
+  endMs: number;
 }
 
 /** No instance for this long while images wait means the policy will never start one. */
@@ -115,5 +121,5 @@ export function simulate(settings: SimSettings): SimRun {
     if (active > 0 || cluster.waiting === 0) lastActiveAt = now;
     else if (now - lastActiveAt > STUCK_MS) throw new SimInputError(`policy ${policyName} started no instance for ${STUCK_MS / 60_000} simulated minutes while ${cluster.waiting} images waited`);
   }
-  return { policy: policyName, ...summarize(images, cluster, timeline, now), timeline };
+  return { policy: policyName, ...summarize(images, cluster, timeline, now), timeline, records: images, finishEvents: finished, endMs: now };
 }
