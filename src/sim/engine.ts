@@ -57,6 +57,8 @@ export interface SimRun extends RunSummary {
 
 /** No instance for this long while images wait means the policy will never start one. */
 const STUCK_MS = 10 * 60_000;
+/** Coinciding events settle in a few steps at one instant; thousands mean a bug, not a busy moment. */
+const MAX_STALLED_STEPS = 10_000;
 
 export function simulate(settings: SimSettings): SimRun {
   const policyName = canonicalPolicyName(settings.policy);
@@ -77,6 +79,8 @@ export function simulate(settings: SimSettings): SimRun {
   let now = 0;
   let tickCount = 0;
   let lastActiveAt = 0;
+  let previous = -1;
+  let stalled = 0;
 
   // Service times are drawn in arrival order, so every policy sees the same images.
   const arrive = (at: number) => {
@@ -117,7 +121,11 @@ export function simulate(settings: SimSettings): SimRun {
       tickCount++;
     }
     const active = cluster.active;
-    if (finished === total && images.length === total && active === 0) break;
+    // Every image was sent and taken and every instance has stopped: nothing can happen any more.
+    if (images.length === total && cluster.waiting === 0 && active === 0) break;
+    stalled = next === previous ? stalled + 1 : 0;
+    previous = next;
+    if (stalled > MAX_STALLED_STEPS) throw new Error(`simulation stalled at ${now} ms: events keep falling due without taking effect`);
     if (active > 0 || cluster.waiting === 0) lastActiveAt = now;
     else if (now - lastActiveAt > STUCK_MS) throw new SimInputError(`policy ${policyName} started no instance for ${STUCK_MS / 60_000} simulated minutes while ${cluster.waiting} images waited`);
   }
