@@ -4,8 +4,8 @@
  * local: measured on the 2-core development machine (AMD EPYC, 2026-11-30) with
  * `icaas start` and the 100 shared images, drain-time policy, idle wait 5 s:
  *  - start-up (instances.db, ready_at - started_at) 1374 and 1404 ms with nothing else
- *    starting; 20 started at once (queue-match) took 6.8 to 8.6 s each, which the
- *    processor-sharing model reproduces from the 600 ms of CPU a start costs;
+ *    starting; 20 started at once (queue-match) took 6.8 to 8.6 s each; the
+ *    processor-sharing model gives 6.8 s from the 600 ms of CPU a start costs;
  *  - service: workers logged 80 ms mean (SD 33 ms) per image for fetch and classify, and
  *    two workers finished the 100 images 4.7 s after they were ready: 94 ms per image per
  *    worker, counting the queue and store round trips the log line leaves out.
