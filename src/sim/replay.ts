@@ -31,7 +31,7 @@ export async function loadReplay(folder: string): Promise<ReplayData> {
   }
   const { events, skipped } = await readEventLog(file);
   const arrivals = events.filter((event) => event.type === 'arrival').map((event) => event.at);
-  if (arrivals.length === 0) throw new SimInputError(`--replay: ${file} has no arrivals: no image was uploaded during the logged run`);
+  if (arrivals.length === 0) throw new SimInputError(`--replay: ${file} has no arrivals: no image was uploaded during the run, or no web tier wrote to this log`);
   const finishes = events.filter((event): event is Extract<RunEvent, { type: 'image-finish' }> => event.type === 'image-finish');
   if (finishes.length === 0) throw new SimInputError(`--replay: ${file} has no finished images to compare with`);
   const firstArrival = arrivals.reduce((first, at) => Math.min(first, at), Infinity);
