@@ -1,14 +1,16 @@
 /**
- * icaas command line: start | web | controller | worker | classify | aws.
+ * icaas command line: start | web | controller | worker | classify | aws | simulate.
  */
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadConfig, optionsHelp, type Config } from './config.js';
 import { openRuntime, projectRoot, type Runtime } from './runtime.js';
+import { SIMULATE_HELP, SIMULATE_USAGE } from './sim/help.js';
 
 const VERSION = (JSON.parse(readFileSync(path.join(projectRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
-const COMMANDS: Record<string, { summary: string; usage: string; flags?: readonly string[] }> = {
+/** `help`: a command's own options, for commands that do not take the service's configuration. */
+const COMMANDS: Record<string, { summary: string; usage: string; flags?: readonly string[]; help?: string }> = {
   start: { summary: 'run everything on this machine: web tier, controllers, workers on demand', usage: 'icaas start [options]' },
   web: { summary: 'run the web tier and output phase only', usage: 'icaas web [options]' },
   controller: { summary: 'run the launch and monitor controllers only', usage: 'icaas controller [options]' },
@@ -19,6 +21,7 @@ const COMMANDS: Record<string, { summary: string; usage: string; flags?: readonl
     flags: ['url', 'api-key', 'json'],
   },
   aws: { summary: 'create or remove the AWS resources of a deployment', usage: 'icaas aws provision|teardown [--dry-run] [--force] [options]', flags: ['dry-run', 'force'] },
+  simulate: { summary: 'simulate the scaling policies on an arrival trace or a logged run: cost and latency', usage: SIMULATE_USAGE, help: SIMULATE_HELP },
 };
 
 function timestamp(): string {
@@ -45,6 +48,7 @@ function usage(): string {
 
 function commandHelp(name: string): string {
   const command = COMMANDS[name]!;
+  if (command.help) return [command.usage, '', command.summary, '', command.help].join('\n');
   return [`${command.usage}`, '', command.summary, '', 'Options (each also as an environment variable or a config-file entry):', optionsHelp()].join('\n');
 }
 
@@ -79,10 +83,16 @@ async function main(argv: string[]): Promise<number> {
 
 /** Errors in what the user asked for or configured, as opposed to faults of the program. */
 function isUsageError(error: unknown): boolean {
-  return error instanceof ConfigError || (error as Error | undefined)?.name === 'ModelNotFoundError';
+  const name = (error as Error | undefined)?.name;
+  return error instanceof ConfigError || name === 'ModelNotFoundError' || name === 'SimInputError';
 }
 
 async function runCommand(name: string, command: (typeof COMMANDS)[string], argv: string[]): Promise<number> {
+  if (name === 'simulate') {
+    // The simulator models a service; it takes its own flags, not this machine's configuration.
+    const { simulateCommand } = await import('./sim/command.js');
+    return simulateCommand(argv);
+  }
   const { config, positionals, extraFlags } = loadConfig({ argv }, command.flags ?? []);
   if (name !== 'classify' && name !== 'aws' && positionals.length > 0) throw new ConfigError(`unexpected argument "${positionals[0]}"`);
   switch (name) {
