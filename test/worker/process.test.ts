@@ -73,13 +73,16 @@ describe('a real worker process', () => {
     assert.deepEqual(notices, ['k1', 'crash-me']);
     // k3 is hidden, not lost: it comes back when its 30 s visibility timeout ends. Rather
     // than wait, look 31 s ahead: a queue connection whose clock is that far on.
-    assert.deepEqual(await queues.launch.counts(), { visible: 0, inFlight: 2, delayed: 0 });
+    // k1's launch message may be back too: its result was stored while crash-me ran, and
+    // the delete trails the store (k1 is then a stale duplicate, dropped unclassified).
+    const counts = await queues.launch.counts();
+    assert.ok(counts.visible === 0 && counts.delayed === 0 && (counts.inFlight === 2 || counts.inFlight === 3), JSON.stringify(counts));
     const ahead = new SqliteQueueProvider(path.join(config.data, 'queues.db'), { clock: { now: () => Date.now() + 31_000, monotonic: () => performance.now() } });
     cleanups.push(() => ahead.close());
     const comeBack = (await ahead.queue('launch').receive({ maxMessages: 10 })).map((message) => ({ message, imageId: JSON.parse(message.body).imageId as string }));
-    assert.deepEqual(comeBack.map(({ imageId }) => imageId).sort(), ['crash-me', 'k3']);
+    assert.deepEqual(comeBack.map(({ imageId }) => imageId).filter((imageId) => imageId !== 'k1').sort(), ['crash-me', 'k3']);
     const back = comeBack.find(({ imageId }) => imageId === 'k3')!.message;
-    await ahead.queue('launch').delete(comeBack.find(({ imageId }) => imageId === 'crash-me')!.message.receiptHandle);
+    for (const { message, imageId } of comeBack) if (imageId !== 'k3') await ahead.queue('launch').delete(message.receiptHandle);
     await ahead.queue('launch').changeVisibility(back.receiptHandle, 0);
     const [again] = await compute.start(1);
     await stoppedAll();
