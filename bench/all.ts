@@ -157,8 +157,8 @@ function lastJson(stdout: string, name: string): Record<string, number> | undefi
 async function replay(dataDir: string): Promise<{ simulated: number; real: number } | undefined> {
   try {
     const { stdout } = await run(process.execPath, [cliPath, 'simulate', '--replay', dataDir, '--json'], { maxBuffer: 16 * 1024 * 1024 });
-    const parsed = JSON.parse(stdout) as { replay?: { simulatedSeconds: number; realSeconds: number } };
-    return parsed.replay ? { simulated: parsed.replay.simulatedSeconds, real: parsed.replay.realSeconds } : undefined;
+    const first = (JSON.parse(stdout) as { runs?: { completionMs: number; realCompletionMs?: number }[] }).runs?.[0];
+    return first?.realCompletionMs ? { simulated: first.completionMs / 1000, real: first.realCompletionMs / 1000 } : undefined;
   } catch (error) {
     process.stderr.write(`simulate --replay failed: ${(error as Error).message.split('\n')[0]}\n`);
     return undefined;
