@@ -123,3 +123,12 @@ export const batchManifestSchema = z.object({
   launched: z.boolean().optional(),
 });
 export type BatchManifest = z.infer<typeof batchManifestSchema>;
+
+/**
+ * How long a worker's monitor notice stays hidden after it is sent: the monitor's check
+ * interval, in the whole seconds a queue delay takes (at most SQS's 900). See
+ * WorkerOptions.noticeDelaySeconds.
+ */
+export function noticeDelaySeconds(settings: { monitorCheckSeconds: number }): number {
+  return Math.min(900, Math.floor(settings.monitorCheckSeconds));
+}

@@ -2,13 +2,14 @@
 import path from 'node:path';
 import { EventLog } from '../event-log.js';
 import { CONTROLLER_HEALTH_EVERY_MS, CONTROLLER_HEALTH_KEY, type ControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
-import { parseMonitorNotice } from '../messages.js';
+import { noticeDelaySeconds, parseMonitorNotice } from '../messages.js';
 import type { Queue } from '../queue/port.js';
 import type { Runtime } from '../runtime.js';
 import { endWaitingImages, launchTick, ScalingMeasurements, StartFailures, type LaunchTick, type StartFailureState } from './launch.js';
 import { canonicalPolicyName, policyByName } from './policy.js';
 import { every, FailureLog, type Loop } from './loop.js';
 import { monitorTick } from './monitor.js';
+
 
 export interface Controllers {
   /** The loops' health, as also published in the output bucket. */
@@ -27,6 +28,8 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
   const startFailures = new StartFailures({
     threshold: config.startFailures,
     timeoutMs: config.startFailureTimeoutSeconds * 1000,
+    // The notice of an image a worker took just before it died arrives this much later.
+    judgeAfterMs: 2_000 + noticeDelaySeconds(config) * 1000,
     ...(runtime.compute.startFailure ? { explain: (id: string) => runtime.compute.startFailure!(id) } : {}),
     onChange: (state) => reportStartFailures(workers, state),
   });
@@ -156,6 +159,7 @@ function noticingInstances(queue: Queue, onInstance: (id: string) => void): Queu
       return messages;
     },
     delete: (handle) => queue.delete(handle),
+    deleteBatch: (handles) => queue.deleteBatch(handles),
     changeVisibility: (handle, seconds) => queue.changeVisibility(handle, seconds),
     counts: () => queue.counts(),
   };

@@ -49,11 +49,36 @@ export async function monitorTick(options: MonitorOptions, waitSeconds: number, 
   if (messages.length === 0) return summary;
   summary.received = messages.length;
   const alive = new Set((await options.compute.list()).filter((instance) => instance.state !== 'stopped').map((instance) => instance.id));
-  for (const message of messages) {
-    const outcome = await checkNoticeUnlessTaken(options, message, alive);
-    if (outcome !== 'waiting') summary[outcome]++;
+  const finished: Finished = { results: [], handles: [] };
+  try {
+    for (const message of messages) {
+      const outcome = await checkNoticeUnlessTaken(options, message, alive, finished);
+      if (outcome !== 'waiting') summary[outcome]++;
+    }
+  } finally {
+    await settleFinished(options, finished);
   }
   return summary;
+}
+
+/** Notices whose image has its result: announced, then deleted, together at the end of the tick. */
+interface Finished {
+  results: ImageResult[];
+  handles: string[];
+}
+
+/**
+ * The instance stores the result, then announces it on the output queue. An instance that
+ * dies between the two leaves a result nobody is told about: the web tier would show the
+ * image unfinished until it next restarts and reads the bucket. The monitor cannot tell
+ * whether the announcement went out, so it sends it again before it lets go of the
+ * notice; the output phase records the first and ignores the other. A tick's results go
+ * out in one batch and its notices are deleted in another: two writes, not two per image.
+ */
+async function settleFinished(options: MonitorOptions, finished: Finished): Promise<void> {
+  if (finished.results.length === 0) return;
+  await options.queues.output.sendBatch(finished.results.map((result) => JSON.stringify({ type: 'result', result })));
+  await options.queues.monitor.deleteBatch(finished.handles);
 }
 
 type Outcome = 'waiting' | 'finished' | 'retried' | 'failed' | 'superseded';
@@ -63,16 +88,16 @@ type Outcome = 'waiting' | 'finished' | 'retried' | 'failed' | 'superseded';
  * another monitor; this one's receipt handle is then stale and that check is the one that
  * counts. Its writes were conditional, so nothing it did conflicts.
  */
-async function checkNoticeUnlessTaken(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>): Promise<Outcome> {
+async function checkNoticeUnlessTaken(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>, finished: Finished): Promise<Outcome> {
   try {
-    return await checkNotice(options, message, alive);
+    return await checkNotice(options, message, alive, finished);
   } catch (error) {
     if (error instanceof QueueError && error.code === 'not-in-flight') return 'waiting';
     throw error;
   }
 }
 
-async function checkNotice(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>): Promise<Outcome> {
+async function checkNotice(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>, finished: Finished): Promise<Outcome> {
   const { queues, log = () => {} } = options;
   let notice: MonitorNotice;
   try {
@@ -84,7 +109,7 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
     return 'finished';
   }
   const stored = await readFinalResult(options.store, options.outputBucket, notice.imageId);
-  if (stored?.valid) return finish(options, message, stored.result);
+  if (stored?.valid) return finish(finished, message, stored.result);
   if (stored) {
     // Its instance has finished with the image, badly: no point waiting or killing it.
     log(`${notice.imageId}: the stored result is not valid (${stored.reason}); treating the attempt as failed`);
@@ -107,7 +132,7 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
   }
   // Checked again after the instance is gone: a result written just before the kill counts.
   const after = await readFinalResult(options.store, options.outputBucket, notice.imageId);
-  if (after?.valid) return finish(options, message, after.result);
+  if (after?.valid) return finish(finished, message, after.result);
   return conclude(options, message, notice, reason);
 }
 
@@ -126,16 +151,9 @@ function noticeAgeSeconds(options: MonitorOptions, notice: MonitorNotice, messag
   return Math.min(Math.max((now - notice.startedAt) / 1000, floor), floor + options.checkSeconds);
 }
 
-/**
- * The instance stores the result, then announces it on the output queue. An instance that
- * dies between the two leaves a result nobody is told about: the web tier would show the
- * image unfinished until it next restarts and reads the bucket. The monitor cannot tell
- * whether the announcement went out, so it sends it again before it lets go of the
- * notice; the output phase records the first and ignores the other.
- */
-async function finish(options: MonitorOptions, message: ReceivedMessage, result: ImageResult): Promise<'finished'> {
-  await options.queues.output.send(JSON.stringify({ type: 'result', result }));
-  await options.queues.monitor.delete(message.receiptHandle);
+function finish(finished: Finished, message: ReceivedMessage, result: ImageResult): 'finished' {
+  finished.results.push(result);
+  finished.handles.push(message.receiptHandle);
   return 'finished';
 }
 

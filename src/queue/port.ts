@@ -47,6 +47,8 @@ export interface Queue {
   receive(options?: ReceiveOptions): Promise<ReceivedMessage[]>;
   /** Deleting with a stale handle (the message was received again since) is a no-op, as in SQS. */
   delete(receiptHandle: string): Promise<void>;
+  /** Deletes many at once (one transaction; SQS batches of 10); stale handles are no-ops, as with delete. */
+  deleteBatch(receiptHandles: string[]): Promise<void>;
   /** Throws QueueError('not-in-flight') when the handle is stale or the message is gone. */
   changeVisibility(receiptHandle: string, visibilityTimeoutSeconds: number): Promise<void>;
   /** Approximate counts, as SQS reports them. */

@@ -150,11 +150,17 @@ export class SqliteQueueProvider implements QueueProvider {
       // WAL lets readers (counts, the cheap check before each claim) go on while a writer
       // commits, so many idle long-pollers do not get in the way of senders.
       this.db.pragma('journal_mode = WAL');
-      // FULL rather than NORMAL: in WAL mode NORMAL can lose the last commits on power loss
-      // or an OS crash. A lost send would be an accepted image that never gets a result;
-      // the object store fsyncs its writes for the same reason. The cost is one fsync per
-      // write transaction, small next to classifying an image.
-      this.db.pragma('synchronous = FULL');
+      // NORMAL by default, FULL for sends (see writeDurably). In WAL mode a commit under
+      // NORMAL survives the process being killed, but a power loss or an OS crash can roll
+      // back the last commits. For a receive, a delete or a visibility change that only
+      // makes a message come back, which at-least-once delivery allows and every consumer
+      // here handles; a send rolled back would lose a message (an accepted image that never
+      // gets a result), so sends flush, as the object store flushes its writes. Rolling
+      // back is always of the last commits of the whole file, so a flushed send also
+      // keeps every commit before it. Without this, every write, even an empty poll that
+      // only advances the queue clock, waited for the disk while holding the file's one
+      // write lock, and all processes queued behind it.
+      this.db.pragma('synchronous = NORMAL');
       this.migrate();
       this.statements = this.prepare();
       this.clockStatements = this.prepareClock();
@@ -274,6 +280,17 @@ export class SqliteQueueProvider implements QueueProvider {
   }
 
   /** @internal Runs `write` in one write transaction, with the queue time at its start. */
+  /** A write that must survive a power loss once it returns: committed with a flush. */
+  writeDurably<T>(what: string, write: (statements: Statements, now: number) => T): T {
+    this.ensureOpen();
+    this.db.pragma('synchronous = FULL');
+    try {
+      return this.writeAtQueueTime(what, write);
+    } finally {
+      if (this.db.open) this.db.pragma('synchronous = NORMAL');
+    }
+  }
+
   writeAtQueueTime<T>(what: string, write: (statements: Statements, now: number) => T): T {
     return this.run(what, (statements) => this.atQueueTime.immediate((now) => write(statements, now)) as T);
   }
@@ -354,7 +371,7 @@ class SqliteQueue implements Queue {
     const delaySeconds = checkSendOptions(body, options);
     const id = randomUUID();
     this.provider.expireOld();
-    this.provider.writeAtQueueTime(`send to ${this.name}`, (statements, now) => {
+    this.provider.writeDurably(`send to ${this.name}`, (statements, now) => {
       statements.insert.run(id, this.name, body, now, now + delaySeconds * 1000);
     });
     return id;
@@ -369,7 +386,7 @@ class SqliteQueue implements Queue {
     if (bodies.length === 0) return [];
     const ids = bodies.map(() => randomUUID());
     this.provider.expireOld();
-    this.provider.writeAtQueueTime(`send ${bodies.length} messages to ${this.name}`, (statements, now) => {
+    this.provider.writeDurably(`send ${bodies.length} messages to ${this.name}`, (statements, now) => {
       for (const [i, body] of bodies.entries()) statements.insert.run(ids[i]!, this.name, body, now, now);
     });
     return ids;
@@ -406,6 +423,15 @@ class SqliteQueue implements Queue {
   async delete(receiptHandle: string): Promise<void> {
     checkReceiptHandle(receiptHandle);
     this.provider.run(`delete from ${this.name}`, (statements) => statements.deleteByReceipt.run(this.name, receiptHandle));
+  }
+
+  /** One transaction, so one disk flush, however many. */
+  async deleteBatch(receiptHandles: string[]): Promise<void> {
+    for (const handle of receiptHandles) checkReceiptHandle(handle);
+    if (receiptHandles.length === 0) return;
+    this.provider.writeAtQueueTime(`delete ${receiptHandles.length} messages from ${this.name}`, (statements) => {
+      for (const handle of receiptHandles) statements.deleteByReceipt.run(this.name, handle);
+    });
   }
 
   async changeVisibility(receiptHandle: string, visibilityTimeoutSeconds: number): Promise<void> {

@@ -15,6 +15,7 @@
 import {
   ChangeMessageVisibilityCommand,
   CreateQueueCommand,
+  DeleteMessageBatchCommand,
   DeleteMessageCommand,
   GetQueueAttributesCommand,
   GetQueueUrlCommand,
@@ -313,6 +314,22 @@ class SqsQueue implements Queue {
       // As the port promises (and SQS mostly does itself): a stale handle is a no-op.
       if (error instanceof QueueError && error.code === 'not-in-flight') return;
       throw error;
+    }
+  }
+
+  /** DeleteMessageBatch, 10 per request, a few requests at once; a stale handle is a no-op. */
+  async deleteBatch(receiptHandles: string[]): Promise<void> {
+    for (const handle of receiptHandles) checkReceiptHandle(handle);
+    const chunks: string[][] = [];
+    for (let i = 0; i < receiptHandles.length; i += SQS_BATCH_ENTRIES) chunks.push(receiptHandles.slice(i, i + SQS_BATCH_ENTRIES));
+    for (let next = 0; next < chunks.length; next += BATCHES_AT_ONCE) {
+      await Promise.all(chunks.slice(next, next + BATCHES_AT_ONCE).map(async (chunk) => {
+        const response = await this.request('delete from', (QueueUrl, client, options) =>
+          client.send(new DeleteMessageBatchCommand({ QueueUrl, Entries: chunk.map((handle, i) => ({ Id: String(i), ReceiptHandle: handle })) }), options),
+        );
+        const failed = (response.Failed ?? []).filter((entry) => !STALE_HANDLE.has(entry.Code ?? '') && !/receipt ?handle/i.test(entry.Message ?? ''));
+        if (failed.length > 0) throw new QueueError(failed[0]!.SenderFault ? 'invalid-argument' : 'unavailable', `SQS could not delete ${failed.length} of ${chunk.length} messages from queue ${this.sqsName}: ${failed[0]!.Code ?? 'no code'} ${failed[0]!.Message ?? ''}`.trim());
+      }));
     }
   }
 

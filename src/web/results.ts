@@ -20,7 +20,7 @@ import {
   resultKey,
   InvalidMessageError,
 } from '../messages.js';
-import type { Queue } from '../queue/port.js';
+import type { Queue, ReceivedMessage } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
 
 export type ImageStatus = 'queued' | 'processing' | 'done' | 'error';
@@ -493,6 +493,30 @@ export interface OutputPhaseOptions {
  * was still queued) is not recorded; the message is held back for the grace period and then
  * its result object is deleted, so a deleted batch leaves nothing behind in the bucket.
  */
+/** Applies one output message; false when it is kept in flight instead of being deleted. */
+async function applyOutputMessage(index: ResultsIndex, outputQueue: Queue, message: ReceivedMessage, graceMs: number, events: EventSink | undefined, log: (line: string) => void): Promise<boolean> {
+  try {
+    const output = parseOutputMessage(message.body);
+    const applied = await index.applyOutput(output);
+    if (applied === 'applied') recordEvent(events, output);
+    if (applied === 'orphan' && output.type === 'result') {
+      const waitMs = message.sentAt + graceMs - Date.now();
+      if (waitMs > 0) {
+        // Kept in flight, not deleted: it comes back once the grace period is over.
+        await outputQueue.changeVisibility(message.receiptHandle, Math.min(43_200, Math.ceil(waitMs / 1000)));
+        return false;
+      }
+      if (await index.deleteOrphanResult(output.result.imageId, output.result.batchId)) {
+        log(`deleted the result of image ${output.result.imageId}: batch ${output.result.batchId} no longer exists`);
+      }
+    }
+  } catch (error) {
+    if (!(error instanceof InvalidMessageError)) throw error;
+    log(`dropping malformed output message ${message.id}: ${error.message}`);
+  }
+  return true;
+}
+
 /** A duplicate announcement is recorded too: readers keep the first finish of each image. */
 function recordEvent(events: EventSink | undefined, output: OutputMessage): void {
   if (!events) return;
@@ -515,27 +539,15 @@ export async function outputTick(index: ResultsIndex, outputQueue: Queue, waitSe
   const log = options.log ?? (() => {});
   const graceMs = (options.orphanGraceSeconds ?? 0) * 1000;
   const messages = await outputQueue.receive({ maxMessages: 10, waitSeconds, visibilityTimeoutSeconds: 30, ...(signal ? { signal } : {}) });
-  for (const message of messages) {
-    try {
-      const output = parseOutputMessage(message.body);
-      const applied = await index.applyOutput(output);
-      if (applied === 'applied') recordEvent(options.events, output);
-      if (applied === 'orphan' && output.type === 'result') {
-        const waitMs = message.sentAt + graceMs - Date.now();
-        if (waitMs > 0) {
-          // Kept in flight, not deleted: it comes back once the grace period is over.
-          await outputQueue.changeVisibility(message.receiptHandle, Math.min(43_200, Math.ceil(waitMs / 1000)));
-          continue;
-        }
-        if (await index.deleteOrphanResult(output.result.imageId, output.result.batchId)) {
-          log(`deleted the result of image ${output.result.imageId}: batch ${output.result.batchId} no longer exists`);
-        }
-      }
-    } catch (error) {
-      if (!(error instanceof InvalidMessageError)) throw error;
-      log(`dropping malformed output message ${message.id}: ${error.message}`);
+  // Those handled are deleted together, in one write, even when a later one fails:
+  // applying a message twice is harmless, but every write is a disk flush.
+  const handled: string[] = [];
+  try {
+    for (const message of messages) {
+      if (await applyOutputMessage(index, outputQueue, message, graceMs, options.events, log)) handled.push(message.receiptHandle);
     }
-    await outputQueue.delete(message.receiptHandle);
+  } finally {
+    await outputQueue.deleteBatch(handled);
   }
   return messages.length;
 }

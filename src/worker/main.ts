@@ -4,6 +4,7 @@ import sharp from 'sharp';
 import { ConfigError, type Config } from '../config.js';
 import { loadClassifier } from '../classifier/index.js';
 import { openRuntime, projectRoot } from '../runtime.js';
+import { noticeDelaySeconds } from '../messages.js';
 import { runWorker } from './worker.js';
 
 export async function workerMain(config: Config, instanceIdFlag: string | undefined, log: (line: string) => void): Promise<number> {
@@ -43,6 +44,7 @@ export async function workerMain(config: Config, instanceIdFlag: string | undefi
       compute: runtime.compute,
       classifier,
       idleWaitSeconds: config.idleWaitSeconds,
+      noticeDelaySeconds: noticeDelaySeconds(config),
       log,
       signal: stopping.signal,
       faults,

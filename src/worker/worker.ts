@@ -50,6 +50,13 @@ export interface WorkerOptions {
   classifier: Classifier;
   /** Seconds of an empty long poll after which the instance stops itself. */
   idleWaitSeconds: number;
+  /**
+   * Seconds the monitor notice stays hidden after it is sent: the monitor's check interval,
+   * so that for the usual image, done within it, the monitor looks once and finds the
+   * result, instead of also looking at once and putting the notice back. A worker that dies
+   * meanwhile is noticed that much later. Whole seconds (SQS delays are); default 0.
+   */
+  noticeDelaySeconds?: number;
   /** How long a received launch message stays hidden before the notice takes over. */
   launchVisibilitySeconds?: number;
   /**
@@ -149,7 +156,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       const startedAt = clock.now();
       const { launch } = taken;
       const notice: MonitorNotice = { type: 'monitor', imageId: launch.imageId, batchId: launch.batchId, name: launch.name, key: launch.key, attempt: launch.attempt, instanceId, startedAt };
-      await queues.monitor.send(JSON.stringify(notice));
+      await queues.monitor.send(JSON.stringify(notice), options.noticeDelaySeconds ? { delaySeconds: options.noticeDelaySeconds } : undefined);
       await reporter.busy(launch.imageId);
       // Classification is where a worker hangs or crashes, and a result still being stored
       // then is lost: the image before would be retried (an attempt spent) for this one's

@@ -17,6 +17,8 @@ export interface ServiceOptions {
   extraArgs?: string[];
   /** Reuse a data folder (restart tests). */
   dataDir?: string;
+  /** How often the instance count is sampled from /api/status (default 100 ms; benchmarks sample less, to load the service less). */
+  sampleEveryMs?: number;
 }
 
 export interface Service {
@@ -81,7 +83,7 @@ export async function startService(options: ServiceOptions = {}): Promise<Servic
       } catch {
         // The service may be restarting; the next sample counts.
       }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await new Promise((resolve) => setTimeout(resolve, options.sampleEveryMs ?? 100));
     }
   })();
 
@@ -177,11 +179,11 @@ export async function getBatch(url: string, batchId: string): Promise<BatchResul
   return (await response.json()) as BatchResult;
 }
 
-export async function waitForBatch(url: string, batchId: string, timeoutMs = 120_000): Promise<BatchResult> {
+export async function waitForBatch(url: string, batchId: string, timeoutMs = 120_000, intervalMs = 200): Promise<BatchResult> {
   return waitFor(`batch ${batchId} to finish`, async () => {
     const batch = await getBatch(url, batchId);
     return batch.done + batch.errors === batch.total ? batch : undefined;
-  }, { timeoutMs, intervalMs: 200 });
+  }, { timeoutMs, intervalMs });
 }
 
 /** Collects image events from the live stream, to check that each result is shown once. */

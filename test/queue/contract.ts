@@ -215,6 +215,26 @@ export function queueContract(adapterName: string, setup: () => Promise<QueueCon
       assert.deepEqual(await queue.receive({ waitSeconds: 1 }), [], 'nothing of a refused batch was sent');
     });
 
+    it('deleteBatch removes every message named, past one SQS batch, and ignores stale handles', async () => {
+      const queue = freshQueue();
+      await queue.sendBatch(Array.from({ length: 13 }, (_, i) => `d${i}`));
+      const held: ReceivedMessage[] = [];
+      await waitFor('all 13 messages to be received', async () => {
+        held.push(...await queue.receive({ maxMessages: 10, waitSeconds: 1, visibilityTimeoutSeconds: LONG_VISIBILITY }));
+        return held.length >= 13;
+      });
+      // One message is let go and received again: its first handle is stale, its second is not.
+      const [again] = held.splice(0, 1);
+      await queue.changeVisibility(again!.receiptHandle, 0);
+      const fresh = await receiveOne(queue);
+      await queue.deleteBatch([again!.receiptHandle, ...held.map((message) => message.receiptHandle)]);
+      await queue.deleteBatch([]);
+      await countsSettle(queue, { visible: 0, inFlight: 1, delayed: 0 });
+      await queue.deleteBatch([fresh.receiptHandle]);
+      await countsSettle(queue, { visible: 0, inFlight: 0, delayed: 0 });
+      await assertEmptyFor(queue, 1, 'a deleted message came back');
+    });
+
     it('a receive returns at most maxMessages, and every message once', async () => {
       const queue = freshQueue();
       const ids = new Set<string>();

@@ -56,6 +56,7 @@ class MemoryQueue implements Queue {
     return body === undefined ? [] : [{ id: '1', body, receiptHandle: '1', receiveCount: 1, sentAt: Date.now() }];
   }
   async delete(): Promise<void> {}
+  async deleteBatch(): Promise<void> {}
   async changeVisibility(): Promise<void> {}
   async counts(): Promise<QueueCounts> {
     return { visible: this.messages.length + this.extra, inFlight: this.inFlight, delayed: 0 };
