@@ -50,7 +50,9 @@ describe('workers that fail at start', async () => {
     startedAt = performance.now();
     const { config } = loadConfig({
       argv: ['--host', '127.0.0.1', '--port', '0', '--data', temp.dir, '--model', path.join(temp.dir, 'gone.onnx'), '--max-instances', '3',
-        '--launch-interval', '100', '--start-failures', '3', '--start-failure-timeout', '6'],
+        // A check interval under a second: notices are not delayed, so a stopped instance
+        // is judged 2 s after it is seen gone, and the bound on spawns below holds.
+        '--launch-interval', '100', '--start-failures', '3', '--start-failure-timeout', '6', '--monitor-check', '0.5'],
       env: {},
     });
     runtime = await openRuntime(config);

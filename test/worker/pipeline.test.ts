@@ -12,7 +12,7 @@ import { loadClassifier } from '../../src/classifier/index.js';
 import type { Classifier } from '../../src/classifier/port.js';
 import type { InstanceReport } from '../../src/compute/port.js';
 import { ProcessCompute } from '../../src/compute/process.js';
-import { inputKey, parseMonitorNotice, parseOutputMessage, resultKey, type LaunchMessage } from '../../src/messages.js';
+import { inputKey, noticeDelaySeconds, parseMonitorNotice, parseOutputMessage, resultKey, type LaunchMessage } from '../../src/messages.js';
 import type { Queue } from '../../src/queue/port.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { FsObjectStore } from '../../src/storage/fs.js';
@@ -94,6 +94,25 @@ describe('worker loop, per image', async () => {
     assert.equal(last.processed, 4);
     assert.ok(typeof last.serviceMs === 'number' && last.serviceMs > 0, JSON.stringify(last));
     assert.deepEqual(await queues.launch.counts(), { visible: 0, inFlight: 0, delayed: 0 });
+  });
+
+  it('sends the monitor notice hidden for the monitor check interval, when asked', async () => {
+    await enqueue('n1');
+    let seenWhileClassifying: { visible: number; delayed: number } | undefined;
+    const classify = classifier.classify.bind(classifier);
+    const watching: Classifier = { ...classifier, classify: async (image, k) => {
+      const counts = await queues.monitor.counts();
+      seenWhileClassifying = { visible: counts.visible, delayed: counts.delayed };
+      return classify(image, k);
+    } };
+    await runWorker({ ...options(), classifier: watching, noticeDelaySeconds: 2 });
+    assert.deepEqual(seenWhileClassifying, { visible: 0, delayed: 1 });
+    const notice = await waitFor('the notice to become visible', async () => (await queues.monitor.receive({ waitSeconds: 1 }))[0], { timeoutMs: 10_000 });
+    assert.equal(parseMonitorNotice(notice.body).imageId, 'n1');
+    await queues.monitor.delete(notice.receiptHandle);
+    assert.equal(noticeDelaySeconds({ monitorCheckSeconds: 2.7 }), 2);
+    assert.equal(noticeDelaySeconds({ monitorCheckSeconds: 0.5 }), 0);
+    assert.equal(noticeDelaySeconds({ monitorCheckSeconds: 5000 }), 900, 'at most what SQS allows');
   });
 
   it('stores a result while the next first attempt is classified', async () => {

@@ -23,7 +23,8 @@ describe('a real worker process', () => {
   /** A data folder with the given images queued, and an adapter that starts workers on it. */
   async function setUp(names: string[], faults: Record<string, string> = {}) {
     const temp = await makeTempDir('icaas-worker-process-');
-    const { config } = loadConfig({ argv: ['--data', temp.dir, '--idle-wait', '1'], env: {} });
+    // A check interval under a second, so the notices are not delayed and can be read at once.
+    const { config } = loadConfig({ argv: ['--data', temp.dir, '--idle-wait', '1', '--monitor-check', '0.5'], env: {} });
     const store = new FsObjectStore(path.join(temp.dir, 'buckets'));
     await store.ensureBucket(config.inputBucket);
     await store.ensureBucket(config.outputBucket);
