@@ -1,6 +1,7 @@
 import { Backoff, type BackoffOptions } from '../backoff.js';
 import type { Compute, DeadlineSweep, InstanceInfo } from '../compute/port.js';
 import { oneLine } from '../health.js';
+import { movingAverage } from '../moving-average.js';
 import { InvalidMessageError, parseLaunchMessage, type ImageResult, type OutputMessage } from '../messages.js';
 import { storeFirstResult } from '../outcomes.js';
 import type { Queue } from '../queue/port.js';
@@ -12,8 +13,6 @@ import type { EventSink } from '../event-log.js';
 /** What the policy assumes before it has measured anything. */
 export const SERVICE_PRIOR_MS = 100;
 export const STARTUP_PRIOR_MS = 2_000;
-/** Weight of the newest sample in the moving averages: recent enough to follow load, smooth enough to ignore one outlier. */
-const SMOOTHING = 0.2;
 
 export interface LaunchTick {
   observation: ScalingObservation;
@@ -63,14 +62,14 @@ export class ScalingMeasurements {
       if (instance.state !== 'starting' && (before === 'starting' || (before === undefined && instance.readyAt !== undefined))) {
         const readyAt = instance.readyAt ?? now;
         if (instance.state !== 'stopped' || instance.readyAt !== undefined) {
-          this.startup = average(this.startup, Math.max(0, readyAt - instance.startedAt));
+          this.startup = movingAverage(this.startup, Math.max(0, readyAt - instance.startedAt));
           this.events.record({ type: 'ready', at: readyAt, instanceId: instance.id });
         }
       }
       if (instance.state === 'stopped' && before !== undefined && before !== 'stopped') this.events.record({ type: 'stop', at: now, instanceId: instance.id });
       if (instance.serviceMs !== undefined && this.lastService.get(instance.id) !== instance.serviceMs) {
         this.lastService.set(instance.id, instance.serviceMs);
-        this.service = average(this.service, instance.serviceMs);
+        this.service = movingAverage(this.service, instance.serviceMs);
       }
       this.seen.set(instance.id, instance.state);
     }
@@ -90,10 +89,6 @@ export class ScalingMeasurements {
   startupMs(): number | undefined {
     return this.startup;
   }
-}
-
-function average(current: number | undefined, sample: number): number {
-  return current === undefined ? sample : current + SMOOTHING * (sample - current);
 }
 
 /** The policy's view of the tier, from the queue counts, the instances and what has been measured. */

@@ -21,11 +21,10 @@
  *   includes any slow-down from sharing the cores.
  */
 import type { InstanceInfo, InstanceState } from '../compute/port.js';
+import { movingAverage } from '../moving-average.js';
 
 /** Times closer than this (ms) count as the same instant: float sums drift by far less. */
 export const EPSILON_MS = 1e-6;
-/** Weight of the newest image in an instance's reported service time. */
-const SERVICE_SMOOTHING = 0.2;
 /** How long a stopped instance is still listed (the process adapter's keepStoppedMs). */
 const KEEP_STOPPED_MS = 60_000;
 
@@ -225,7 +224,7 @@ export class Cluster {
     const image = instance.image!;
     image.finishedAt = now;
     const wall = now - image.startedAt!;
-    instance.serviceAverage = instance.serviceAverage === undefined ? wall : instance.serviceAverage + SERVICE_SMOOTHING * (wall - instance.serviceAverage);
+    instance.serviceAverage = movingAverage(instance.serviceAverage, wall);
     instance.processed++;
     instance.image = undefined;
     instance.workLeft = 0;

@@ -17,6 +17,7 @@
  * follows within milliseconds and says the same.
  */
 import { Backoff, sleep } from '../backoff.js';
+import { movingAverage } from '../moving-average.js';
 import type { Classifier } from '../classifier/port.js';
 import { FailureLog } from '../controller/loop.js';
 import { ImageDecodeError } from '../classifier/port.js';
@@ -88,8 +89,6 @@ export interface WorkerSummary {
 
 /** An image in hand this long gets a progress note, so users see which instance holds it. */
 export const PROGRESS_AFTER_MS = 1000;
-/** Weight of the newest image in the moving average of the service time. */
-const SERVICE_WEIGHT = 0.2;
 /** A message taken ahead longer ago than this part of its visibility timeout is not started. */
 const PREFETCH_START_WITHIN = 0.5;
 /** A check for staleness older than this is made again before the image starts. */
@@ -237,7 +236,7 @@ async function announced(options: WorkerOptions, { taken, deleted, outcome, star
   await sendOutput(options.queues.output, { type: 'result', result });
   tally.processed++;
   const elapsed = clock.monotonic() - started;
-  tally.serviceMs = tally.serviceMs === undefined ? elapsed : tally.serviceMs + SERVICE_WEIGHT * (elapsed - tally.serviceMs);
+  tally.serviceMs = movingAverage(tally.serviceMs, elapsed);
   const said = own.status === 'ok' ? `${own.label} ${own.probability.toFixed(3)}` : `error: ${own.error}`;
   log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${said} in ${Math.round(elapsed)} ms (classification ${outcome.classifyMs.toFixed(1)} ms)${won ? '' : `; not stored, the image already had its result (${result.status})`}`);
 }
