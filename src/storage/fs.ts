@@ -127,12 +127,22 @@ export class FsObjectStore implements ObjectStore {
       let moved = false;
       let size = 0;
       try {
-        await writeAll(temp.handle, encodeHeader(options, randomBytes(16).toString('hex')));
+        // Gathered into writes of up to WRITE_BYTES: a small image is then one write with its
+        // header, not one per chunk the stream happens to deliver.
+        let pending: Buffer[] = [encodeHeader(options, randomBytes(16).toString('hex'))];
+        let pendingBytes = pending[0]!.length;
         for await (const chunk of body) {
           const bytes = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
-          await writeAll(temp.handle, bytes);
+          pending.push(bytes);
+          pendingBytes += bytes.length;
           size += bytes.length;
+          if (pendingBytes >= WRITE_BYTES) {
+            await writeAll(temp.handle, Buffer.concat(pending, pendingBytes));
+            pending = [];
+            pendingBytes = 0;
+          }
         }
+        if (pendingBytes > 0) await writeAll(temp.handle, Buffer.concat(pending, pendingBytes));
         await temp.handle.sync();
         await temp.handle.close();
         moved = await placeFile(temp.path, target, 'replace');
@@ -348,6 +358,9 @@ function normalizeMetadata(metadata: Record<string, string> | undefined): Record
  * delete prunes empty folders, and may remove the one just created for this object between
  * mkdir and the move; recreating it and trying again is enough.
  */
+/** Bytes of a streamed body gathered before they are written. */
+const WRITE_BYTES = 256 * 1024;
+
 async function placeFile(tempPath: string, target: string, mode: 'replace' | 'create'): Promise<boolean> {
   // The folder usually exists (many objects share it): made only when the move says it is missing.
   for (let attempt = 1; ; attempt++) {
