@@ -92,7 +92,8 @@ describe('FsObjectStore on disk', () => {
     await store.ensureBucket('streams');
     const source = new PassThrough();
     const putting = store.putStream('streams', 'k', source);
-    source.write(Buffer.alloc(100_000, 1));
+    // More than the store gathers before a write, so part of the body is on disk.
+    source.write(Buffer.alloc(300_000, 1));
     await waitFor('the temp file to receive the body', async () => {
       const names = await readdir(path.join(root, 'streams', '.tmp'));
       return names.length === 1 && (await stat(path.join(root, 'streams', '.tmp', names[0]!))).size > 0;
