@@ -108,7 +108,9 @@ export const drainTimePolicy: ScalingPolicy = (observation) => {
   while (start < useful) {
     const next = expectedDrainMs(observation, start + 1);
     const gain = drain - next;
-    if (!(gain > Math.max(MIN_GAIN_MS, MIN_GAIN_FRACTION * (Number.isFinite(drain) ? drain : next)))) break;
+    // A start burns startCostMs of the shared cores: it must save at least that much, or
+    // the model's error decides (a handful of images on one machine is done sooner by one).
+    if (!(gain > Math.max(MIN_GAIN_MS, observation.startCostMs ?? 0, MIN_GAIN_FRACTION * (Number.isFinite(drain) ? drain : next)))) break;
     start++;
     drain = next;
   }

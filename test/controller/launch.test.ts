@@ -35,9 +35,9 @@ describe('launch controller tick', async () => {
   });
 
   it('drain-time starts no more instances than can usefully run, and learns their start-up', async () => {
-    for (let i = 0; i < 5; i++) await launch.send(`m${i}`);
+    for (let i = 0; i < 40; i++) await launch.send(`m${i}`);
     const first = await launchTick(launch, compute, { policy: drainTimePolicy });
-    assert.equal(first.observation.backlog, 5);
+    assert.equal(first.observation.backlog, 40);
     assert.equal(first.started, 2, first.decision.reason);
     await waitFor('two idle instances', async () => (await compute.list()).filter((instance) => instance.state === 'idle').length === 2);
     const second = await launchTick(launch, compute, { policy: drainTimePolicy });
@@ -47,7 +47,7 @@ describe('launch controller tick', async () => {
 
   it('queue-match starts instances for waiting messages up to the maximum, then none while they are free', async () => {
     const first = await launchTick(launch, compute, { policy: queueMatchPolicy });
-    assert.equal(first.observation.backlog, 5);
+    assert.equal(first.observation.backlog, 40);
     assert.equal(first.started, 1);
     await waitFor('three idle instances', async () => (await compute.list()).filter((instance) => instance.state === 'idle').length === 3);
     const second = await launchTick(launch, compute, { policy: queueMatchPolicy });

@@ -85,6 +85,15 @@ describe('drain-time policy', () => {
     assert.ok(fresh.start <= 2 && almost.start <= 2);
   });
 
+  it('on one machine starts a second instance only when it saves more than a start burns', () => {
+    const local = { capacity: 2, serviceMs: 30, startupMs: 1000, startCostMs: 600 };
+    // 10 images: a second worker would save 150 ms for 600 ms of CPU.
+    assert.equal(decide({ backlog: 10, ...local }).start, 1);
+    assert.equal(decide({ backlog: 100, ...local }).start, 2);
+    // Without a start cost (EC2), the 150 ms are worth a start.
+    assert.equal(decide({ backlog: 10, ...local, startCostMs: 0 }).start, 2);
+  });
+
   it('weighs a start against what it costs the running instances', () => {
     // On one machine, a start burns CPU that two busy workers would use.
     const free = decide({ backlog: 4, capacity: 4, busy: 1, serviceMs: 400, startupMs: 500 });
