@@ -125,10 +125,7 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
   if (images.length === 0) return { batchId, images, rejected };
   const queuedAt = Date.now();
   try {
-    await sendInChunks(manifest.images.map((image) => {
-      const message: LaunchMessage = { type: 'launch', imageId: image.imageId, batchId, name: image.name, key: image.key, attempt: 1, queuedAt };
-      return JSON.stringify(message);
-    }), context.launchQueue);
+    await sendLaunches(manifest.images, batchId, queuedAt, context.launchQueue);
   } catch (error) {
     // Not accepted after all: the client hears so and nothing stays stored. A launch
     // message that did go out finds its image gone and ends as an error result for a
@@ -278,10 +275,7 @@ export async function relaunch(pending: PendingLaunch, context: Pick<UploadConte
     const status = context.index.image(image.imageId)?.status;
     return status !== 'done' && status !== 'error';
   });
-  await sendInChunks(unfinished.map((image) => {
-    const message: LaunchMessage = { type: 'launch', imageId: image.imageId, batchId: pending.manifest.batchId, name: image.name, key: image.key, attempt: 1, queuedAt };
-    return JSON.stringify(message);
-  }), context.launchQueue);
+  await sendLaunches(unfinished, pending.manifest.batchId, queuedAt, context.launchQueue);
   await markLaunched(pending, context.store, context.inputBucket);
   return unfinished.length;
 }
@@ -295,8 +289,12 @@ export function decodeFormFileName(name: string | undefined): string {
   return (name ?? '').replace(/%22/g, '"').replace(/%0[AD]/gi, '');
 }
 
-async function sendInChunks(bodies: string[], queue: Queue): Promise<void> {
-  await queue.sendBatch(bodies);
+/** The first attempt of each image, in one batch: one write for the whole upload. */
+async function sendLaunches(images: BatchManifest['images'], batchId: string, queuedAt: number, queue: Queue): Promise<void> {
+  await queue.sendBatch(images.map((image) => {
+    const message: LaunchMessage = { type: 'launch', imageId: image.imageId, batchId, name: image.name, key: image.key, attempt: 1, queuedAt };
+    return JSON.stringify(message);
+  }));
 }
 
 function toUploadError(error: unknown, maxFiles: number, rejected: { name: string; reason: string }[]): unknown {
