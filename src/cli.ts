@@ -20,7 +20,11 @@ const COMMANDS: Record<string, { summary: string; usage: string; flags?: readonl
     usage: 'icaas classify <files or folders...> [--url <service url>] [--api-key <key>] [--json]',
     flags: ['url', 'api-key', 'json'],
   },
-  aws: { summary: 'create or remove the AWS resources of a deployment', usage: 'icaas aws provision|teardown [--dry-run] [--force] [options]', flags: ['dry-run', 'force'] },
+  aws: {
+    summary: 'create or remove the AWS resources of a deployment',
+    usage: 'icaas aws provision|teardown [--dry-run] [--force] [--skip-ec2] [options]\n  --skip-ec2: buckets and queues only, for workers that run as local processes',
+    flags: ['dry-run', 'force', 'skip-ec2'],
+  },
   simulate: { summary: 'simulate the scaling policies on an arrival trace or a logged run: cost and latency', usage: SIMULATE_USAGE, help: SIMULATE_HELP },
 };
 
@@ -125,7 +129,7 @@ async function runCommand(name: string, command: (typeof COMMANDS)[string], argv
       if (sub !== 'provision' && sub !== 'teardown') throw new ConfigError(sub === undefined ? 'expected "provision" or "teardown"' : `expected "provision" or "teardown", got "${sub}"`);
       if (positionals.length > 1) throw new ConfigError(`unexpected argument "${positionals[1]}"`);
       const { runAwsCommand } = await import('./aws/index.js');
-      return runAwsCommand(sub, { config, dryRun: extraFlags['dry-run'] === true, force: extraFlags.force === true }, makeLogger());
+      return runAwsCommand(sub, { config, dryRun: extraFlags['dry-run'] === true, force: extraFlags.force === true, skipEc2: extraFlags['skip-ec2'] === true }, makeLogger());
     }
   }
   return 2;

@@ -11,6 +11,7 @@ export interface AwsCommandArgs {
   force?: boolean;
   /** Clients to use instead of ones made from the configuration (tests). */
   clients?: Partial<AwsClients>;
+  skipEc2?: boolean;
 }
 
 /** The region the configuration names, else the one the SDK finds (environment, profile). */
@@ -39,6 +40,12 @@ export function settingsFromConfig(config: Config, region: string): Omit<AwsComm
     ...(config.ec2InstanceProfile ? { instanceProfile: config.ec2InstanceProfile } : {}),
     ...(config.ec2LaunchTemplate ? { launchTemplate: config.ec2LaunchTemplate } : {}),
     workerEnv: configToEnv(config),
+    endpoints: {
+      ...(config.s3Endpoint ? { s3: config.s3Endpoint } : {}),
+      s3ForcePathStyle: config.s3ForcePathStyle,
+      ...(config.sqsEndpoint ? { sqs: config.sqsEndpoint } : {}),
+      ...(config.ec2Endpoint ? { ec2: config.ec2Endpoint } : {}),
+    },
   };
 }
 
@@ -52,7 +59,7 @@ export async function runAwsCommand(sub: 'provision' | 'teardown', args: AwsComm
     log('icaas aws: no AWS region; set AWS_REGION, pass --region, or set one in the AWS profile (aws configure)');
     return 1;
   }
-  const options: AwsCommandOptions = { ...settingsFromConfig(config, region), dryRun, force, log, ...(args.clients ? { clients: args.clients } : {}) };
+  const options: AwsCommandOptions = { ...settingsFromConfig(config, region), dryRun, force, log, skipEc2: args.skipEc2 ?? false, ...(args.clients ? { clients: args.clients } : {}) };
   log(`${dryRun ? 'dry run, no calls are made: ' : ''}${sub === 'provision' ? 'provisioning' : 'tearing down'} deployment "${config.deployment}" in ${region}`);
   let result: AwsCommandResult;
   try {
@@ -69,10 +76,13 @@ export async function runAwsCommand(sub: 'provision' | 'teardown', args: AwsComm
   log(`done: ${result.changed.length} ${verb}, ${result.unchanged.length} unchanged, ${result.skipped.length} left alone`);
   if (sub === 'provision') {
     const names = deploymentNames(options);
-    const hasTemplate = !result.skipped.includes(`EC2 launch template ${names.launchTemplate}`);
+    const hasTemplate = !options.skipEc2 && !result.skipped.includes(`EC2 launch template ${names.launchTemplate}`);
     const env = [
       'ICAAS_STORE=s3',
       'ICAAS_QUEUE=sqs',
+      ...(config.s3Endpoint ? [`ICAAS_S3_ENDPOINT=${config.s3Endpoint}`] : []),
+      ...(config.s3ForcePathStyle ? ['ICAAS_S3_PATH_STYLE=true'] : []),
+      ...(config.sqsEndpoint ? [`ICAAS_SQS_ENDPOINT=${config.sqsEndpoint}`] : []),
       ...(hasTemplate ? ['ICAAS_COMPUTE=ec2', `ICAAS_EC2_LAUNCH_TEMPLATE=${names.launchTemplate}`] : []),
       `AWS_REGION=${region}`,
       `ICAAS_DEPLOYMENT=${config.deployment}`,
@@ -81,7 +91,7 @@ export async function runAwsCommand(sub: 'provision' | 'teardown', args: AwsComm
       `ICAAS_OUTPUT_BUCKET=${config.outputBucket}`,
     ];
     log(`start the service on these resources with:\n  ${env.join(' ')} icaas start`);
-    if (!hasTemplate) log('(workers run as local processes until a worker image is given: see docs/aws.md)');
+    if (!hasTemplate) log(options.skipEc2 ? '(workers run as local processes)' : '(workers run as local processes until a worker image is given: see docs/aws.md)');
   }
   return 0;
 }

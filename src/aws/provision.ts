@@ -104,6 +104,13 @@ export interface DeploymentSettings {
   launchTemplate?: string;
   /** The workers' configuration as environment, for the launch template's user data. */
   workerEnv?: Record<string, string>;
+  /** S3-, SQS- or EC2-compatible services to use instead of AWS's own endpoints (an emulator on loopback, say). */
+  endpoints?: { s3?: string; s3ForcePathStyle?: boolean; sqs?: string; ec2?: string };
+  /**
+   * Leave out what only EC2 workers need (the IAM role, its instance profile and the launch
+   * template), for a deployment whose workers run as local processes on S3 and SQS.
+   */
+  skipEc2?: boolean;
 }
 
 export interface AwsCommandOptions extends DeploymentSettings {
@@ -365,12 +372,13 @@ function isOurs(tags: { Key?: string | undefined; Value?: string | undefined }[]
 
 function resolveClients(options: AwsCommandOptions): AwsClients {
   const region = options.region;
+  const endpoints = options.endpoints ?? {};
   return {
-    s3: options.clients?.s3 ?? new S3Client({ region }),
-    sqs: options.clients?.sqs ?? new SQSClient({ region }),
+    s3: options.clients?.s3 ?? new S3Client({ region, ...(endpoints.s3 ? { endpoint: endpoints.s3 } : {}), forcePathStyle: endpoints.s3ForcePathStyle ?? false }),
+    sqs: options.clients?.sqs ?? new SQSClient({ region, ...(endpoints.sqs ? { endpoint: endpoints.sqs } : {}) }),
     // IAM is global; its endpoint is reached through any commercial region.
     iam: options.clients?.iam ?? new IAMClient({ region }),
-    ec2: options.clients?.ec2 ?? new EC2Client({ region }),
+    ec2: options.clients?.ec2 ?? new EC2Client({ region, ...(endpoints.ec2 ? { endpoint: endpoints.ec2 } : {}) }),
   };
 }
 
@@ -412,6 +420,12 @@ class Deployment {
         ? `exists without the tag ${TAG_DEPLOYMENT}=${this.deployment}, so it is used as it is (not modified, and teardown will not delete it)`
         : `not deleted: it lacks the tag ${TAG_DEPLOYMENT}=${this.deployment}, so it was not made for this deployment`,
     );
+  }
+
+  /** --skip-ec2: the role, instance profile and launch template are neither made nor removed. */
+  skipEc2Resources(): void {
+    const what = `IAM role ${this.names.role}, instance profile ${this.names.instanceProfile} and EC2 launch template ${this.names.launchTemplate}`;
+    this.note('skipped', what, 'left alone (--skip-ec2: workers run as local processes)');
   }
 
   // --- S3 ------------------------------------------------------------------------------
@@ -815,6 +829,10 @@ export async function provision(options: ProvisionOptions): Promise<AwsCommandRe
     for (const suffix of QUEUE_SUFFIXES) urls.push(await deployment.provisionQueue(suffix));
     const accountId = urls.map(accountFromQueueUrl).find(Boolean) ?? (options.dryRun ? '<account-id>' : undefined);
     if (!accountId) throw new AwsProvisionError(`could not tell the AWS account from the queue URLs (${urls.join(', ')})`);
+    if (options.skipEc2) {
+      deployment.skipEc2Resources();
+      return deployment.result;
+    }
     await deployment.provisionRole(accountId);
     await deployment.provisionInstanceProfile();
     await deployment.provisionLaunchTemplate();
@@ -835,7 +853,7 @@ export async function teardown(options: TeardownOptions): Promise<AwsCommandResu
   const deployment = new Deployment(options, clients);
   try {
     const refusals: string[] = [];
-    const workers = await deployment.activeWorkers();
+    const workers = options.skipEc2 ? [] : await deployment.activeWorkers();
     if (workers.length > 0 && !options.force) {
       refusals.push(`${workers.length} worker instance(s) of deployment ${options.deployment} still exist (${workers.slice(0, 5).join(', ')}${workers.length > 5 ? ', ...' : ''}); stop the web tier and controllers and let them finish, or pass --force to terminate them`);
     }
@@ -854,9 +872,13 @@ export async function teardown(options: TeardownOptions): Promise<AwsCommandResu
       await deployment.calls.write('EC2', terminate, () => clients.ec2.send(terminate), ['InvalidInstanceID.NotFound']);
       deployment.result.changed.push(...workers.map((id) => `EC2 instance ${id}`));
     }
-    await deployment.deleteLaunchTemplate();
-    await deployment.deleteInstanceProfile();
-    await deployment.deleteRole();
+    if (options.skipEc2) {
+      deployment.skipEc2Resources();
+    } else {
+      await deployment.deleteLaunchTemplate();
+      await deployment.deleteInstanceProfile();
+      await deployment.deleteRole();
+    }
     for (const suffix of [...QUEUE_SUFFIXES].reverse()) await deployment.deleteQueue(suffix);
     for (const bucket of [...deployment.names.buckets].reverse()) await deployment.deleteBucket(bucket, bucketStates.get(bucket) ?? 'missing');
     return deployment.result;

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { beforeEach, describe, it } from 'node:test';
+import { after, before, beforeEach, describe, it } from 'node:test';
 import {
   CreateBucketCommand,
   DeleteBucketCommand,
@@ -8,9 +8,11 @@ import {
   GetBucketTaggingCommand,
   GetPublicAccessBlockCommand,
   HeadBucketCommand,
+  ListBucketsCommand,
   ListObjectsV2Command,
   PutBucketEncryptionCommand,
   PutBucketTaggingCommand,
+  PutObjectCommand,
   PutPublicAccessBlockCommand,
   S3Client,
   S3ServiceException,
@@ -22,6 +24,7 @@ import {
   DeleteQueueCommand,
   GetQueueAttributesCommand,
   GetQueueUrlCommand,
+  ListQueuesCommand,
   ListQueueTagsCommand,
   QueueDoesNotExist,
   SetQueueAttributesCommand,
@@ -63,6 +66,8 @@ import { mockClient, type AwsClientStub } from 'aws-sdk-client-mock';
 import { loadConfig } from '../../src/config.js';
 import { runAwsCommand } from '../../src/aws/index.js';
 import { provision, teardown, TeardownRefusedError, type AwsCommandOptions } from '../../src/aws/provision.js';
+import { withClients } from '../cloud/deployment.js';
+import { startEmulator, type InProcessEmulator } from '../cloud/emulator.js';
 
 const ACCOUNT = '123456789012';
 const REGION = 'eu-west-1';
@@ -657,5 +662,75 @@ describe('runAwsCommand', () => {
     }
     assert.match(lines.join('\n'), /no AWS region/);
     assert.deepEqual(aws.calls(), []);
+  });
+});
+
+/**
+ * The S3 and SQS halves of provisioning on the protocol emulator, through the real SDK
+ * clients and the wire; IAM and EC2 stay on the stateful fakes above (no emulator for them).
+ */
+describe('provision and teardown on the S3 and SQS emulator', () => {
+  let emulator: InProcessEmulator;
+  before(async () => {
+    emulator = await startEmulator();
+  });
+  after(async () => {
+    await emulator.stop();
+  });
+
+  async function ownResources(s3: S3Client, sqs: SQSClient, prefix: string): Promise<string[]> {
+    const { Buckets = [] } = await s3.send(new ListBucketsCommand({}));
+    const { QueueUrls = [] } = await sqs.send(new ListQueuesCommand({ QueueNamePrefix: prefix }));
+    return [...Buckets.map((bucket) => `bucket ${bucket.Name}`).filter((name) => name.includes(prefix)), ...QueueUrls.map((url) => `queue ${url.split('/').pop()}`)];
+  }
+
+  it('creates buckets and queues once, changes nothing on a second run, and teardown leaves nothing', async () => {
+    const aws = new FakeAws();
+    const settings = { ...SETTINGS, region: emulator.region, deployment: 'emu', queuePrefix: 'emu-', inputBucket: 'emu-input', outputBucket: 'emu-output' };
+    await withClients(emulator, async ({ s3, sqs }) => {
+      const lines: string[] = [];
+      const options = (extra: Partial<AwsCommandOptions> = {}): AwsCommandOptions => ({ ...settings, clients: { ...aws.clients, s3, sqs }, log: (line) => lines.push(line), ...extra });
+      const first = await provision(options());
+      assert.deepEqual(first.changed.filter((what) => /^(S3|SQS)/.test(what)).sort(), ['S3 bucket emu-input', 'S3 bucket emu-output', 'SQS queue emu-launch', 'SQS queue emu-monitor', 'SQS queue emu-output']);
+      assert.deepEqual((await ownResources(s3, sqs, 'emu-')).sort(), ['bucket emu-input', 'bucket emu-output', 'queue emu-launch', 'queue emu-monitor', 'queue emu-output']);
+      const tags = await s3.send(new GetBucketTaggingCommand({ Bucket: 'emu-input' }));
+      assert.deepEqual(tags.TagSet, [{ Key: 'icaas:deployment', Value: 'emu' }]);
+      const { QueueUrl } = await sqs.send(new GetQueueUrlCommand({ QueueName: 'emu-monitor' }));
+      const { Attributes } = await sqs.send(new GetQueueAttributesCommand({ QueueUrl, AttributeNames: ['VisibilityTimeout', 'MessageRetentionPeriod'] }));
+      assert.deepEqual(Attributes, { VisibilityTimeout: '90', MessageRetentionPeriod: '1209600' });
+
+      // The second run reads and writes nothing: no SQS write reaches the wire either.
+      emulator.sqsRequests.length = 0;
+      aws.resetHistory();
+      const second = await provision(options());
+      assert.deepEqual(second.changed, []);
+      assert.deepEqual(aws.writes(), []);
+      assert.deepEqual(emulator.sqsRequests.map((request) => request.operation).filter((operation) => !/^(Get|List)/.test(operation)), []);
+
+      // Objects in a bucket refuse a plain teardown; forced, it deletes them with everything else.
+      await s3.send(new PutObjectCommand({ Bucket: 'emu-input', Key: 'batches/b/i', Body: 'x' }));
+      await assert.rejects(teardown(options()), TeardownRefusedError);
+      assert.equal((await ownResources(s3, sqs, 'emu-')).length, 5, 'a refused teardown deleted something');
+      await teardown(options({ force: true }));
+      assert.deepEqual(await ownResources(s3, sqs, 'emu-'), []);
+      assert.equal(aws.roles.size + aws.profiles.size + aws.templates.size, 0);
+      // And once more: nothing left to delete, nothing fails.
+      const again = await teardown(options());
+      assert.deepEqual(again.changed, []);
+    });
+  });
+
+  it('with --skip-ec2 makes and removes only buckets and queues, never calling IAM or EC2', async () => {
+    const aws = new FakeAws();
+    const settings = { ...SETTINGS, region: emulator.region, deployment: 'loc', queuePrefix: 'loc-', inputBucket: 'loc-input', outputBucket: 'loc-output', skipEc2: true };
+    await withClients(emulator, async ({ s3, sqs }) => {
+      const options = { ...settings, clients: { ...aws.clients, s3, sqs }, log: () => {} };
+      const result = await provision(options);
+      assert.equal(result.changed.length, 5);
+      assert.deepEqual(result.skipped, ['IAM role loc-worker, instance profile loc-worker and EC2 launch template loc-worker']);
+      await teardown(options);
+      assert.deepEqual(await ownResources(s3, sqs, 'loc-'), []);
+      assert.deepEqual(aws.calls().filter((call) => /^(iam|ec2) /.test(call)), []);
+    });
   });
 });

@@ -19,6 +19,11 @@
  * units; S3 lists in UTF-8 binary order and pages in that same order. The bucket listing
  * here is replaced by one in binary order (see byteOrderListing).
  *
+ * fauxqs 1.9.2 has no bucket configuration: it takes PUT /<bucket>?tagging for a
+ * CreateBucket and GET /<bucket>?tagging for a listing, so provisioning could neither tag a
+ * bucket nor recognise it as its own afterwards. Tagging, default encryption and the public
+ * access block are kept here per bucket, as S3 keeps them (see bucketConfiguration).
+ *
  * The emulator checks no signatures, but the SDK will not sign without credentials, so
  * clients get the dummy ones below rather than whatever the environment holds: a test
  * must never sign with a real key.
@@ -28,6 +33,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { buildApp } from 'fauxqs';
 
 export const EMULATOR_REGION = 'us-east-1';
@@ -123,6 +129,60 @@ function byteOrderListing(store: FauxS3Store): FauxS3Store['listObjects'] {
   };
 }
 
+/** The bucket subresources provisioning sets and reads, with S3's error for one never set. */
+const BUCKET_CONFIGURATIONS: Record<string, { missing: string; status: number }> = {
+  tagging: { missing: 'NoSuchTagSet', status: 404 },
+  encryption: { missing: 'ServerSideEncryptionConfigurationNotFoundError', status: 404 },
+  publicAccessBlock: { missing: 'NoSuchPublicAccessBlockConfiguration', status: 404 },
+};
+
+/**
+ * Answers PUT, GET and DELETE of a bucket's tagging, encryption and public access block.
+ * S3 stores and returns the document it was given, so the XML body is kept verbatim.
+ */
+function bucketConfiguration(s3Store: FauxS3Store): {
+  preHandler: (request: FastifyRequest, reply: FastifyReply) => Promise<FastifyReply | undefined>;
+  onResponse: (request: FastifyRequest) => Promise<void>;
+} {
+  const kept = new Map<string, Map<string, Buffer>>();
+  const xmlError = (reply: FastifyReply, status: number, code: string) =>
+    reply.status(status).header('content-type', 'application/xml').send(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${code}</Message></Error>`);
+  const target = (request: FastifyRequest) => {
+    const url = new URL(request.url, 'http://emulator');
+    const bucket = /^\/([^/]+)\/?$/.exec(url.pathname)?.[1];
+    const name = Object.keys(BUCKET_CONFIGURATIONS).find((candidate) => url.searchParams.has(candidate));
+    return { bucket, name };
+  };
+  // A deleted bucket takes its configuration with it: a new bucket of that name starts bare.
+  const onResponse = async (request: FastifyRequest) => {
+    const { bucket, name } = target(request);
+    if (request.method === 'DELETE' && bucket && !name && !s3Store.buckets.has(bucket)) kept.delete(bucket);
+  };
+  const preHandler = async (request: FastifyRequest, reply: FastifyReply) => {
+    const { bucket, name } = target(request);
+    if (!bucket || !name) return undefined;
+    if (!s3Store.buckets.has(bucket)) return xmlError(reply, 404, 'NoSuchBucket');
+    const configurations = kept.get(bucket) ?? new Map<string, Buffer>();
+    kept.set(bucket, configurations);
+    switch (request.method) {
+      case 'PUT':
+        configurations.set(name, Buffer.isBuffer(request.body) ? request.body : Buffer.from(String(request.body ?? '')));
+        return reply.status(200).send();
+      case 'DELETE':
+        configurations.delete(name);
+        return reply.status(204).send();
+      case 'GET': {
+        const body = configurations.get(name);
+        if (!body) return xmlError(reply, BUCKET_CONFIGURATIONS[name]!.status, BUCKET_CONFIGURATIONS[name]!.missing);
+        return reply.status(200).header('content-type', 'application/xml').send(body);
+      }
+      default:
+        return xmlError(reply, 405, 'MethodNotAllowed');
+    }
+  };
+  return { preHandler, onResponse };
+}
+
 interface TimedSqsStore {
   processAllTimers(): void;
 }
@@ -135,6 +195,9 @@ export async function startEmulator(): Promise<InProcessEmulator> {
   app.addHook('onRequest', async () => {
     sqsStore.processAllTimers();
   });
+  const configuration = bucketConfiguration(stores.s3Store as unknown as FauxS3Store);
+  app.addHook('preHandler', configuration.preHandler);
+  app.addHook('onResponse', configuration.onResponse);
   const sqsRequests: SqsWireRequest[] = [];
   app.addHook('preHandler', async (request) => {
     const target = request.headers['x-amz-target'];

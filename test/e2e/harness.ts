@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import type { EmulatedDeployment } from '../cloud/deployment.js';
 import { cliPath, makeTempDir, serverSentEvents, sharedImagesDir, waitFor } from '../helpers.js';
 
 export interface ServiceOptions {
@@ -17,6 +18,8 @@ export interface ServiceOptions {
   extraArgs?: string[];
   /** Reuse a data folder (restart tests). */
   dataDir?: string;
+  /** Run in the distributed shape on this emulated deployment (S3 and SQS on the emulator, local workers). */
+  cloud?: EmulatedDeployment;
   /** How often the instance count is sampled from /api/status (default 100 ms; benchmarks sample less, to load the service less). */
   sampleEveryMs?: number;
 }
@@ -46,10 +49,11 @@ export async function startService(options: ServiceOptions = {}): Promise<Servic
     '--deadline', String(options.deadlineSeconds ?? 30),
     '--monitor-check', String(options.monitorCheckSeconds ?? 0.5),
     '--launch-interval', '200',
+    ...(options.cloud?.args ?? []),
     ...(options.extraArgs ?? []),
   ];
   const child: ChildProcess = spawn(process.execPath, args, {
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.env },
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.cloud?.env, ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
