@@ -30,6 +30,10 @@ import Database from 'better-sqlite3';
 import { parseImageResult, resultKey } from '../src/messages.js';
 import { attemptClaimSchema } from '../src/outcomes.js';
 import { FsObjectStore } from '../src/storage/fs.js';
+import { S3ObjectStore } from '../src/storage/s3.js';
+import type { ObjectStore } from '../src/storage/port.js';
+import { provisionEmulated, type EmulatedDeployment } from '../test/cloud/deployment.js';
+import { startEmulatorProcess } from '../test/cloud/emulator.js';
 import { cliPath, makeTempDir, serverSentEvents, sharedImagesDir } from '../test/helpers.js';
 
 export interface ChaosOptions {
@@ -40,6 +44,12 @@ export interface ChaosOptions {
   maxInstances: number;
   /** Milliseconds between worker kills; 0 for none. */
   killEveryMs: number;
+  /**
+   * Kill only workers that hold an image. Killing one still starting counts towards the
+   * start-failure hold-back (a crash loop looks the same), which, when workers start slowly,
+   * can hold back starts longer than the run allows; this keeps the run about the queues.
+   */
+  killBusyOnly: boolean;
   restartWeb: boolean;
   restartControllers: boolean;
   /** Most files per upload request (each request takes 1 to this many). */
@@ -59,6 +69,11 @@ export interface ChaosOptions {
    * which is what the check that the maximum holds under kills and restarts needs.
    */
   policy: string;
+  /**
+   * Run in the distributed shape on this deployment (S3 and SQS on the protocol emulator,
+   * local workers) instead of on files and SQLite.
+   */
+  cloud?: EmulatedDeployment;
   log: (line: string) => void;
 }
 
@@ -69,6 +84,7 @@ export const DEFAULT_CHAOS: ChaosOptions = {
   maxInstances: 20,
   policy: 'queue-match',
   killEveryMs: 1000,
+  killBusyOnly: false,
   restartWeb: true,
   restartControllers: true,
   filesPerRequest: 4,
@@ -188,11 +204,11 @@ function workerProcesses(dataDir: string): number[] {
 }
 
 /** The registry's non-stopped instances with their pids. */
-function registryInstances(registryPath: string): { id: string; pid: number | null }[] {
+function registryInstances(registryPath: string): { id: string; pid: number | null; state: string }[] {
   try {
     const db = new Database(registryPath, { readonly: true, fileMustExist: true });
     try {
-      return db.prepare(`SELECT id, pid FROM instances WHERE state != 'stopped'`).all() as { id: string; pid: number | null }[];
+      return db.prepare(`SELECT id, pid, state FROM instances WHERE state != 'stopped'`).all() as { id: string; pid: number | null; state: string }[];
     } finally {
       db.close();
     }
@@ -315,15 +331,15 @@ async function stepClockMidRun(env: Record<string, string>, options: ChaosOption
  * Attempts per image from the output bucket: the attempt count of each result and the
  * retry claims (attempts/<image>/<n>, one per retry sent). Neither may pass the limit.
  */
-async function countAttempts(store: FsObjectStore, imageIds: Iterable<string>, limit: number, details: string[]): Promise<AttemptsReport> {
+async function countAttempts(store: ObjectStore, outputBucket: string, imageIds: Iterable<string>, limit: number, details: string[]): Promise<AttemptsReport> {
   const report: AttemptsReport = { limit, maxSeen: 0, retries: 0, overLimit: 0 };
   for (const id of imageIds) {
     let most = 0;
-    const object = await store.get('icaas-output', resultKey(id));
+    const object = await store.get(outputBucket, resultKey(id));
     if (object) most = parseImageResult(object.body.toString('utf8')).attempts;
     const claimed: number[] = [];
-    for await (const marker of store.list('icaas-output', `attempts/${id}/`)) {
-      const claim = await store.get('icaas-output', marker.key);
+    for await (const marker of store.list(outputBucket, `attempts/${id}/`)) {
+      const claim = await store.get(outputBucket, marker.key);
       if (!claim) continue;
       claimed.push(attemptClaimSchema.parse(JSON.parse(claim.body.toString('utf8'))).attempt);
     }
@@ -338,6 +354,12 @@ async function countAttempts(store: FsObjectStore, imageIds: Iterable<string>, l
   return report;
 }
 
+/** The buckets as the service wrote them, read directly rather than through its API. */
+function openCheckStore(dataDir: string, cloud: EmulatedDeployment | undefined): ObjectStore {
+  if (!cloud) return new FsObjectStore(path.join(dataDir, 'buckets'));
+  return new S3ObjectStore({ region: cloud.emulator.region, endpoint: cloud.emulator.endpoint, forcePathStyle: true, credentials: cloud.emulator.credentials });
+}
+
 export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<ChaosReport> {
   const options: ChaosOptions = { ...DEFAULT_CHAOS, ...input };
   const { log } = options;
@@ -350,8 +372,10 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
     '--host', '127.0.0.1', '--data', dataDir,
     '--max-instances', String(options.maxInstances), '--max-attempts', String(options.maxAttempts), '--policy', options.policy,
     '--idle-wait', '2', '--deadline', '30', '--monitor-check', '0.5', '--launch-interval', '200',
+    ...(options.cloud?.args ?? []),
   ];
-  const clockEnv = await prepareClockFile(dataDir, options);
+  const clockEnv = { ...options.cloud?.env, ...(await prepareClockFile(dataDir, options)) };
+  const buckets = options.cloud ? { input: options.cloud.settings.inputBucket, output: options.cloud.settings.outputBucket } : { input: 'icaas-input', output: 'icaas-output' };
   const web = new Part('web', () => [...common(), '--port', String(port)], /listening on (http:\/\/\S+)/, clockEnv);
   const allControllers = Array.from({ length: options.controllers }, () => new Part('controller', common, /model: /, clockEnv));
   // The first is the one killed and restarted; any others keep running throughout.
@@ -396,7 +420,7 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
       background.push((async () => {
         while (!stopBackground) {
           await sleep(options.killEveryMs);
-          const candidates = registryInstances(registryPath).filter((instance) => instance.pid !== null);
+          const candidates = registryInstances(registryPath).filter((instance) => instance.pid !== null && (!options.killBusyOnly || instance.state === 'busy'));
           const victim = candidates[Math.floor(Math.random() * candidates.length)];
           if (!victim) continue;
           try {
@@ -586,11 +610,11 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
       else if (image.status === 'done') (final++, ok++);
       else if (image.status === 'error') (final++, errors++);
     }
-    const store = new FsObjectStore(path.join(dataDir, 'buckets'));
+    const store = openCheckStore(dataDir, options.cloud);
     const bucket = { results: 0, missing: 0, disagree: 0 };
     const details: string[] = [];
     for (const [id, { batchId, name }] of accepted) {
-      const object = await store.get('icaas-output', resultKey(id));
+      const object = await store.get(buckets.output, resultKey(id));
       const api = byId.get(id)?.status;
       if (!object) {
         bucket.missing++;
@@ -606,12 +630,12 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
     }
     // Images stored by an upload that was cut off before its manifest: never queued or shown.
     const listed = new Set<string>();
-    for await (const object of store.list('icaas-input', 'batches/')) {
-      const manifest = await store.get('icaas-input', object.key);
+    for await (const object of store.list(buckets.input, 'batches/')) {
+      const manifest = await store.get(buckets.input, object.key);
       for (const image of (JSON.parse(manifest!.body.toString('utf8')) as { images: { key: string }[] }).images) listed.add(image.key);
     }
-    for await (const object of store.list('icaas-input', 'images/')) if (!listed.has(object.key)) unacknowledged.orphans++;
-    const attempts = await countAttempts(store, accepted.keys(), options.maxAttempts, details);
+    for await (const object of store.list(buckets.input, 'images/')) if (!listed.has(object.key)) unacknowledged.orphans++;
+    const attempts = await countAttempts(store, buckets.output, accepted.keys(), options.maxAttempts, details);
     await store.close();
     const stream = { shown: 0, onStream: 0, afterReset: 0, shownTwice: 0, notShown: 0, resets: 0, reconnects: 0 };
     const shownIds = new Set<string>();
@@ -647,6 +671,12 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
     if (attempts.overLimit > 0) failures.push(`${attempts.overLimit} images ran more than ${options.maxAttempts} attempts`);
     if (options.restartWeb && killed.web !== 1) failures.push('the web tier was not restarted');
     if (options.restartControllers && killed.controllers !== 1) failures.push('the controllers were not restarted');
+    if (failures.length > 0) {
+      // What the service said last is usually where a failure starts to make sense.
+      for (const part of [web, ...allControllers]) {
+        details.push(`last lines of icaas ${part.name}:`, ...part.output.trimEnd().split('\n').slice(-25).map((line) => `  ${line}`));
+      }
+    }
 
     const { log: _log, ...shown } = options;
     return {
@@ -735,6 +765,8 @@ async function main(): Promise<number> {
       'max-attempts': { type: 'string', default: String(DEFAULT_CHAOS.maxAttempts) },
       policy: { type: 'string', default: DEFAULT_CHAOS.policy },
       keep: { type: 'boolean', default: false },
+      cloud: { type: 'boolean', default: false },
+      'kill-busy-only': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -755,6 +787,8 @@ async function main(): Promise<number> {
       `  --max-attempts N       the service's attempts per image (default ${DEFAULT_CHAOS.maxAttempts})`,
       `  --policy NAME          the service's scaling policy (default ${DEFAULT_CHAOS.policy}: it drives the tier to its maximum)`,
       '  --keep                 keep the data folder (buckets, queues, registry, worker logs) afterwards',
+      '  --kill-busy-only       kill only workers that hold an image (not those still starting)',
+      '  --cloud                the distributed shape: S3 and SQS on a protocol emulator on loopback, local workers',
       '',
     ].join('\n'));
     return 0;
@@ -764,12 +798,16 @@ async function main(): Promise<number> {
     if (!Number.isFinite(parsed) || parsed < min) throw new Error(`--${name} must be a number of at least ${min}, got ${value}`);
     return parsed;
   };
+  const emulator = values.cloud ? await startEmulatorProcess() : undefined;
+  const cloud = emulator ? await provisionEmulated(emulator, { name: 'chaos' }) : undefined;
   const report = await runChaos({
+    ...(cloud ? { cloud } : {}),
     images: Math.round(number('images', values.images, 1)),
     clients: Math.round(number('clients', values.clients, 1)),
     durationSeconds: number('duration', values.duration, 1),
     maxInstances: Math.round(number('max-instances', values['max-instances'], 1)),
     killEveryMs: number('kill-every', values['kill-every'], 0) * 1000,
+    killBusyOnly: values['kill-busy-only'],
     filesPerRequest: Math.round(number('files-per-request', values['files-per-request'], 1)),
     timeoutSeconds: number('timeout', values.timeout, 1),
     controllers: Math.round(number('controllers', values.controllers, 1)),
@@ -780,7 +818,7 @@ async function main(): Promise<number> {
     restartControllers: !values['no-restarts'],
     keep: values.keep,
     log: (line) => process.stderr.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`),
-  });
+  }).finally(() => emulator?.stop());
   process.stdout.write(`${formatReport(report)}\n`);
   return report.failures.length === 0 ? 0 : 1;
 }
