@@ -187,8 +187,8 @@ interface TimedSqsStore {
   processAllTimers(): void;
 }
 
-/** Starts the emulator in this process on a free loopback port. */
-export async function startEmulator(): Promise<InProcessEmulator> {
+/** Starts the emulator in this process on a loopback port (default: a free one). */
+export async function startEmulator(options: { port?: number } = {}): Promise<InProcessEmulator> {
   const stores = await storesWithoutQueueHost();
   const app = buildApp({ logger: false, defaultRegion: EMULATOR_REGION, stores });
   const sqsStore = stores.sqsStore as unknown as TimedSqsStore;
@@ -205,7 +205,7 @@ export async function startEmulator(): Promise<InProcessEmulator> {
       sqsRequests.push({ operation: target.slice('AmazonSQS.'.length), input: (request.body ?? {}) as Record<string, unknown> });
     }
   });
-  const address = await app.listen({ port: 0, host: '127.0.0.1' });
+  const address = await app.listen({ port: options.port ?? 0, host: '127.0.0.1' });
   const endpoint = new URL(address).origin;
   assertLoopback(endpoint);
   return { endpoint, region: EMULATOR_REGION, credentials: { ...EMULATOR_CREDENTIALS }, sqsRequests, stop: () => app.close() };
