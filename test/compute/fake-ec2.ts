@@ -9,7 +9,7 @@
  * `lifetimeMs`, as a worker that ran out of work does; shutting-down becomes terminated
  * after `shuttingDownMs`) and by calls (TerminateInstances, shutdown()). Time is the real
  * clock; every request first applies the transitions that are due. `onTransition` lets a
- * test (or a later extension that runs workers as local processes) act on each change.
+ * test act on each change.
  *
  * EC2's eventual consistency is modelled too: a new instance is missing from filtered
  * DescribeInstances answers for `describeLagMs`.

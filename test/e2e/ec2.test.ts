@@ -46,7 +46,11 @@ describe('end to end on EC2 (fake), S3 and SQS (emulator)', { concurrency: false
       idleWaitSeconds: 2,
       deadlineSeconds: options.deadlineSeconds,
       monitorCheckSeconds: 0.5,
-      extraArgs: ['--compute', 'ec2', '--ec2-endpoint', ec2.endpoint, '--ec2-image-id', 'ami-0123456789abcdef0', '--ec2-start-timeout', '60'],
+      extraArgs: [
+        '--compute', 'ec2', '--ec2-endpoint', ec2.endpoint, '--ec2-image-id', 'ami-0123456789abcdef0', '--ec2-start-timeout', '60',
+        // Keeps the deadline sweep out of the way: every terminate seen here is the monitor's.
+        '--instance-grace', '600',
+      ],
     });
     cleanups.push(() => service.cleanup());
     return { deployment, ec2, service };
