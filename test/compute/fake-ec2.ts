@@ -9,14 +9,24 @@
  * `lifetimeMs`, as a worker that ran out of work does; shutting-down becomes terminated
  * after `shuttingDownMs`) and by calls (TerminateInstances, shutdown()). Time is the real
  * clock; every request first applies the transitions that are due. `onTransition` lets a
- * test (or a later extension that runs workers as local processes) act on each change.
+ * test act on each change.
  *
  * EC2's eventual consistency is modelled too: a new instance is missing from filtered
  * DescribeInstances answers for `describeLagMs`.
+ *
+ * With `runUserData`, instances are real (see fake-ec2-host.ts): each runs its
+ * RunInstances user data as a local process group with a metadata service of its own,
+ * and processes drive the states instead of time. An instance is pending until its user
+ * data has started and running while it runs; when the user data powers the machine off
+ * (`shutdown`), it goes shutting-down and then, once every process is gone, terminated
+ * (or stopping, stopped without InstanceInitiatedShutdownBehavior=terminate). User data
+ * that ends without powering off leaves the machine running, as on EC2.
+ * TerminateInstances kills the process group.
  */
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { InstanceHost, type HostExit, type RunUserDataOptions } from './fake-ec2-host.js';
 
 export type FakeState = 'pending' | 'running' | 'stopping' | 'stopped' | 'shutting-down' | 'terminated';
 
@@ -35,6 +45,12 @@ export interface FakeInstance {
   lifetimeMs: number | undefined;
   /** Filtered DescribeInstances calls do not show the instance before this time. */
   visibleAt: number;
+  /** The RunInstances user data, decoded. */
+  userData: string | undefined;
+  /** What `shutdown` inside the instance does: EC2's default is stop. */
+  shutdownBehavior: 'stop' | 'terminate';
+  /** With runUserData: the machine that runs the user data, once it is prepared. */
+  machine?: { host: InstanceHost | undefined; exited: boolean; exit?: HostExit; bootError?: Error };
 }
 
 export interface FakeEc2Options {
@@ -44,6 +60,8 @@ export interface FakeEc2Options {
   describeLagMs?: number;
   /** Added before every answer, to widen the windows real latency opens. */
   latencyMs?: number;
+  /** Runs each instance's user data as a local process group (see fake-ec2-host.ts). */
+  runUserData?: RunUserDataOptions;
 }
 
 export interface FakeEc2Call {
@@ -62,6 +80,7 @@ export class FakeEc2 {
   private server: Server | undefined;
   private terminateFailures = { left: 0, code: 'OperationNotPermitted' };
   private readonly tokens = new Map<string, FakeInstance[]>();
+  private readonly boots = new Set<Promise<void>>();
 
   constructor(readonly options: FakeEc2Options = {}) {}
 
@@ -72,10 +91,21 @@ export class FakeEc2 {
     return this;
   }
 
+  /** Stops answering, then kills every instance's processes and removes their machines. */
   async close(): Promise<void> {
-    if (!this.server) return;
-    this.server.closeAllConnections();
-    await new Promise<void>((resolve) => this.server!.close(() => resolve()));
+    if (this.server) {
+      this.server.closeAllConnections();
+      await new Promise<void>((resolve) => this.server!.close(() => resolve()));
+      this.server = undefined;
+    }
+    for (const instance of this.instances.values()) instance.machine?.host?.kill();
+    await Promise.allSettled([...this.boots]);
+    await Promise.allSettled([...this.instances.values()].map((instance) => instance.machine?.host?.close()));
+  }
+
+  /** The machine of an instance run with runUserData (its metadata service, console output, exit). */
+  host(id: string): InstanceHost | undefined {
+    return this.instances.get(id)?.machine?.host;
   }
 
   /** The next `times` TerminateInstances calls fail with `code` (a client error, not retried by the SDK). */
@@ -86,7 +116,7 @@ export class FakeEc2 {
   /** The instance shuts itself down, as `shutdown -h now` does with shutdown behaviour terminate. */
   shutdown(id: string): void {
     const instance = this.instances.get(id);
-    if (instance && (instance.state === 'pending' || instance.state === 'running')) this.transition(instance, 'shutting-down', Date.now());
+    if (instance && (instance.state === 'pending' || instance.state === 'running')) this.transition(instance, shutdownState(instance), Date.now());
   }
 
   /** The instance's state now. */
@@ -118,13 +148,17 @@ export class FakeEc2 {
     const { pendingMs = 50, shuttingDownMs = 50 } = this.options;
     const at = (delay: number) => (instance.stateSince + delay <= now ? instance.stateSince + delay : null);
     let when: number | null = null;
+    // A machine's processes drive its start and its end; only the last step takes time.
+    const machine = instance.machine;
+    if (machine && (instance.state === 'pending' || instance.state === 'running')) return null;
+    if (machine && !machine.exited) return null;
     switch (instance.state) {
       case 'pending':
         when = at(pendingMs);
         return when === null ? null : { state: 'running', at: when };
       case 'running':
         when = instance.lifetimeMs === undefined ? null : at(instance.lifetimeMs);
-        return when === null ? null : { state: 'shutting-down', at: when };
+        return when === null ? null : { state: shutdownState(instance), at: when };
       case 'shutting-down':
         when = at(shuttingDownMs);
         return when === null ? null : { state: 'terminated', at: when };
@@ -140,7 +174,36 @@ export class FakeEc2 {
     const from = instance.state;
     instance.state = state;
     instance.stateSince = at;
+    if (state === 'shutting-down' || state === 'stopping') instance.machine?.host?.kill();
     this.onTransition?.(instance, from);
+  }
+
+  /** Prepares the instance's machine and runs its user data there. */
+  private boot(instance: FakeInstance, options: RunUserDataOptions): void {
+    const machine: NonNullable<FakeInstance['machine']> = { host: undefined, exited: false };
+    instance.machine = machine;
+    const exited = (exit: HostExit) => {
+      machine.exited = true;
+      machine.exit = exit;
+      if (exit.poweredOff) this.shutdown(instance.id);
+      this.advance(Date.now());
+    };
+    const booting = (async () => {
+      machine.host = await InstanceHost.create(instance.id, options);
+      // Terminated while booting: the machine never ran.
+      if (instance.state !== 'pending') return exited({ code: null, signal: 'SIGKILL', poweredOff: false });
+      await machine.host.run(instance.userData ?? '', options.env ?? {}, {
+        onStarted: () => {
+          if (instance.state === 'pending') this.transition(instance, 'running', Date.now());
+        },
+        onExit: exited,
+      });
+    })().catch((error: Error) => {
+      machine.bootError = error;
+      exited({ code: null, signal: null, poweredOff: false });
+    });
+    this.boots.add(booting);
+    void booting.finally(() => this.boots.delete(booting));
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -183,6 +246,7 @@ export class FakeEc2 {
       if (!Number.isInteger(count) || count < 1) throw new Ec2Fault('InvalidParameterValue', 400, `MaxCount must be at least 1, got ${params.get('MaxCount')}`);
       const now = Date.now();
       const reservationId = `r-${randomBytes(8).toString('hex')}`;
+      const userData = params.get('UserData');
       const tags = new Map<string, string>();
       for (const spec of indexed(params, 'TagSpecification')) {
         if (params.get(`${spec}.ResourceType`) !== 'instance') continue;
@@ -195,12 +259,15 @@ export class FakeEc2 {
         launchTime: now,
         stateSince: now,
         tags: new Map(tags),
-        lifetimeMs: this.options.lifetimeMs,
+        lifetimeMs: this.options.runUserData ? undefined : this.options.lifetimeMs,
         visibleAt: now + (this.options.describeLagMs ?? 0),
+        userData: userData === null ? undefined : Buffer.from(userData, 'base64').toString('utf8'),
+        shutdownBehavior: (params.get('InstanceInitiatedShutdownBehavior') === 'terminate' ? 'terminate' : 'stop') as FakeInstance['shutdownBehavior'],
       }));
       for (const instance of launched) {
         this.instances.set(instance.id, instance);
         this.onTransition?.(instance, null);
+        if (this.options.runUserData) this.boot(instance, this.options.runUserData);
       }
       if (token) this.tokens.set(token, launched);
       this.onRunInstances?.(launched);
@@ -270,8 +337,13 @@ function indexed(params: URLSearchParams, name: string): string[] {
 
 function filterValue(instance: FakeInstance, name: string): string | undefined {
   if (name === 'instance-state-name') return instance.state;
+  if (name === 'instance-id') return instance.id;
   if (name.startsWith('tag:')) return instance.tags.get(name.slice(4));
   throw new Ec2Fault('InvalidParameterValue', 400, `the fake does not filter on ${name}`);
+}
+
+function shutdownState(instance: FakeInstance): FakeState {
+  return instance.shutdownBehavior === 'terminate' ? 'shutting-down' : 'stopping';
 }
 
 function instanceXml(instance: FakeInstance): string {
