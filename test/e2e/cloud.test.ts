@@ -11,7 +11,7 @@ import { S3ObjectStore } from '../../src/storage/s3.js';
 import { provisionEmulated, type EmulatedDeployment } from '../cloud/deployment.js';
 import { startEmulatorProcess, type Emulator } from '../cloud/emulator.js';
 import { waitFor } from '../helpers.js';
-import { followEvents, getBatch, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
+import { followEvents, getBatch, killBusyWorker, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
 
 describe('end to end on S3 and SQS (protocol emulator)', { concurrency: false }, () => {
   let emulator: Emulator;
@@ -78,13 +78,7 @@ describe('end to end on S3 and SQS (protocol emulator)', { concurrency: false },
     services.push(service);
     const upload = await uploadForm(service.url, await filesOf(40, 50));
     assert.equal(upload.status, 202);
-    const victim = await waitFor('an instance to hold an image', async () => {
-      const status = (await (await fetch(`${service.url}/api/status?batch=${upload.body.batchId}`)).json()) as { instances: { id: string; state: string; imageId?: string }[] };
-      return status.instances.find((instance) => instance.state === 'busy' && instance.imageId);
-    }, { timeoutMs: 60_000, intervalMs: 20 });
-    const pid = service.pidOf(victim.id);
-    assert.ok(pid, 'the victim has a pid');
-    process.kill(pid, 'SIGKILL');
+    const victim = await killBusyWorker(service, upload.body.batchId);
     const batch = await waitForBatch(service.url, upload.body.batchId, 120_000);
     assert.equal(batch.done, 10, JSON.stringify(batch.images.filter((image) => image.status !== 'done')));
     assert.equal(batch.images.find((image) => image.id === victim.imageId)!.attempts, 2, 'the image the killed instance held was retried once');

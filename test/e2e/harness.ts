@@ -190,6 +190,18 @@ export async function waitForBatch(url: string, batchId: string, timeoutMs = 120
   }, { timeoutMs, intervalMs });
 }
 
+/** Waits for an instance that holds an image of the batch, and kills its worker process. */
+export async function killBusyWorker(service: Service, batchId: string): Promise<{ id: string; imageId: string }> {
+  const victim = await waitFor('an instance to hold an image', async () => {
+    const status = (await (await fetch(`${service.url}/api/status?batch=${batchId}`)).json()) as { instances: { id: string; state: string; imageId?: string }[] };
+    return status.instances.find((instance) => instance.state === 'busy' && instance.imageId);
+  }, { timeoutMs: 60_000, intervalMs: 20 });
+  const pid = service.pidOf(victim.id);
+  if (!pid) throw new Error(`instance ${victim.id} holds an image but has no pid in the registry`);
+  process.kill(pid, 'SIGKILL');
+  return { id: victim.id, imageId: victim.imageId! };
+}
+
 /** Collects image events from the live stream, to check that each result is shown once. */
 export function followEvents(url: string, batchId: string): { finals: Map<string, number>; close(): void } {
   const finals = new Map<string, number>();

@@ -9,7 +9,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { readEventLog, type RunEvent } from '../../src/event-log.js';
 import { cliPath, makeTempDir, waitFor } from '../helpers.js';
-import { followEvents, getBatch, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
+import { followEvents, getBatch, killBusyWorker, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
 
 function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -134,13 +134,7 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
     const files = await Promise.all(images.map(async (image) => ({ name: image.file, body: await readShared(image.file) })));
     const upload = await uploadForm(service.url, files);
     assert.equal(upload.status, 202);
-    const victim = await waitFor('an instance to hold an image', async () => {
-      const status = (await (await fetch(`${service.url}/api/status?batch=${upload.body.batchId}`)).json()) as { instances: { id: string; state: string; imageId?: string }[] };
-      return status.instances.find((instance) => instance.state === 'busy' && instance.imageId);
-    }, { timeoutMs: 60_000, intervalMs: 20 });
-    const pid = service.pidOf(victim.id);
-    assert.ok(pid, 'the victim has a pid');
-    process.kill(pid, 'SIGKILL');
+    const victim = await killBusyWorker(service, upload.body.batchId);
 
     const batch = await waitForBatch(service.url, upload.body.batchId, 120_000);
     assert.equal(batch.total, 12);
