@@ -293,7 +293,7 @@ export class ProcessCompute implements Compute {
     } catch {
       return undefined;
     }
-    const lines = text.split('\n').map((line) => line.trimEnd()).filter(saysWhy);
+    const lines = withoutNodeWarnings(text.split('\n').map((line) => line.trimEnd())).filter(saysWhy);
     return lines.length > 0 ? lines.slice(-LOG_TAIL_LINES).join('\n') : undefined;
   }
 
@@ -367,6 +367,29 @@ export class ProcessCompute implements Compute {
 }
 
 /** Log lines worth showing a user: not blank, not stack frames, not the help hint. */
+/**
+ * Drops Node's process warnings (a deprecation, a library's notice about the Node version),
+ * which every worker may print at start and which would otherwise pass for the reason a
+ * worker stopped. A warning runs from its "(node:<pid>) ..." line to Node's hint about
+ * --trace-warnings when one follows (the hint comes with the first warning only); a
+ * warning without it is taken to be its first line.
+ */
+export function withoutNodeWarnings(lines: string[]): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    if (!NODE_WARNING.test(lines[i]!)) {
+      kept.push(lines[i]!);
+      continue;
+    }
+    const hint = lines.findIndex((line, j) => j > i && TRACE_WARNINGS_HINT.test(line));
+    if (hint !== -1 && !lines.slice(i + 1, hint).some((line) => NODE_WARNING.test(line))) i = hint;
+  }
+  return kept;
+}
+
+const NODE_WARNING = /^\(node:\d+\) /;
+const TRACE_WARNINGS_HINT = /^\(Use `node --trace-/;
+
 function saysWhy(line: string): boolean {
   return !/^\s*\}?$/.test(line) && !/^\s+at /.test(line) && !/^run icaas .*--help/.test(line);
 }

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { offsetClock } from '../../src/clock.js';
-import { ProcessCompute, type ProcessComputeOptions } from '../../src/compute/process.js';
+import { ProcessCompute, withoutNodeWarnings, type ProcessComputeOptions } from '../../src/compute/process.js';
 import { launchTick } from '../../src/controller/launch.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { makeTempDir, waitFor } from '../helpers.js';
@@ -367,5 +367,43 @@ describe('process compute deadlines', async () => {
     await waitFor('the instance to be idle', async () => (await compute.list())[0]?.state === 'idle');
     assert.deepEqual(await compute.enforceDeadlines(), { terminated: [], failed: [] });
     assert.equal((await compute.list())[0]?.state, 'idle');
+  });
+});
+
+describe('why a worker stopped, from its log', () => {
+  const sdkWarning = [
+    '(node:4242) Warning: NodeVersionSupportWarning: The AWS SDK for JavaScript (v3)',
+    'versions published after the first week of January 2027',
+    'will require node >=22. You are running node v20.20.2.',
+    '',
+    'More information can be found at: https://a.co/c895JFp',
+    '(Use `node --trace-warnings ...` to show where the warning was created)',
+  ];
+
+  it('leaves out Node process warnings, whole, and keeps the error after them', () => {
+    assert.deepEqual(withoutNodeWarnings([...sdkWarning, 'icaas: the model file is missing']), ['icaas: the model file is missing']);
+    // A later warning comes without the hint: only its own line goes.
+    assert.deepEqual(withoutNodeWarnings(['(node:4242) [DEP0040] DeprecationWarning: punycode', 'icaas: boom']), ['icaas: boom']);
+    assert.deepEqual(withoutNodeWarnings(['icaas: boom', '(node:1) Warning: x', 'icaas: again']), ['icaas: boom', 'icaas: again']);
+  });
+
+  it('says nothing rather than quote a warning, for a worker killed while it started', async () => {
+    const temp = await makeTempDir();
+    try {
+      const logDir = path.join(temp.dir, 'logs');
+      const compute = new ProcessCompute({ registryPath: path.join(temp.dir, 'instances.db'), maxInstances: 1, workerCommand: { script: sleeper, args: [] }, logDir });
+      try {
+        const { mkdir, writeFile } = await import('node:fs/promises');
+        await mkdir(logDir, { recursive: true });
+        await writeFile(path.join(logDir, 'i-0000000000aa.log'), `${sdkWarning.join('\n')}\n`);
+        assert.equal(await compute.startFailure('i-0000000000aa'), undefined);
+        await writeFile(path.join(logDir, 'i-0000000000bb.log'), `${sdkWarning.join('\n')}\nicaas worker: cannot reach the queue\n`);
+        assert.equal(await compute.startFailure('i-0000000000bb'), 'icaas worker: cannot reach the queue');
+      } finally {
+        await compute.close();
+      }
+    } finally {
+      await temp.cleanup();
+    }
   });
 });
