@@ -630,6 +630,18 @@ describe('runAwsCommand', () => {
     assert.match(hint, /ICAAS_STORE=s3 ICAAS_QUEUE=sqs ICAAS_COMPUTE=ec2 ICAAS_EC2_LAUNCH_TEMPLATE=prod-worker AWS_REGION=eu-west-1/);
   });
 
+  it('with --skip-ec2 and endpoints, makes buckets and queues only and prints how to start on those endpoints', async () => {
+    const aws = new FakeAws();
+    const lines: string[] = [];
+    const local = config({ ICAAS_S3_ENDPOINT: 'http://127.0.0.1:4566', ICAAS_S3_PATH_STYLE: 'true', ICAAS_SQS_ENDPOINT: 'http://127.0.0.1:4566' });
+    assert.equal(await runAwsCommand('provision', { config: local, clients: aws.clients, skipEc2: true }, (line) => lines.push(line)), 0);
+    assert.equal(aws.templates.size + aws.roles.size + aws.profiles.size, 0);
+    assert.deepEqual(aws.calls().filter((call) => /^(iam|ec2) /.test(call)), []);
+    const hint = lines.find((line) => line.startsWith('start the service'));
+    assert.match(hint ?? '', /ICAAS_STORE=s3 ICAAS_QUEUE=sqs ICAAS_S3_ENDPOINT=http:\/\/127\.0\.0\.1:4566 ICAAS_S3_PATH_STYLE=true ICAAS_SQS_ENDPOINT=http:\/\/127\.0\.0\.1:4566 AWS_REGION=/);
+    assert.doesNotMatch(hint ?? '', /ICAAS_COMPUTE=ec2/);
+  });
+
   it('returns 1 with the reasons when teardown is refused, and 0 for a dry run', async () => {
     const aws = new FakeAws();
     await runAwsCommand('provision', { config: config(), clients: aws.clients }, () => {});
