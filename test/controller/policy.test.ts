@@ -51,6 +51,15 @@ describe('drain-time policy', () => {
     assert.deepEqual(decision, { start: 0, target: 3, drainMs: null, reason: 'nothing waiting' });
   });
 
+  it('starts nothing for images in flight: their holder works on them, or they come back when their holder is gone', () => {
+    const decision = decide({ inFlight: 3 });
+    assert.equal(decision.start, 0);
+    assert.equal(decision.reason, 'the waiting images are taken');
+    assert.equal(decide({ inFlight: 2, busy: 2 }).start, 0);
+    // Once back in the backlog they are waiting work like any other.
+    assert.equal(decide({ backlog: 3 }).start >= 1, true);
+  });
+
   it('on a cold tier always starts at least one instance for waiting work', () => {
     assert.equal(decide({ backlog: 1, startupMs: 60_000 }).start, 1);
     assert.equal(decide({ backlog: 1, capacity: 1, max: 1 }).start, 1);
