@@ -26,7 +26,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import Database from 'better-sqlite3';
+import Database from '../src/sqlite-driver.js';
 import { parseImageResult, resultKey } from '../src/messages.js';
 import { attemptClaimSchema } from '../src/outcomes.js';
 import { FsObjectStore } from '../src/storage/fs.js';

@@ -26,7 +26,7 @@ import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import Database from 'better-sqlite3';
+import Database from '../src/sqlite-driver.js';
 import { loadClassifier } from '../src/classifier/index.js';
 import type { Compute } from '../src/compute/port.js';
 import { loadConfig, type Config } from '../src/config.js';

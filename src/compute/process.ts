@@ -10,7 +10,7 @@
  * on every sweep; the instance keeps its slot until its process is gone, because a slot
  * freed while the process still runs would let one more than the maximum start.
  */
-import Database from 'better-sqlite3';
+import Database from '../sqlite-driver.js';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, openSync, closeSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';

@@ -19,7 +19,7 @@
  * file keeps the later time, so if the clock is then stepped back again, time stands still
  * (as above) until it has caught up. Long-poll waits use the monotonic clock instead.
  */
-import Database from 'better-sqlite3';
+import Database from '../sqlite-driver.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';

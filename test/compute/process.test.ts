@@ -6,7 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import Database from 'better-sqlite3';
+import Database from '../../src/sqlite-driver.js';
 import { offsetClock } from '../../src/clock.js';
 import { ProcessCompute, withoutNodeWarnings, type ProcessComputeOptions } from '../../src/compute/process.js';
 import { launchTick } from '../../src/controller/launch.js';
@@ -146,7 +146,6 @@ describe('process compute adapter', async () => {
   it('notices an instance that died on its own', async () => {
     const [id] = await compute.start(1);
     await waitFor('the instance to be idle', async () => (await compute.list())[0]?.state === 'idle');
-    const { default: Database } = await import('better-sqlite3');
     const db = new Database(registryPath, { readonly: true });
     const { pid } = db.prepare('SELECT pid FROM instances WHERE id = ?').get(id) as { pid: number };
     db.close();

@@ -6,7 +6,7 @@
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
-import Database from 'better-sqlite3';
+import Database from '../../src/sqlite-driver.js';
 import path from 'node:path';
 import { loadConfig } from '../../src/config.js';
 import { startControllers, type Controllers } from '../../src/controller/index.js';

@@ -5,7 +5,7 @@
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import Database from 'better-sqlite3';
+import Database from '../../src/sqlite-driver.js';
 import { FsObjectStore } from '../../src/storage/fs.js';
 import { waitFor } from '../helpers.js';
 import { getBatch, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';

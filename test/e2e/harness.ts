@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
-import Database from 'better-sqlite3';
+import Database from '../../src/sqlite-driver.js';
 import type { EmulatedDeployment } from '../cloud/deployment.js';
 import { cliPath, makeTempDir, serverSentEvents, sharedImagesDir, waitFor } from '../helpers.js';
 

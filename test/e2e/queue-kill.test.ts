@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import Database from 'better-sqlite3';
+import Database from '../../src/sqlite-driver.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { makeTempDir, waitFor } from '../helpers.js';
 

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
+import Database from '../../src/sqlite-driver.js';
 import { QueueError } from '../../src/queue/port.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { makeTempDir, waitFor } from '../helpers.js';

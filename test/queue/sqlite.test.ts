@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import Database from 'better-sqlite3';
+import Database from '../../src/sqlite-driver.js';
 import { QueueError } from '../../src/queue/port.js';
 import { SqliteQueueProvider } from '../../src/queue/sqlite.js';
 import { resetWallClock, stepWallClock } from '../clock-step.js';

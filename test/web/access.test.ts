@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import Database from 'better-sqlite3';
+import Database from '../../src/sqlite-driver.js';
 import { resultKey, type ImageResult } from '../../src/messages.js';
 import type { Runtime } from '../../src/runtime.js';
 import type { WebTier } from '../../src/web/index.js';

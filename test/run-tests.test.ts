@@ -1,0 +1,58 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { projectRoot } from './helpers.js';
+
+const runFile = promisify(execFile);
+const script = path.join(projectRoot, 'scripts', 'run-tests.mjs');
+
+async function list(...args: string[]): Promise<string[]> {
+  const { stdout } = await runFile(process.execPath, [script, '--list', ...args]);
+  return stdout.split('\n').filter(Boolean);
+}
+
+async function failure(...args: string[]): Promise<{ code: number; stderr: string }> {
+  try {
+    await runFile(process.execPath, [script, '--list', ...args]);
+  } catch (error) {
+    const { code, stderr } = error as { code: number; stderr: string };
+    return { code, stderr };
+  }
+  throw new Error(`run-tests ${args.join(' ')} succeeded`);
+}
+
+describe('test tiers', () => {
+  it('the unit tier leaves out the service, the workers, the browser and the emulator', async () => {
+    const files = await list('--tier', 'unit');
+    for (const expected of ['config.test.js', 'queue/sqlite.test.js', 'web/api.test.js', 'controller/policy.test.js', 'run-tests.test.js']) {
+      assert.ok(files.includes(expected), `${expected} in ${files.join(', ')}`);
+    }
+    const outside = files.filter((file) => /^(e2e|worker|cloud|aws)\/|^queue\/sqs|^storage\/s3|^ui\/(?!logic)/.test(file));
+    assert.deepEqual(outside, []);
+  });
+
+  it('the cloud tier is what runs on the emulator, and shares no file with the unit tier', async () => {
+    const cloud = await list('--tier=cloud');
+    for (const expected of ['cloud/emulator.test.js', 'queue/sqs-emulated.test.js', 'storage/s3-emulated.test.js', 'aws/provision.test.js']) {
+      assert.ok(cloud.includes(expected), `${expected} in ${cloud.join(', ')}`);
+    }
+    const unit = new Set(await list('--tier', 'unit'));
+    assert.deepEqual(cloud.filter((file) => unit.has(file)), []);
+  });
+
+  it('adds tiers and path prefixes together', async () => {
+    const files = await list('--tier', 'cloud', 'config');
+    assert.ok(files.includes('config.test.js'));
+    assert.ok(files.includes('cloud/emulator.test.js'));
+  });
+
+  it('refuses an unknown tier, a missing tier name and an unknown option', async () => {
+    assert.deepEqual(await failure('--tier', 'units'), { code: 2, stderr: 'run-tests: unknown tier "units"; the tiers are unit, cloud\n' });
+    assert.match((await failure('--tier')).stderr, /--tier needs a name: unit, cloud/);
+    assert.match((await failure('--tier=')).stderr, /--tier needs a name/);
+    assert.match((await failure('--tier', 'constructor')).stderr, /unknown tier "constructor"/);
+    assert.match((await failure('--teir', 'unit')).stderr, /unknown option --teir/);
+  });
+});
