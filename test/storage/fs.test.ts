@@ -179,13 +179,15 @@ describe('FsObjectStore on disk', () => {
   it('create-if-absent holds across 4 processes: every key is created exactly once', async () => {
     // On a busy machine one writer can finish before the others start; such a round proves
     // nothing about racing, so rounds repeat (each in a fresh bucket) until one really raced.
+    // 500 keys a round keep each writer at it long enough for the others to be scheduled.
+    const ROUNDS = 8;
     let raced = false;
-    for (let round = 1; round <= 5 && !raced; round++) {
+    for (let round = 1; round <= ROUNDS && !raced; round++) {
       const bucket = `racing-${round}`;
-      const wonBy = await raceCreates(bucket, 200);
+      const wonBy = await raceCreates(bucket, 500);
       raced = new Set([...wonBy.values()].flat()).size > 1;
     }
-    assert.ok(raced, 'in 5 rounds the processes never really raced (one writer won every key each time)');
+    assert.ok(raced, `in ${ROUNDS} rounds the processes never really raced (one writer won every key each time)`);
   });
 
   async function raceCreates(bucket: string, keyCount: number): Promise<Map<string, string[]>> {
