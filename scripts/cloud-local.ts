@@ -13,11 +13,9 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { cliScript, projectRoot } from '../src/runtime.js';
-import { emulatedSettings, emulatorEnv } from '../test/cloud/deployment.js';
+import { deploymentArgs, emulatedSettings, emulatorEnv, withClients } from '../test/cloud/deployment.js';
 import { startEmulator } from '../test/cloud/emulator.js';
 import { provision } from '../src/aws/provision.js';
-import { S3Client } from '@aws-sdk/client-s3';
-import { SQSClient } from '@aws-sdk/client-sqs';
 
 const DEFAULT_EMULATOR_PORT = 4566;
 
@@ -63,23 +61,10 @@ async function main(): Promise<number> {
   });
   log(`S3 and SQS emulator at ${emulator.endpoint} (in memory: gone when this stops)`);
   const settings = emulatedSettings(emulator, 'icaas');
-  const clients = {
-    s3: new S3Client({ region: emulator.region, credentials: emulator.credentials, endpoint: emulator.endpoint, forcePathStyle: true }),
-    sqs: new SQSClient({ region: emulator.region, credentials: emulator.credentials, endpoint: emulator.endpoint }),
-  };
-  try {
-    await provision({ ...settings, clients, log: (line) => log(`provision: ${line}`) });
-  } finally {
-    clients.s3.destroy();
-    clients.sqs.destroy();
-  }
+  await withClients(emulator, (clients) => provision({ ...settings, clients, log: (line) => log(`provision: ${line}`) }));
   const args = [
     cliScript, 'start',
-    '--store', 's3', '--queue', 'sqs',
-    '--s3-endpoint', emulator.endpoint, '--s3-path-style', '--sqs-endpoint', emulator.endpoint,
-    '--region', emulator.region,
-    '--deployment', settings.deployment, '--queue-prefix', settings.queuePrefix,
-    '--input-bucket', settings.inputBucket, '--output-bucket', settings.outputBucket,
+    ...deploymentArgs(emulator, settings),
     // Apart from the embedded default's data, which would otherwise share the process registry.
     '--data', path.join(projectRoot, 'data', 'cloud-local'),
     ...startArgs,

@@ -40,6 +40,19 @@ export function emulatorEnv(emulator: Emulator): Record<string, string> {
   };
 }
 
+/** The flags that point `icaas start` (or web, controller) at a deployment on the emulator. */
+export function deploymentArgs(emulator: Emulator, settings: DeploymentSettings): string[] {
+  return [
+    '--store', 's3', '--queue', 'sqs',
+    '--s3-endpoint', emulator.endpoint, '--s3-path-style', '--sqs-endpoint', emulator.endpoint,
+    '--region', emulator.region,
+    '--deployment', settings.deployment,
+    '--queue-prefix', settings.queuePrefix,
+    '--input-bucket', settings.inputBucket,
+    '--output-bucket', settings.outputBucket,
+  ];
+}
+
 /** Provisions a fresh deployment on the emulator and says how to start the service on it. */
 export async function provisionEmulated(emulator: Emulator, options: { name?: string; deadlineSeconds?: number } = {}): Promise<EmulatedDeployment> {
   const settings = emulatedSettings(emulator, options.name, options.deadlineSeconds);
@@ -47,15 +60,7 @@ export async function provisionEmulated(emulator: Emulator, options: { name?: st
   return {
     emulator,
     settings,
-    args: [
-      '--store', 's3', '--queue', 'sqs',
-      '--s3-endpoint', emulator.endpoint, '--s3-path-style', '--sqs-endpoint', emulator.endpoint,
-      '--region', emulator.region,
-      '--deployment', settings.deployment,
-      '--queue-prefix', settings.queuePrefix,
-      '--input-bucket', settings.inputBucket,
-      '--output-bucket', settings.outputBucket,
-    ],
+    args: deploymentArgs(emulator, settings),
     env: emulatorEnv(emulator),
     teardown: () => withClients(emulator, (clients) => teardown({ ...settings, clients, force: true, log: () => {} })),
   };
