@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { EventLog } from '../event-log.js';
 import { CONTROLLER_HEALTH_EVERY_MS, CONTROLLER_HEALTH_KEY, type ControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
-import type { Logger } from '../log.js';
+import { silentLogger, type Logger } from '../log.js';
 import { noticeDelaySeconds, parseMonitorNotice } from '../messages.js';
 import type { Queue } from '../queue/port.js';
 import type { Runtime } from '../runtime.js';
@@ -20,7 +20,7 @@ export interface Controllers {
   stop(): Promise<void>;
 }
 
-export function startControllers(runtime: Runtime, logger: Logger): Controllers {
+export function startControllers(runtime: Runtime, logger: Logger = silentLogger()): Controllers {
   const { config } = runtime;
   const log = logger.child({ component: 'launch' });
   let publisher: Loop | undefined;

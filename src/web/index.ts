@@ -3,7 +3,7 @@ import path from 'node:path';
 import { every, type Loop } from '../controller/loop.js';
 import { EventLog } from '../event-log.js';
 import { CONTROLLER_HEALTH_KEY, CONTROLLER_HEALTH_STALE_MS, describeProblem, errorDetail, parseControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
-import type { Logger } from '../log.js';
+import { silentLogger, type Logger } from '../log.js';
 import { projectRoot, type Runtime } from '../runtime.js';
 import type { ObjectStore } from '../storage/port.js';
 import { finishInterruptedDeletions } from './deletion.js';
@@ -22,7 +22,7 @@ export interface WebTier {
   stop(): Promise<void>;
 }
 
-export async function startWebTier(runtime: Runtime, logger: Logger): Promise<WebTier> {
+export async function startWebTier(runtime: Runtime, logger: Logger = silentLogger()): Promise<WebTier> {
   const { config } = runtime;
   const log = logger.child({ component: 'web' });
   await Promise.all([runtime.store.ensureBucket(config.inputBucket), runtime.store.ensureBucket(config.outputBucket)]);
