@@ -16,9 +16,10 @@ import { runWorker } from './worker.js';
 export async function workerMain(config: Config, instanceIdFlag: string | undefined, logger: Logger): Promise<number> {
   const instanceId = instanceIdFlag ?? (process.env.ICAAS_INSTANCE_ID || (await ownInstanceId(config)));
   if (!INSTANCE_ID.test(instanceId)) throw new ConfigError(`--instance-id must be 1-100 letters, digits, ".", "_" or "-", got ${JSON.stringify(instanceId)}`);
-  const log = logger.child({ component: 'worker', instanceId });
+  const instanceLog = logger.child({ instanceId });
+  const log = instanceLog.child({ component: 'worker' });
   try {
-    return await runInstance(config, instanceId, log);
+    return await runInstance(config, instanceId, instanceLog);
   } catch (error) {
     log.fatal({ err: error }, 'worker failed');
     // As the command line answers errors: 2 for what the user can fix from the message.
@@ -26,7 +27,8 @@ export async function workerMain(config: Config, instanceIdFlag: string | undefi
   }
 }
 
-async function runInstance(config: Config, instanceId: string, log: Logger): Promise<number> {
+async function runInstance(config: Config, instanceId: string, instanceLog: Logger): Promise<number> {
+  const log = instanceLog.child({ component: 'worker' });
   const runtime = await openRuntime(config);
   const stopping = new AbortController();
   const onSignal = () => {
@@ -41,7 +43,7 @@ async function runInstance(config: Config, instanceId: string, log: Logger): Pro
       ...(config.labels ? { labels: config.labels } : {}),
       cacheDir: path.join(projectRoot, '.cache', 'models'),
       maxPixels: config.maxPixels,
-      log: log.child({ component: 'classifier' }),
+      log: instanceLog.child({ component: 'classifier' }),
     });
     // libvips keeps recent operations for reuse; a worker decodes each image once, so the
     // cache would only hold memory (some 10 MB of peak resident memory, measured).
