@@ -376,8 +376,9 @@ export async function runChaos(input: Partial<ChaosOptions> = {}): Promise<Chaos
   ];
   const clockEnv = { ...options.cloud?.env, ...(await prepareClockFile(dataDir, options)) };
   const buckets = options.cloud ? { input: options.cloud.settings.inputBucket, output: options.cloud.settings.outputBucket } : { input: 'icaas-input', output: 'icaas-output' };
-  const web = new Part('web', () => [...common(), '--port', String(port)], /listening on (http:\/\/\S+)/, clockEnv);
-  const allControllers = Array.from({ length: options.controllers }, () => new Part('controller', common, /model: /, clockEnv));
+  // The parts log JSON lines (their output is a pipe); pino writes a line's fields before its msg.
+  const web = new Part('web', () => [...common(), '--port', String(port)], /"url":"(http:\/\/[^"]+)","msg":"listening"/, clockEnv);
+  const allControllers = Array.from({ length: options.controllers }, () => new Part('controller', common, /"msg":"model found"/, clockEnv));
   // The first is the one killed and restarted; any others keep running throughout.
   const controllers = allControllers[0]!;
   const failures: string[] = [];

@@ -38,6 +38,7 @@ import { newId } from '../src/web/upload.js';
 import { runWorker } from '../src/worker/worker.js';
 import { makeTempDir, sharedImagesDir } from '../test/helpers.js';
 import { sharedImages } from '../test/e2e/harness.js';
+import { logged, parseLogLines } from '../test/log-capture.js';
 
 const WARM_UP = 20;
 
@@ -66,7 +67,8 @@ interface Measured {
 
 async function openBenchRuntime(dataDir: string): Promise<{ config: Config; runtime: Runtime }> {
   // Idle wait 1 s: the worker stops soon after the queue is empty; maxInstances 1: one worker.
-  const { config } = loadConfig({ argv: ['--data', dataDir, '--idle-wait', '1', '--max-instances', '1'], env: {} });
+  // Debug: the worker logs each image's classification time, which is read back below.
+  const { config } = loadConfig({ argv: ['--data', dataDir, '--idle-wait', '1', '--max-instances', '1', '--log-level', 'debug'], env: {} });
   const runtime = await openRuntime(config);
   await Promise.all([runtime.store.ensureBucket(config.inputBucket), runtime.store.ensureBucket(config.outputBucket)]);
   return { config, runtime };
@@ -127,7 +129,7 @@ async function runProcessWorker(files: { name: string; body: Buffer }[]): Promis
       const totalSeconds = (performance.now() - started) / 1000;
       const log = await readFile(path.join(config.data, 'logs', `${id}.log`), 'utf8');
       const classifyByImage = new Map<string, number>();
-      for (const match of log.matchAll(/ (\S+) \([^\n]*\): [^\n]* in \d+ ms \(classification ([\d.]+) ms\)/g)) classifyByImage.set(match[1]!, Number(match[2]));
+      for (const line of logged(parseLogLines(log), { msg: 'image classified' })) classifyByImage.set(String(line.imageId), Number(line.classifyMs));
       const results = await readResults(runtime.store, config.outputBucket, runtime.queues.launch, [...classifyByImage.keys()]);
       if (results.length !== total) throw new Error(`the worker finished ${results.length} of ${total} images; its log:\n${log.slice(-2000)}`);
       return { ...steadyState(results, (result) => classifyByImage.get(result.imageId)), peakRssMb: peak, totalSeconds };

@@ -4,6 +4,7 @@
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadConfig, optionsHelp, type Config } from './config.js';
+import { createLogger, type Logger, type LogLevel } from './log.js';
 import { openRuntime, projectRoot, type Runtime } from './runtime.js';
 import { SIMULATE_HELP, SIMULATE_USAGE } from './sim/help.js';
 
@@ -28,12 +29,9 @@ const COMMANDS: Record<string, { summary: string; usage: string; flags?: readonl
   simulate: { summary: 'simulate the scaling policies on an arrival trace or a logged run: cost and latency', usage: SIMULATE_USAGE, help: SIMULATE_HELP },
 };
 
-function timestamp(): string {
-  return new Date().toISOString().slice(11, 19);
-}
-
-export function makeLogger(prefix = ''): (line: string) => void {
-  return (line: string) => process.stdout.write(`${timestamp()} ${prefix}${line}\n`);
+/** The service's log on standard output: JSON lines, or readable ones on a terminal. */
+function serviceLogger(config: Config): Logger {
+  return createLogger({ level: config.logLevel as LogLevel });
 }
 
 function usage(): string {
@@ -110,7 +108,7 @@ async function runCommand(name: string, command: (typeof COMMANDS)[string], argv
       const { workerMain } = await import('./worker/main.js');
       const flag = extraFlags['instance-id'];
       if (typeof flag === 'boolean') throw new ConfigError('--instance-id needs a value');
-      return workerMain(config, flag, makeLogger());
+      return workerMain(config, flag, serviceLogger(config));
     }
     case 'classify': {
       const { classifyCommand } = await import('./client.js');
@@ -129,17 +127,20 @@ async function runCommand(name: string, command: (typeof COMMANDS)[string], argv
       if (sub !== 'provision' && sub !== 'teardown') throw new ConfigError(sub === undefined ? 'expected "provision" or "teardown"' : `expected "provision" or "teardown", got "${sub}"`);
       if (positionals.length > 1) throw new ConfigError(`unexpected argument "${positionals[1]}"`);
       const { runAwsCommand } = await import('./aws/index.js');
-      return runAwsCommand(sub, { config, dryRun: extraFlags['dry-run'] === true, force: extraFlags.force === true, skipEc2: extraFlags['skip-ec2'] === true }, makeLogger());
+      // What it does and what to run next are the command's output for the user, not a log.
+      const print = (line: string) => process.stdout.write(`${line}\n`);
+      return runAwsCommand(sub, { config, dryRun: extraFlags['dry-run'] === true, force: extraFlags.force === true, skipEc2: extraFlags['skip-ec2'] === true }, print);
     }
   }
   return 2;
 }
 
 async function runServices(config: Config, parts: { web: boolean; controllers: boolean }): Promise<number> {
-  const log = makeLogger();
+  const logger = serviceLogger(config);
+  const log = logger.child({ component: 'service' });
   const runtime: Runtime = await openRuntime(config);
-  for (const line of runtime.describe()) log(line);
-  if (config.store === 'fs' || config.queue === 'sqlite' || config.compute === 'process') log(`data: ${config.data}`);
+  for (const line of runtime.describe()) log.info(line);
+  if (config.store === 'fs' || config.queue === 'sqlite' || config.compute === 'process') log.info({ data: config.data }, 'data folder');
   if (parts.controllers && config.compute === 'process') {
     // Workers load the model; finding it here first turns a missing model into one clear
     // error at start instead of a crash loop of workers.
@@ -148,27 +149,27 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
       ...(config.model ? { modelPath: config.model } : {}),
       ...(config.labels ? { labelsPath: config.labels } : {}),
       cacheDir: path.join(projectRoot, '.cache', 'models'),
-      log,
+      log: logger.child({ component: 'classifier' }),
     });
-    log(`model: ${model.modelPath} (from ${model.source})`);
+    log.info({ modelPath: model.modelPath, source: model.source }, 'model found');
   }
   let controllers: { stop(): Promise<void> } | undefined;
   if (parts.controllers) {
     const { startControllers } = await import('./controller/index.js');
-    controllers = startControllers(runtime, log);
+    controllers = startControllers(runtime, logger);
   }
   let web: { url: string; drain(): void; stop(): Promise<void> } | undefined;
   if (parts.web) {
     const { startWebTier } = await import('./web/index.js');
-    web = await startWebTier(runtime, log);
-    log(`listening on ${web.url}`);
+    web = await startWebTier(runtime, logger);
+    log.info({ url: web.url }, 'listening');
     if (config.apiKeys.length === 0 && !['localhost', '127.0.0.1', '::1'].includes(config.host)) {
-      log(`WARNING: listening on ${config.host} without API keys: anyone who can reach this address can upload and read results. Set ICAAS_API_KEYS.`);
+      log.warn({ host: config.host }, 'listening on a public address without API keys: anyone who can reach it can upload and read results; set ICAAS_API_KEYS');
     }
   }
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
-      log(`${signal}: stopping`);
+      log.info({ signal }, 'stopping');
       resolve();
     };
     process.once('SIGINT', () => stop('SIGINT'));
@@ -182,17 +183,17 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
   if (parts.controllers) await stopLocalWorkers(runtime, log);
   await web?.stop();
   await runtime.close();
-  log('stopped');
+  log.info('stopped');
   return 0;
 }
 
 /** Local workers are asked to finish the image they hold; those that do not are killed. */
-async function stopLocalWorkers(runtime: Runtime, log: (line: string) => void, graceMs = 20_000): Promise<void> {
+async function stopLocalWorkers(runtime: Runtime, log: Logger, graceMs = 20_000): Promise<void> {
   if (runtime.config.compute !== 'process') return;
   const { ProcessCompute } = await import('./compute/process.js');
   if (!(runtime.compute instanceof ProcessCompute)) return;
   const stopped = await runtime.compute.stopAll(graceMs);
-  if (stopped.total > 0) log(`stopped ${stopped.total} workers (${stopped.killed} had to be killed)`);
+  if (stopped.total > 0) log.info({ workers: stopped.total, killed: stopped.killed }, 'workers stopped');
 }
 
 main(process.argv.slice(2)).then(

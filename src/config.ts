@@ -64,6 +64,7 @@ const options = {
   maxQueued: { flag: 'max-queued', env: 'ICAAS_MAX_QUEUED', kind: 'integer', default: 100_000, min: 1, help: 'launch-queue depth at which uploads get 429 with Retry-After' },
   maxEventClients: { flag: 'max-event-clients', env: 'ICAAS_MAX_EVENT_CLIENTS', kind: 'integer', default: 1000, min: 1, help: 'most live-event (SSE) clients at once; more get 429 with Retry-After' },
   maxLoadedImages: { flag: 'max-loaded-images', env: 'ICAAS_MAX_LOADED_IMAGES', kind: 'integer', default: 50_000, min: 1, help: 'images the web tier keeps in memory before it drops the least recently used finished batches' },
+  logLevel: { flag: 'log-level', env: 'ICAAS_LOG_LEVEL', kind: 'string', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], help: 'least severe log lines written: error, warn, info, debug (each image\'s steps), ...' },
   retentionSeconds: { flag: 'retention', env: 'ICAAS_RETENTION', kind: 'duration', default: 0, help: 'delete batches with no upload or result for this long, e.g. 7d, 12h, 30m (0: keep forever)' },
 } as const satisfies Record<string, OptionSpec>;
 

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Queue } from '../src/queue/port.js';
+import { listeningUrl } from './log-capture.js';
 
 /** Root of the project (tests run from dist/test, so walk up from this file). */
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -111,7 +112,7 @@ export async function startWebProcess(args: string[]): Promise<WebProcess> {
   try {
     const url = await waitFor('the web tier to listen', () => {
       if (child.exitCode !== null) throw new Error(`exited: ${output}`);
-      return /listening on (http:\/\/\S+)/.exec(output)?.[1];
+      return listeningUrl(output);
     }, { timeoutMs: 20_000 });
     return { child, url, output: () => output, stop };
   } catch (error) {

@@ -2,6 +2,7 @@
 import { defaultCacheDir, locateModel, type ModelSource } from './model.js';
 import { createOnnxClassifier } from './onnx.js';
 import type { Classifier } from './port.js';
+import type { Logger } from '../log.js';
 
 export type { Classifier, Prediction } from './port.js';
 export { ImageDecodeError } from './port.js';
@@ -37,7 +38,8 @@ export interface LoadClassifierOptions {
   maxPixels?: number;
   /** Default: ICAAS_MODEL_DOWNLOAD, allowed unless 0. */
   allowDownload?: boolean;
-  log?: (line: string) => void;
+  /** Default: silent. */
+  log?: Logger;
 }
 
 export async function loadClassifier(options: LoadClassifierOptions = {}): Promise<{ classifier: Classifier; modelPath: string; source: ModelSource }> {
@@ -51,6 +53,6 @@ export async function loadClassifier(options: LoadClassifierOptions = {}): Promi
     log: options.log,
   });
   const classifier = await createOnnxClassifier({ modelPath: located.modelPath, labelsPath: located.labelsPath, maxPixels: options.maxPixels });
-  options.log?.(`classifier: ${classifier.description} from ${located.source} (${located.modelPath})`);
+  options.log?.info({ classifier: classifier.description, source: located.source, modelPath: located.modelPath }, 'classifier loaded');
   return { classifier, modelPath: located.modelPath, source: located.source };
 }

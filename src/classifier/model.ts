@@ -9,6 +9,7 @@ import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseLabels } from './labels.js';
+import { silentLogger, type Logger } from '../log.js';
 
 export const MODEL_FILE = 'mobilenetv2-12-int8.onnx';
 export const LABELS_FILE = 'imagenet-simple-labels.json';
@@ -50,7 +51,8 @@ export interface LocateModelOptions {
   downloadTimeoutMs?: number;
   /** The downloaded model must have this sha256 (hex). */
   expectedSha256?: string;
-  log?: (line: string) => void;
+  /** Default: silent. */
+  log?: Logger;
 }
 
 /** No usable model anywhere; the message lists every place looked and what to do. */
@@ -105,7 +107,7 @@ function describeMissing(dir: string, files: string[]): string {
 }
 
 export async function locateModel(options: LocateModelOptions): Promise<LocatedModel> {
-  const log = options.log ?? (() => {});
+  const log = options.log ?? silentLogger();
   const configuredLabels = options.labelsPath ? path.resolve(options.labelsPath) : undefined;
   if (configuredLabels && !isFile(configuredLabels)) {
     throw new ModelNotFoundError(`the configured labels file ${configuredLabels} (--labels / ICAAS_LABELS) does not exist or is not a file`, [`configured labels ${configuredLabels}: not found`]);
@@ -243,10 +245,10 @@ async function downloadModel(options: {
   withLabels: boolean;
   timeoutMs: number;
   expectedSha256: string;
-  log: (line: string) => void;
+  log: Logger;
 }): Promise<void> {
   const { cacheDir, urls, log } = options;
-  log(`model: downloading ${urls.model}`);
+  log.info({ url: urls.model }, 'downloading the model');
   const model = await fetchBytes(urls.model, options.timeoutMs);
   const digest = createHash('sha256').update(model).digest('hex');
   if (digest !== options.expectedSha256.toLowerCase()) {
@@ -254,7 +256,7 @@ async function downloadModel(options: {
   }
   let labels: Buffer | undefined;
   if (options.withLabels) {
-    log(`model: downloading ${urls.labels}`);
+    log.info({ url: urls.labels }, 'downloading the labels');
     labels = await fetchBytes(urls.labels, options.timeoutMs);
     // The labels project publishes no checksum, so check the content instead.
     parseLabels(labels.toString('utf8'), urls.labels, MODEL_CLASSES);
@@ -264,5 +266,5 @@ async function downloadModel(options: {
   if (labels) await writeAtomically(path.join(cacheDir, LABELS_FILE), labels);
   await writeAtomically(path.join(cacheDir, MODEL_FILE), model);
   const size = (await stat(path.join(cacheDir, MODEL_FILE))).size;
-  log(`model: saved ${MODEL_FILE} (${size} bytes, sha256 verified) in ${cacheDir}`);
+  log.info({ file: path.join(cacheDir, MODEL_FILE), bytes: size }, 'model saved, sha256 verified');
 }

@@ -63,7 +63,8 @@ interface Row {
 }
 
 const LOG_FILES_KEPT = 200;
-const LOG_TAIL_BYTES = 8192;
+// A JSON error line carries its stack: the tail must hold a whole one.
+const LOG_TAIL_BYTES = 32_768;
 const LOG_TAIL_LINES = 3;
 
 /**
@@ -276,15 +277,21 @@ export class ProcessCompute implements Compute {
       .run({ id, state, now: this.clock.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0, serviceMs: report.serviceMs ?? null });
   }
 
-  /** The last lines of the worker's log, without stack frames and help hints, which say little to a user. */
+  /**
+   * The last lines of the worker's log that say why it stopped: its warnings and errors
+   * (the log is JSON lines), and what it printed otherwise (a crash before its logger
+   * existed), without stack frames and help hints, which say little to a user.
+   */
   async startFailure(id: string): Promise<string | undefined> {
     if (!this.options.logDir || !/^i-[0-9a-f]+$/.test(id)) return undefined;
     let text: string;
+    let truncated = false;
     try {
       const file = await open(path.join(this.options.logDir, `${id}.log`), 'r');
       try {
         const { size } = await file.stat();
         const length = Math.min(size, LOG_TAIL_BYTES);
+        truncated = length < size;
         const { buffer, bytesRead } = await file.read(Buffer.alloc(length), 0, length, size - length);
         text = buffer.subarray(0, bytesRead).toString('utf8');
       } finally {
@@ -293,7 +300,10 @@ export class ProcessCompute implements Compute {
     } catch {
       return undefined;
     }
-    const lines = withoutNodeWarnings(text.split('\n').map((line) => line.trimEnd())).filter(saysWhy);
+    const all = text.split('\n');
+    // A tail that begins mid-file begins mid-line: that piece of a line is left out.
+    if (truncated) all.shift();
+    const lines = withoutNodeWarnings(all.map((line) => line.trimEnd())).flatMap(whyFromLogLine);
     return lines.length > 0 ? lines.slice(-LOG_TAIL_LINES).join('\n') : undefined;
   }
 
@@ -366,7 +376,6 @@ export class ProcessCompute implements Compute {
   }
 }
 
-/** Log lines worth showing a user: not blank, not stack frames, not the help hint. */
 /**
  * Drops Node's process warnings (a deprecation, a library's notice about the Node version),
  * which every worker may print at start and which would otherwise pass for the reason a
@@ -390,8 +399,34 @@ export function withoutNodeWarnings(lines: string[]): string[] {
 const NODE_WARNING = /^\(node:\d+\) /;
 const TRACE_WARNINGS_HINT = /^\(Use `node --trace-/;
 
+/** Plain lines worth showing a user: not blank, not stack frames, not the help hint. */
 function saysWhy(line: string): boolean {
   return !/^\s*\}?$/.test(line) && !/^\s+at /.test(line) && !/^run icaas .*--help/.test(line);
+}
+
+const WHY_LEVELS = new Set(['warn', 'error', 'fatal']);
+
+/**
+ * What one line of a worker's log tells a user about why it stopped: a warning or an
+ * error line's message with its error's, nothing for the rest of the JSON lines (the
+ * worker's routine), and a plain line as it is when it says something.
+ */
+export function whyFromLogLine(line: string): string[] {
+  if (line.startsWith('{')) {
+    let entry: { level?: unknown; msg?: unknown; err?: { message?: unknown } };
+    try {
+      entry = JSON.parse(line) as typeof entry;
+    } catch {
+      // Cut short (a worker killed mid-write) or not ours: read as text.
+      return saysWhy(line) ? [line] : [];
+    }
+    if (typeof entry.level !== 'string' || !WHY_LEVELS.has(entry.level)) return [];
+    const error = typeof entry.err?.message === 'string' ? entry.err.message : '';
+    const message = typeof entry.msg === 'string' ? entry.msg : '';
+    const why = message && error ? `${message}: ${error}` : message || error;
+    return why ? [why] : [];
+  }
+  return saysWhy(line) ? [line] : [];
 }
 
 /**

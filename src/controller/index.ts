@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { EventLog } from '../event-log.js';
 import { CONTROLLER_HEALTH_EVERY_MS, CONTROLLER_HEALTH_KEY, type ControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
+import { silentLogger, type Logger } from '../log.js';
 import { noticeDelaySeconds, parseMonitorNotice } from '../messages.js';
 import type { Queue } from '../queue/port.js';
 import type { Runtime } from '../runtime.js';
@@ -19,12 +20,13 @@ export interface Controllers {
   stop(): Promise<void>;
 }
 
-export function startControllers(runtime: Runtime, log: (line: string) => void): Controllers {
+export function startControllers(runtime: Runtime, logger: Logger = silentLogger()): Controllers {
   const { config } = runtime;
+  const log = logger.child({ component: 'launch' });
   let publisher: Loop | undefined;
   const publish = () => publisher?.wake();
 
-  const workers = new FailureLog('workers', log, publish);
+  const workers = new FailureLog('workers', logger.child({ component: 'workers' }), publish);
   const startFailures = new StartFailures({
     threshold: config.startFailures,
     timeoutMs: config.startFailureTimeoutSeconds * 1000,
@@ -36,7 +38,7 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
 
   const policyName = canonicalPolicyName(config.policy);
   const policy = policyByName(policyName);
-  const events = new EventLog(config.data, (error) => log(`event log: cannot write ${path.join(config.data, 'events.jsonl')}: ${(error as Error).message}`));
+  const events = new EventLog(config.data, (error) => logger.error({ component: 'events', file: path.join(config.data, 'events.jsonl'), err: error }, 'cannot write the event log'));
   events.record({ type: 'run', at: Date.now(), component: 'controller', policy: policyName, maxInstances: runtime.compute.maxInstances, capacity: runtime.compute.capacity ?? runtime.compute.maxInstances, idleWaitSeconds: config.idleWaitSeconds, compute: config.compute });
   const measurements = new ScalingMeasurements(events);
   let scaling: ScalingStatus | undefined;
@@ -68,30 +70,31 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
     }
   };
 
-  let lastLaunchLine = '';
+  let lastLaunch = '';
   const terminateFailures = new Map<string, string>();
   const launch = every({ name: 'launch controller', intervalMs: config.launchIntervalMs, log, onHealthChange: publish }, async () => {
     const tick = await launchTick(runtime.queues.launch, runtime.compute, { policy, measurements, startFailures });
     noteScaling(tick);
     for (const { id, detail } of tick.deadlines?.terminated ?? []) {
-      log(`launch: terminated ${id}: ${detail}`);
+      log.warn({ instanceId: id, detail }, 'instance terminated');
       terminateFailures.delete(id);
     }
     // A terminate that keeps failing is retried every tick but reported once per distinct error.
     for (const { id, detail, error } of tick.deadlines?.failed ?? []) {
-      if (terminateFailures.get(id) !== error) log(`launch: could not terminate ${id} (${detail}); retrying every tick: ${error}`);
+      if (terminateFailures.get(id) !== error) log.error({ instanceId: id, detail, error }, 'cannot terminate instance; retrying every tick');
       terminateFailures.set(id, error);
     }
     if (tick.started > 0) {
       const { backlog, starting, idle, busy, max } = tick.observation;
-      const line = `launch: ${backlog} waiting, ${starting} starting, ${idle} idle, ${busy} busy; started ${tick.started} (max ${max}): ${tick.decision.reason}`;
-      if (line !== lastLaunchLine) log(line);
-      lastLaunchLine = line;
+      const fields = { started: tick.started, waiting: backlog, starting, idle, busy, max, reason: tick.decision.reason };
+      const key = JSON.stringify(fields);
+      if (key !== lastLaunch) log.info(fields, 'instances started');
+      lastLaunch = key;
     }
     const { reason } = startFailures.state();
     if (reason && startFailures.shouldEndWaiting()) {
       const ended = await endWaitingImages({ launchQueue: runtime.queues.launch, outputQueue: runtime.queues.output, store: runtime.store, outputBucket: config.outputBucket, reason });
-      if (ended > 0) log(`launch controller: ended ${ended} waiting ${ended === 1 ? 'image' : 'images'} as errors, because ${reason}`);
+      if (ended > 0) log.error({ ended, reason }, 'waiting images ended as errors');
     }
   });
 
@@ -104,17 +107,17 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
     deadlineSeconds: config.deadlineSeconds,
     checkSeconds: config.monitorCheckSeconds,
     maxAttempts: config.maxAttempts,
-    log: (line: string) => log(`monitor: ${line}`),
+    log: logger.child({ component: 'monitor' }),
   };
   // The monitor long-polls, so its loop needs no pause between ticks.
-  const monitor = every({ name: 'monitor controller', intervalMs: 0, log, onHealthChange: publish }, async (signal) => {
+  const monitor = every({ name: 'monitor controller', intervalMs: 0, log: monitorOptions.log, onHealthChange: publish }, async (signal) => {
     await monitorTick(monitorOptions, 1, signal);
   });
 
   const health = (): LoopHealth[] => [launch.health(), monitor.health(), workers.health()];
   // The web tier may be another process: it learns the controllers' health from the bucket.
   let bucketReady = config.store !== 'fs';
-  publisher = every({ name: 'controller health report', intervalMs: CONTROLLER_HEALTH_EVERY_MS, log }, async () => {
+  publisher = every({ name: 'controller health report', intervalMs: CONTROLLER_HEALTH_EVERY_MS, log: logger.child({ component: 'controller' }) }, async () => {
     // A fresh data folder has no bucket folders until the web tier starts; an S3 bucket
     // comes from provisioning and is never created here.
     if (!bucketReady) {

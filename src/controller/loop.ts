@@ -7,6 +7,7 @@
  */
 import { Backoff, sleep, type BackoffOptions } from '../backoff.js';
 import { describeProblem, errorDetail, type LoopHealth } from '../health.js';
+import type { Logger } from '../log.js';
 
 /** Repeated failures are summarised in the log at most this often while they last. */
 const SUMMARY_EVERY_MS = 60_000;
@@ -32,7 +33,7 @@ export class FailureLog {
 
   constructor(
     readonly name: string,
-    private readonly log: (line: string) => void,
+    private readonly log: Logger,
     private readonly onChange: (health: LoopHealth) => void = () => {},
   ) {}
 
@@ -65,14 +66,14 @@ export class FailureLog {
     if (!kind) {
       kind = { detail, problem, unlogged: 0 };
       this.kinds.set(kindKey, kind);
-      this.log(`${this.name}: ${problem.includes(detail) ? problem : `${problem} (${detail})`}`);
+      this.log.error({ loop: this.name, problem, ...(problem.includes(detail) ? {} : { detail }) }, 'loop failing');
     } else {
       kind.unlogged++;
       kind.detail = detail;
       kind.problem = problem;
     }
     this.latest = kind;
-    if (now - this.lastSummaryAt >= SUMMARY_EVERY_MS) this.summarise(now, 'still failing: ');
+    if (now - this.lastSummaryAt >= SUMMARY_EVERY_MS) this.summarise(now, true);
     if (changed) this.onChange(this.health());
   }
 
@@ -80,8 +81,8 @@ export class FailureLog {
   succeeded(how?: string): void {
     if (this.since === undefined) return;
     const now = Date.now();
-    this.summarise(now, '');
-    this.log(`${this.name}: ${how ?? `working again after ${this.failuresInRun} failed ${this.failuresInRun === 1 ? 'attempt' : 'attempts'}`} in ${seconds(now - this.since)}`);
+    this.summarise(now, false);
+    this.log.info({ loop: this.name, failures: this.failuresInRun, failingSeconds: seconds(now - this.since), ...(how ? { how } : {}) }, 'loop working again');
     this.since = undefined;
     this.failuresInRun = 0;
     this.kinds.clear();
@@ -94,18 +95,18 @@ export class FailureLog {
     return { loop: this.name, ok: false, problem: this.latest.problem, detail: this.latest.detail, since: this.since, failures: this.failuresInRun };
   }
 
-  private summarise(now: number, prefix: string): void {
+  private summarise(now: number, stillFailing: boolean): void {
     for (const kind of this.kinds.values()) {
       if (kind.unlogged === 0) continue;
-      this.log(`${this.name}: ${prefix}${kind.detail} (repeated ${kind.unlogged} ${kind.unlogged === 1 ? 'time' : 'times'} in ${seconds(now - this.lastSummaryAt)})`);
+      this.log.warn({ loop: this.name, detail: kind.detail, repeated: kind.unlogged, inSeconds: seconds(now - this.lastSummaryAt) }, stillFailing ? 'loop still failing' : 'loop failed repeatedly');
       kind.unlogged = 0;
     }
     this.lastSummaryAt = now;
   }
 }
 
-function seconds(ms: number): string {
-  return `${Math.max(1, Math.round(ms / 1000))} s`;
+function seconds(ms: number): number {
+  return Math.max(1, Math.round(ms / 1000));
 }
 
 export interface LoopOptions {
@@ -113,7 +114,8 @@ export interface LoopOptions {
   name: string;
   /** Pause between passes that worked. */
   intervalMs: number;
-  log: (line: string) => void;
+  /** Its failures and recoveries are logged with the field `loop` set to `name`. */
+  log: Logger;
   /** Waits after failed passes; default from 0.5 s doubling to 15 s. */
   backoff?: BackoffOptions;
   /** Told when the loop starts failing, fails differently, or works again. */

@@ -12,6 +12,7 @@
  */
 import { clock as systemClock, type Clock } from '../clock.js';
 import type { Compute } from '../compute/port.js';
+import { silentLogger, type Logger } from '../log.js';
 import { type ImageResult, type LaunchMessage, type MonitorNotice, InvalidMessageError, parseMonitorNotice } from '../messages.js';
 import { readClaim, readFinalResult, storeFirstResult, writeClaim, type AttemptClaim } from '../outcomes.js';
 import { QueueError, type Queue, type ReceivedMessage } from '../queue/port.js';
@@ -25,7 +26,8 @@ export interface MonitorOptions {
   deadlineSeconds: number;
   checkSeconds: number;
   maxAttempts: number;
-  log?: (line: string) => void;
+  /** Default: silent. */
+  log?: Logger;
   clock?: Clock;
 }
 
@@ -98,13 +100,14 @@ async function checkNoticeUnlessTaken(options: MonitorOptions, message: Received
 }
 
 async function checkNotice(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>, finished: Finished): Promise<Outcome> {
-  const { queues, log = () => {} } = options;
+  const { queues } = options;
+  const log = options.log ?? silentLogger();
   let notice: MonitorNotice;
   try {
     notice = parseMonitorNotice(message.body);
   } catch (error) {
     if (!(error instanceof InvalidMessageError)) throw error;
-    log(`dropping malformed monitor notice ${message.id}: ${error.message}`);
+    log.warn({ messageId: message.id, reason: error.message }, 'malformed monitor notice dropped');
     await queues.monitor.delete(message.receiptHandle);
     return 'finished';
   }
@@ -112,7 +115,7 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
   if (stored?.valid) return finish(finished, message, stored.result);
   if (stored) {
     // Its instance has finished with the image, badly: no point waiting or killing it.
-    log(`${notice.imageId}: the stored result is not valid (${stored.reason}); treating the attempt as failed`);
+    noticeLog(log, notice).warn({ reason: stored.reason }, 'stored result not valid; the attempt counts as failed');
     return conclude(options, message, notice, `attempt ${notice.attempt} stored an invalid result`);
   }
   const instanceGone = !alive.has(notice.instanceId);
@@ -127,7 +130,7 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
     try {
       await options.compute.terminate(notice.instanceId);
     } catch (error) {
-      log(`could not terminate ${notice.instanceId}: ${(error as Error).message}`);
+      noticeLog(log, notice).error({ err: error }, 'cannot terminate instance');
     }
   }
   // Checked again after the instance is gone: a result written just before the kill counts.
@@ -164,7 +167,7 @@ async function conclude(options: MonitorOptions, message: ReceivedMessage, notic
 }
 
 async function failImage(options: MonitorOptions, message: ReceivedMessage, notice: MonitorNotice, reason: string): Promise<Outcome> {
-  const { queues, log = () => {} } = options;
+  const { queues } = options;
   const error: ImageResult = {
     status: 'error',
     imageId: notice.imageId,
@@ -180,7 +183,7 @@ async function failImage(options: MonitorOptions, message: ReceivedMessage, noti
   await queues.output.send(JSON.stringify({ type: 'result', result }));
   await queues.monitor.delete(message.receiptHandle);
   if (!won) return 'finished';
-  log(`${notice.imageId} (${notice.name}): ${error.error}`);
+  noticeLog(options.log ?? silentLogger(), notice).warn({ name: notice.name, reason }, 'image failed after its last attempt');
   return 'failed';
 }
 
@@ -191,7 +194,8 @@ async function failImage(options: MonitorOptions, message: ReceivedMessage, noti
  * between claiming and sending (those steps take milliseconds), and is taken over.
  */
 async function retry(options: MonitorOptions, message: ReceivedMessage, notice: MonitorNotice, reason: string): Promise<Outcome> {
-  const { queues, store, outputBucket, log = () => {} } = options;
+  const { queues, store, outputBucket } = options;
+  const log = noticeLog(options.log ?? silentLogger(), notice);
   const attempt = notice.attempt + 1;
   const claim: AttemptClaim = {
     imageId: notice.imageId,
@@ -204,7 +208,7 @@ async function retry(options: MonitorOptions, message: ReceivedMessage, notice: 
   const existing = await readClaim(store, outputBucket, notice.imageId, attempt);
   if (existing?.claim.sent) {
     await queues.monitor.delete(message.receiptHandle);
-    log(`${notice.imageId} (${notice.name}): attempt ${notice.attempt} ended (${reason}); attempt ${attempt} was already sent`);
+    log.debug({ reason, next: attempt }, 'attempt ended; its retry was already sent');
     return 'superseded';
   }
   const takeoverReceives = Math.max(2, Math.ceil(options.deadlineSeconds / options.checkSeconds));
@@ -227,9 +231,14 @@ async function retry(options: MonitorOptions, message: ReceivedMessage, notice: 
   // Resent before the notice is deleted, for the same reason the worker orders its steps.
   await queues.launch.send(JSON.stringify(launch));
   if ((await writeClaim(store, outputBucket, { ...claim, sent: true }, etag)) === null) {
-    log(`${notice.imageId}: the claim on attempt ${attempt} was taken over while this monitor sent it; that attempt may run twice`);
+    log.warn({ next: attempt }, 'retry claim taken over while it was sent; that attempt may run twice');
   }
   await queues.monitor.delete(message.receiptHandle);
-  log(`${notice.imageId} (${notice.name}): ${reason}; retrying, attempt ${attempt} of ${options.maxAttempts}`);
+  log.warn({ name: notice.name, reason, next: attempt, maxAttempts: options.maxAttempts }, 'image retried');
   return 'retried';
+}
+
+/** Every line about a notice carries its image, batch, instance and attempt as fields. */
+function noticeLog(log: Logger, notice: MonitorNotice): Logger {
+  return log.child({ imageId: notice.imageId, batchId: notice.batchId, instanceId: notice.instanceId, attempt: notice.attempt });
 }

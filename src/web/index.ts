@@ -3,6 +3,7 @@ import path from 'node:path';
 import { every, type Loop } from '../controller/loop.js';
 import { EventLog } from '../event-log.js';
 import { CONTROLLER_HEALTH_KEY, CONTROLLER_HEALTH_STALE_MS, describeProblem, errorDetail, parseControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
+import { silentLogger, type Logger } from '../log.js';
 import { projectRoot, type Runtime } from '../runtime.js';
 import type { ObjectStore } from '../storage/port.js';
 import { finishInterruptedDeletions } from './deletion.js';
@@ -21,36 +22,39 @@ export interface WebTier {
   stop(): Promise<void>;
 }
 
-export async function startWebTier(runtime: Runtime, log: (line: string) => void): Promise<WebTier> {
+export async function startWebTier(runtime: Runtime, logger: Logger = silentLogger()): Promise<WebTier> {
   const { config } = runtime;
+  const log = logger.child({ component: 'web' });
   await Promise.all([runtime.store.ensureBucket(config.inputBucket), runtime.store.ensureBucket(config.outputBucket)]);
   // Batches are read when first asked for; only the markers of unfinished work are read now.
   const index = new ResultsIndex(runtime.store, config.inputBucket, config.outputBucket, { maxImages: config.maxLoadedImages });
   const deletion = { store: runtime.store, inputBucket: config.inputBucket, outputBucket: config.outputBucket, index };
-  for (const batchId of await finishInterruptedDeletions(deletion)) log(`finished deleting batch ${batchId}, which a previous web tier had started`);
+  for (const batchId of await finishInterruptedDeletions(deletion)) log.info({ batchId }, 'finished deleting a batch a previous web tier had started');
   for (const pending of await findPendingLaunches(runtime.store, config.inputBucket)) {
     // Before listening, so no upload of this process can be mistaken for an interrupted one.
     const sent = await relaunch(pending, { store: runtime.store, inputBucket: config.inputBucket, launchQueue: runtime.queues.launch, index });
-    log(`an upload to batch ${pending.manifest.batchId} was interrupted before all its images were queued: queued ${sent} again`);
+    log.warn({ batchId: pending.manifest.batchId, queued: sent }, 'upload interrupted before all its images were queued: queued them again');
   }
   const loops: Loop[] = [];
   const controllers = controllerReportReader(runtime.store, config.outputBucket);
   const health = async (): Promise<LoopHealth[]> => [...loops.map((loop) => loop.health()), ...(await controllers()).loops];
   const scaling = async (): Promise<ScalingStatus | undefined> => (await controllers()).scaling;
-  const events = new EventLog(config.data, (error) => log(`event log: cannot write it in ${config.data}: ${(error as Error).message}`));
+  const events = new EventLog(config.data, (error) => logger.error({ component: 'events', data: config.data, err: error }, 'cannot write the event log'));
   events.record({ type: 'run', at: Date.now(), component: 'web' });
   const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log, health, scaling, events });
   // A result for an image of a deleted batch is kept until the monitor has surely seen it.
   const orphanGraceSeconds = 2 * (config.deadlineSeconds + config.monitorCheckSeconds);
-  const output: Loop = every({ name: 'output phase', intervalMs: 0, log }, async (signal) => {
-    await outputTick(index, runtime.queues.output, 1, signal, { orphanGraceSeconds, log, events });
+  const resultsLog = logger.child({ component: 'results' });
+  const output: Loop = every({ name: 'output phase', intervalMs: 0, log: resultsLog }, async (signal) => {
+    await outputTick(index, runtime.queues.output, 1, signal, { orphanGraceSeconds, log: resultsLog, events });
   });
+  const retentionLog = logger.child({ component: 'retention' });
   const sweeper: Loop | undefined = config.retentionSeconds > 0
     ? startSweeper(async () => {
       const swept = await sweepExpiredBatches(deletion, config.retentionSeconds);
-      const count = swept.deleted.length;
-      if (count > 0) log(`retention: deleted ${count} batch${count === 1 ? '' : 'es'} with no activity for ${config.retentionSeconds}s: ${swept.deleted.slice(0, 10).join(', ')}${count > 10 ? ', ...' : ''}`);
-    }, sweepIntervalMs(config.retentionSeconds), log)
+      // One line per batch, so each batch's story can be found by its id.
+      for (const batchId of swept.deleted) retentionLog.info({ batchId, retentionSeconds: config.retentionSeconds }, 'batch deleted after the retention');
+    }, sweepIntervalMs(config.retentionSeconds), retentionLog)
     : undefined;
   const statusLoop: Loop = every({ name: 'status broadcast', intervalMs: 1000, log }, async () => {
     if (server.hub.clientCount > 0) server.hub.broadcastStatus(await server.status());

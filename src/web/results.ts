@@ -22,6 +22,7 @@ import {
 } from '../messages.js';
 import type { Queue, ReceivedMessage } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
+import { silentLogger, type Logger } from '../log.js';
 
 export type ImageStatus = 'queued' | 'processing' | 'done' | 'error';
 
@@ -480,7 +481,8 @@ export interface OutputPhaseOptions {
    * one check after the result is written, and at the latest by the deadline.
    */
   orphanGraceSeconds?: number;
-  log?: (line: string) => void;
+  /** Default: silent. */
+  log?: Logger;
   /** Where each image's start and finish are recorded, for calibrating the simulator. */
   events?: EventSink;
 }
@@ -494,11 +496,14 @@ export interface OutputPhaseOptions {
  * its result object is deleted, so a deleted batch leaves nothing behind in the bucket.
  */
 /** Applies one output message; false when it is kept in flight instead of being deleted. */
-async function applyOutputMessage(index: ResultsIndex, outputQueue: Queue, message: ReceivedMessage, graceMs: number, events: EventSink | undefined, log: (line: string) => void): Promise<boolean> {
+async function applyOutputMessage(index: ResultsIndex, outputQueue: Queue, message: ReceivedMessage, graceMs: number, events: EventSink | undefined, log: Logger): Promise<boolean> {
   try {
     const output = parseOutputMessage(message.body);
     const applied = await index.applyOutput(output);
-    if (applied === 'applied') recordEvent(events, output);
+    if (applied === 'applied') {
+      recordEvent(events, output);
+      if (output.type === 'result') log.debug({ imageId: output.result.imageId, batchId: output.result.batchId, status: output.result.status }, 'result recorded');
+    }
     if (applied === 'orphan' && output.type === 'result') {
       const waitMs = message.sentAt + graceMs - Date.now();
       if (waitMs > 0) {
@@ -507,12 +512,12 @@ async function applyOutputMessage(index: ResultsIndex, outputQueue: Queue, messa
         return false;
       }
       if (await index.deleteOrphanResult(output.result.imageId, output.result.batchId)) {
-        log(`deleted the result of image ${output.result.imageId}: batch ${output.result.batchId} no longer exists`);
+        log.info({ imageId: output.result.imageId, batchId: output.result.batchId }, 'result of a deleted batch deleted');
       }
     }
   } catch (error) {
     if (!(error instanceof InvalidMessageError)) throw error;
-    log(`dropping malformed output message ${message.id}: ${error.message}`);
+    log.warn({ messageId: message.id, reason: error.message }, 'malformed output message dropped');
   }
   return true;
 }
@@ -536,7 +541,7 @@ function recordEvent(events: EventSink | undefined, output: OutputMessage): void
 }
 
 export async function outputTick(index: ResultsIndex, outputQueue: Queue, waitSeconds: number, signal?: AbortSignal, options: OutputPhaseOptions = {}): Promise<number> {
-  const log = options.log ?? (() => {});
+  const log = options.log ?? silentLogger();
   const graceMs = (options.orphanGraceSeconds ?? 0) * 1000;
   const messages = await outputQueue.receive({ maxMessages: 10, waitSeconds, visibilityTimeoutSeconds: 30, ...(signal ? { signal } : {}) });
   // Those handled are deleted together, in one write, even when a later one fails:

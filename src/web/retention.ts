@@ -5,6 +5,7 @@
  * a batch with images still waiting for a result is left for a later sweep.
  */
 import { every, type Loop } from '../controller/loop.js';
+import type { Logger } from '../log.js';
 import type { ObjectStore } from '../storage/port.js';
 import { deleteBatch, finishInterruptedDeletions, type DeletionContext } from './deletion.js';
 
@@ -57,6 +58,6 @@ export function sweepIntervalMs(retentionSeconds: number): number {
  * failure it waits longer each time (from twice the interval up to an hour) and logs a
  * repeated error once; it says when a sweep works again.
  */
-export function startSweeper(sweep: () => Promise<void>, intervalMs: number, log: (line: string) => void): Loop {
+export function startSweeper(sweep: () => Promise<void>, intervalMs: number, log: Logger): Loop {
   return every({ name: 'retention sweep', intervalMs, log, backoff: { initialMs: 2 * intervalMs, maxMs: Math.max(2 * intervalMs, 3_600_000) } }, sweep);
 }

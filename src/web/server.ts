@@ -10,6 +10,7 @@ import path from 'node:path';
 import { FailureLog } from '../controller/loop.js';
 import type { EventSink } from '../event-log.js';
 import type { LoopHealth, ScalingStatus } from '../health.js';
+import { silentLogger, type Logger } from '../log.js';
 import { inputKey } from '../messages.js';
 import type { Runtime } from '../runtime.js';
 import { deleteBatch } from './deletion.js';
@@ -23,7 +24,8 @@ export interface WebOptions {
   index: ResultsIndex;
   /** Folder of the built browser page (index.html and its assets). */
   uiDir: string;
-  log?: (line: string) => void;
+  /** Default: silent. */
+  log?: Logger;
   /** The health of the service's loops: the web tier's own and the controllers' last report. */
   health?: () => Promise<LoopHealth[]>;
   /** The launch policy's last decision, as the controllers published it. */
@@ -161,11 +163,11 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
 
   app.setErrorHandler((error: Error & { statusCode?: number; code?: string }, _request, reply) => {
     if (error instanceof UploadError) {
-      if (error.statusCode >= 500) options.log?.(`upload failed: ${(error.cause as Error | undefined)?.message ?? error.message}`);
+      if (error.statusCode >= 500) options.log?.error({ err: error.cause ?? error }, 'upload failed');
       return reply.code(error.statusCode).send({ error: error.message, ...(error.rejected.length ? { rejected: error.rejected } : {}) });
     }
     const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
-    if (status === 500) options.log?.(`error: ${error.stack ?? error.message}`);
+    if (status === 500) options.log?.error({ err: error }, 'request failed');
     // Internal messages can name paths of this machine: only client errors are echoed.
     return reply.code(status).send({ error: status === 500 ? 'internal error; see the server log' : error.message });
   });
@@ -267,7 +269,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
 
   // The status must answer even when the queues or instances cannot be read: that is
   // when users most need it. Its own failures are logged once, like a loop's.
-  const statusFailures = new FailureLog('web tier', options.log ?? (() => {}));
+  const statusFailures = new FailureLog('web tier', options.log ?? silentLogger());
   const status = async (): Promise<StatusSnapshot> => {
     const errors: unknown[] = [];
     const orElse = <T>(work: Promise<T>, fallback: T): Promise<T> => work.catch((error: unknown) => {

@@ -3,17 +3,36 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { ConfigError, type Config } from '../config.js';
 import { loadClassifier } from '../classifier/index.js';
+import type { Logger } from '../log.js';
 import { openRuntime, projectRoot } from '../runtime.js';
 import { noticeDelaySeconds } from '../messages.js';
 import { runWorker } from './worker.js';
 
-export async function workerMain(config: Config, instanceIdFlag: string | undefined, log: (line: string) => void): Promise<number> {
+/**
+ * Every line carries the instance's id. A failure is logged here, as a line like every
+ * other, so the worker's log (a file, for local workers) stays one JSON object a line and
+ * its last error line says why the worker stopped.
+ */
+export async function workerMain(config: Config, instanceIdFlag: string | undefined, logger: Logger): Promise<number> {
   const instanceId = instanceIdFlag ?? (process.env.ICAAS_INSTANCE_ID || (await ownInstanceId(config)));
   if (!INSTANCE_ID.test(instanceId)) throw new ConfigError(`--instance-id must be 1-100 letters, digits, ".", "_" or "-", got ${JSON.stringify(instanceId)}`);
+  const instanceLog = logger.child({ instanceId });
+  const log = instanceLog.child({ component: 'worker' });
+  try {
+    return await runInstance(config, instanceId, instanceLog);
+  } catch (error) {
+    log.fatal({ err: error }, 'worker failed');
+    // As the command line answers errors: 2 for what the user can fix from the message.
+    return error instanceof ConfigError || (error as Error | undefined)?.name === 'ModelNotFoundError' ? 2 : 1;
+  }
+}
+
+async function runInstance(config: Config, instanceId: string, instanceLog: Logger): Promise<number> {
+  const log = instanceLog.child({ component: 'worker' });
   const runtime = await openRuntime(config);
   const stopping = new AbortController();
   const onSignal = () => {
-    log('asked to stop: finishing the image in hand');
+    log.info('asked to stop: finishing the image in hand');
     stopping.abort();
   };
   process.once('SIGTERM', onSignal);
@@ -24,12 +43,12 @@ export async function workerMain(config: Config, instanceIdFlag: string | undefi
       ...(config.labels ? { labels: config.labels } : {}),
       cacheDir: path.join(projectRoot, '.cache', 'models'),
       maxPixels: config.maxPixels,
-      log,
+      log: instanceLog.child({ component: 'classifier' }),
     });
     // libvips keeps recent operations for reuse; a worker decodes each image once, so the
     // cache would only hold memory (some 10 MB of peak resident memory, measured).
     sharp.cache(false);
-    log(`instance ${instanceId} ready with ${path.basename(modelPath)}`);
+    log.info({ model: path.basename(modelPath) }, 'worker ready');
     const faults = {
       ...(process.env.ICAAS_TEST_HANG_ON ? { hangOn: process.env.ICAAS_TEST_HANG_ON } : {}),
       ...(process.env.ICAAS_TEST_CRASH_ON ? { crashOn: process.env.ICAAS_TEST_CRASH_ON } : {}),
@@ -49,7 +68,7 @@ export async function workerMain(config: Config, instanceIdFlag: string | undefi
       signal: stopping.signal,
       faults,
     });
-    log(`instance ${instanceId} stopping (${summary.reason}) after ${summary.processed} images`);
+    log.info({ reason: summary.reason, processed: summary.processed }, 'worker stopping');
     await classifier.close();
     return 0;
   } finally {

@@ -23,6 +23,7 @@ import { FailureLog } from '../controller/loop.js';
 import { ImageDecodeError } from '../classifier/port.js';
 import type { Compute, InstanceReport } from '../compute/port.js';
 import { clock as systemClock, type Clock } from '../clock.js';
+import { silentLogger, type Logger } from '../log.js';
 import {
   type ImageResult,
   type LaunchMessage,
@@ -68,7 +69,8 @@ export interface WorkerOptions {
    * has had time to notice a worker that died holding it.
    */
   prefetchVisibilitySeconds?: number;
-  log?: (line: string) => void;
+  /** Default: silent. Lines about an image carry its imageId, batchId and attempt. */
+  log?: Logger;
   /**
    * How long the launch queue may keep failing before the worker gives up with the error
    * (it is retried meanwhile, with growing waits). Default 30 s: a fault that lasts longer
@@ -114,7 +116,8 @@ async function rethrow(pending: Pending | undefined): Promise<void> {
 }
 
 export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> {
-  const { instanceId, queues, compute, log = () => {} } = options;
+  const { instanceId, queues, compute } = options;
+  const log = options.log ?? silentLogger();
   const clock = options.clock ?? systemClock;
   const tally = { processed: 0, serviceMs: undefined as number | undefined };
   const reporter = reports(compute, instanceId, tally);
@@ -146,7 +149,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
         const next = await take(options.idleWaitSeconds, options.launchVisibilitySeconds ?? 30);
         if (next === 'stopped') return await end('stopped');
         if (!next) {
-          log(`no work after waiting ${options.idleWaitSeconds}s; stopping (${tally.processed} images processed)`);
+          log.info({ idleWaitSeconds: options.idleWaitSeconds, processed: tally.processed }, 'no work; stopping');
           return await end('idle');
         }
         taken = next;
@@ -213,7 +216,7 @@ interface Finisher {
  * Finishes an image, starting at once: stores the result (create-if-absent), then deletes
  * the launch message, announces the result that stands and folds the time in.
  */
-function finisher(options: WorkerOptions, classified: Classified, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: (line: string) => void): Finisher {
+function finisher(options: WorkerOptions, classified: Classified, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: Logger): Finisher {
   const storing = storeFirstResult(options.store, options.outputBucket, classified.outcome.result);
   storing.catch(() => undefined);
   let announcing: Promise<void> | undefined;
@@ -227,7 +230,7 @@ function finisher(options: WorkerOptions, classified: Classified, clock: Clock, 
   };
 }
 
-async function announced(options: WorkerOptions, { taken, deleted, outcome, started }: Classified, { won, result }: { won: boolean; result: ImageResult }, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: (line: string) => void): Promise<void> {
+async function announced(options: WorkerOptions, { taken, deleted, outcome, started }: Classified, { won, result }: { won: boolean; result: ImageResult }, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: Logger): Promise<void> {
   const { launch } = taken;
   const own = outcome.result;
   if (!deleted) await options.queues.launch.delete(taken.message.receiptHandle);
@@ -237,8 +240,12 @@ async function announced(options: WorkerOptions, { taken, deleted, outcome, star
   tally.processed++;
   const elapsed = clock.monotonic() - started;
   tally.serviceMs = movingAverage(tally.serviceMs, elapsed);
-  const said = own.status === 'ok' ? `${own.label} ${own.probability.toFixed(3)}` : `error: ${own.error}`;
-  log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): ${said} in ${Math.round(elapsed)} ms (classification ${outcome.classifyMs.toFixed(1)} ms)${won ? '' : `; not stored, the image already had its result (${result.status})`}`);
+  const said = own.status === 'ok' ? { status: own.status, label: own.label, probability: Number(own.probability.toFixed(3)) } : { status: own.status, error: own.error };
+  const fields = { ...said, ms: Math.round(elapsed), classifyMs: Number(outcome.classifyMs.toFixed(1)), ...(won ? {} : { stored: false, standing: result.status }) };
+  const line = imageLog(log, launch);
+  if (!won) line.info(fields, 'image classified; not stored, it already had its result');
+  else if (own.status === 'error') line.warn(fields, 'image failed');
+  else line.debug(fields, 'image classified');
 }
 
 /**
@@ -291,22 +298,22 @@ function heldLong(options: WorkerOptions, taken: Taken, progress: OutputMessage)
  * passed (it may come back to another worker before the notice goes out), and a check for
  * staleness made long ago is made again.
  */
-async function stillStartable(options: WorkerOptions, taken: Taken, clock: Clock, log: (line: string) => void): Promise<boolean> {
+async function stillStartable(options: WorkerOptions, taken: Taken, clock: Clock, log: Logger): Promise<boolean> {
   const { launch } = taken;
   if (clock.monotonic() > taken.startBy) {
-    log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): taken ahead too long ago; left to come back to the queue`);
+    imageLog(log, launch).debug('taken ahead too long ago; left to come back to the queue');
     return false;
   }
   if (clock.monotonic() - taken.checkedAt <= STALE_CHECK_FRESH_MS) return true;
   const stale = await staleDelivery(options, launch);
   if (!stale) return true;
-  log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): dropped, ${stale}`);
+  imageLog(log, launch).info({ reason: stale }, 'launch message dropped');
   await options.queues.launch.delete(taken.message.receiptHandle);
   return false;
 }
 
 /** Gives a message taken ahead back to the queue at once, instead of when its timeout ends. */
-async function release(options: WorkerOptions, ahead: Promise<Taken | null> | undefined, log: (line: string) => void): Promise<void> {
+async function release(options: WorkerOptions, ahead: Promise<Taken | null> | undefined, log: Logger): Promise<void> {
   const taken = await ahead?.catch(() => null);
   if (!taken) return;
   try {
@@ -314,7 +321,7 @@ async function release(options: WorkerOptions, ahead: Promise<Taken | null> | un
   } catch (error) {
     // Back already, or the queue fails: either way it comes back when its timeout ends.
     if (!(error instanceof QueueError)) throw error;
-    log(`could not give back launch message ${taken.message.id} (${error.message}); it comes back when its visibility timeout ends`);
+    log.warn({ messageId: taken.message.id, reason: error.message }, 'cannot give back a launch message; it comes back when its visibility timeout ends');
   }
 }
 
@@ -323,7 +330,7 @@ async function release(options: WorkerOptions, ahead: Promise<Taken | null> | un
  * drops malformed messages and stale duplicates, and reads the image. Null when the poll
  * found nothing; 'stopped' when the worker was asked to stop meanwhile.
  */
-function taker(options: WorkerOptions, log: (line: string) => void): (waitSeconds: number, visibilitySeconds: number) => Promise<Taken | null | 'stopped'> {
+function taker(options: WorkerOptions, log: Logger): (waitSeconds: number, visibilitySeconds: number) => Promise<Taken | null | 'stopped'> {
   const receive = receiver(options, log);
   const clock = options.clock ?? systemClock;
   return async (waitSeconds, visibilitySeconds) => {
@@ -338,13 +345,13 @@ function taker(options: WorkerOptions, log: (line: string) => void): (waitSecond
         launch = parseLaunchMessage(message.body);
       } catch (error) {
         if (!(error instanceof InvalidMessageError)) throw error;
-        log(`dropping malformed launch message ${message.id}: ${error.message}`);
+        log.warn({ messageId: message.id, reason: error.message }, 'malformed launch message dropped');
         await options.queues.launch.delete(message.receiptHandle);
         continue;
       }
       const stale = await staleDelivery(options, launch);
       if (stale) {
-        log(`${launch.imageId} (${launch.name}, attempt ${launch.attempt}): dropped, ${stale}`);
+        imageLog(log, launch).info({ reason: stale }, 'launch message dropped');
         await options.queues.launch.delete(message.receiptHandle);
         continue;
       }
@@ -360,7 +367,7 @@ function taker(options: WorkerOptions, log: (line: string) => void): (waitSecond
  * repeated one once, until they have lasted `receiveFailureLimitMs`: then the error ends
  * the worker. 'stopped' when the worker was asked to stop meanwhile.
  */
-function receiver(options: WorkerOptions, log: (line: string) => void): (waitSeconds: number, visibilitySeconds: number) => Promise<ReceivedMessage[] | 'stopped'> {
+function receiver(options: WorkerOptions, log: Logger): (waitSeconds: number, visibilitySeconds: number) => Promise<ReceivedMessage[] | 'stopped'> {
   const failures = new FailureLog('launch queue', log);
   const backoff = new Backoff({ initialMs: 250, maxMs: 5_000 });
   const limitMs = options.receiveFailureLimitMs ?? 30_000;
@@ -439,4 +446,9 @@ async function injectFaults(faults: WorkerOptions['faults'], name: string): Prom
 
 async function sendOutput(queue: Queue, message: OutputMessage): Promise<void> {
   await queue.send(JSON.stringify(message));
+}
+
+/** The fields that let an operator follow one image through the logs. */
+function imageLog(log: Logger, launch: LaunchMessage): Logger {
+  return log.child({ imageId: launch.imageId, batchId: launch.batchId, attempt: launch.attempt, name: launch.name });
 }

@@ -17,6 +17,7 @@ import {
   projectRoot,
 } from '../../src/classifier/model.js';
 import { makeTempDir, projectRoot as testProjectRoot, sharedModelsDir } from '../helpers.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
 
 const sharedModel = path.join(sharedModelsDir, MODEL_FILE);
 const sharedLabels = path.join(sharedModelsDir, LABELS_FILE);
@@ -180,9 +181,9 @@ describe('locateModel download', () => {
   function attempt(name: string, urls: { model: string; labels: string }, extra: { downloadTimeoutMs?: number } = {}) {
     const cacheDir = path.join(temp.dir, name, 'cache');
     const sharedDir = path.join(temp.dir, name, 'shared');
-    const lines: string[] = [];
-    const result = locateModel({ cacheDir, sharedDir, allowDownload: true, downloadUrls: urls, log: (line) => lines.push(line), ...extra });
-    return { cacheDir, lines, result };
+    const { log, entries } = capturingLogger();
+    const result = locateModel({ cacheDir, sharedDir, allowDownload: true, downloadUrls: urls, log, ...extra });
+    return { cacheDir, entries, result };
   }
 
   async function cacheContents(cacheDir: string): Promise<string[]> {
@@ -190,13 +191,14 @@ describe('locateModel download', () => {
   }
 
   it('downloads into the cache when the sha256 matches, leaving no temporary files', async () => {
-    const { cacheDir, lines, result } = attempt('good', { model: `${base}/redirect`, labels: `${base}/labels.json` });
+    const { cacheDir, entries, result } = attempt('good', { model: `${base}/redirect`, labels: `${base}/labels.json` });
     assert.deepEqual(await result, { modelPath: path.join(cacheDir, MODEL_FILE), labelsPath: path.join(cacheDir, LABELS_FILE), source: 'download' });
     assert.deepEqual((await cacheContents(cacheDir)).sort(), [LABELS_FILE, MODEL_FILE].sort());
     const saved = await readFile(path.join(cacheDir, MODEL_FILE));
     assert.equal(createHash('sha256').update(saved).digest('hex'), MODEL_SHA256);
     assert.deepEqual(await readFile(path.join(cacheDir, LABELS_FILE)), labelsBytes);
-    assert.ok(lines.some((line) => /sha256 verified/.test(line)), lines.join('\n'));
+    const savedLines = logged(entries, { msg: 'model saved, sha256 verified' });
+    assert.equal(savedLines[0]?.file, path.join(cacheDir, MODEL_FILE), showLog(entries));
     // Found in the cache next time, without asking the server.
     const before = hits.length;
     assert.equal((await locateModel({ cacheDir, sharedDir: path.join(temp.dir, 'good', 'shared'), allowDownload: true, downloadUrls: { model: `${base}/gone`, labels: `${base}/gone` } })).source, 'cache');

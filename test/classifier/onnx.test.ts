@@ -8,6 +8,7 @@ import { LABELS_FILE, MODEL_FILE } from '../../src/classifier/model.js';
 import { ModelLoadError, createOnnxClassifier } from '../../src/classifier/onnx.js';
 import { ImageDecodeError, type Classifier } from '../../src/classifier/port.js';
 import { makeTempDir, sharedImagesDir, sharedModelsDir } from '../helpers.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
 
 const modelPath = path.join(sharedModelsDir, MODEL_FILE);
 const labelsPath = path.join(sharedModelsDir, LABELS_FILE);
@@ -118,13 +119,14 @@ describe('loading errors', () => {
 describe('loadClassifier', () => {
   it('finds the shared model when nothing is configured and reports where it came from', async () => {
     const temp = await makeTempDir('icaas-load-');
-    const lines: string[] = [];
+    const { log, entries } = capturingLogger();
     try {
-      const { classifier, modelPath: found, source } = await loadClassifier({ model: '', labels: '', cacheDir: temp.dir, log: (line) => lines.push(line) });
+      const { classifier, modelPath: found, source } = await loadClassifier({ model: '', labels: '', cacheDir: temp.dir, log });
       try {
         assert.equal(source, 'shared');
         assert.equal(found, modelPath);
-        assert.ok(lines.some((line) => line.includes('mobilenetv2-12-int8.onnx (3.5 MB) from shared')), lines.join('\n'));
+        const [loaded] = logged(entries, { msg: 'classifier loaded', source: 'shared', modelPath });
+        assert.match(String(loaded?.classifier), /mobilenetv2-12-int8\.onnx \(3\.5 MB\)/, showLog(entries));
       } finally {
         await classifier.close();
       }

@@ -9,6 +9,7 @@ import { after, describe, it } from 'node:test';
 import { projectRoot } from '../../src/runtime.js';
 import { readShared, sharedImages, uploadForm, waitForBatch } from '../e2e/harness.js';
 import { makeTempDir, waitFor } from '../helpers.js';
+import { listeningUrl, parseLogLines } from '../log-capture.js';
 
 const script = path.join(projectRoot, 'dist', 'scripts', 'cloud-local.js');
 
@@ -42,12 +43,12 @@ describe('npm run cloud:local', () => {
 
     const url = await waitFor('the service to listen', () => {
       if (child.exitCode !== null) throw new Error(`cloud:local exited with ${child.exitCode}:\n${output}`);
-      return /^\S+ listening on (http:\/\/\S+)/m.exec(output)?.[1];
+      return listeningUrl(output);
     }, { timeoutMs: 60_000 });
     const emulator = /emulator at (http:\/\/127\.0\.0\.1:\d+)/.exec(output)?.[1];
     assert.ok(emulator, output);
     assert.match(output, /SQS queue icaas-launch: created/);
-    assert.match(output, /object store: S3 at http:\/\/127\.0\.0\.1:\d+/);
+    assert.ok(parseLogLines(output).some((line) => /^object store: S3 at http:\/\/127\.0\.0\.1:\d+/.test(line.msg)), output);
 
     const images = (await sharedImages()).slice(10, 13);
     const upload = await uploadForm(url, await Promise.all(images.map(async (image) => ({ name: image.file, body: await readShared(image.file) }))));

@@ -398,6 +398,20 @@ describe('why a worker stopped, from its log', () => {
         assert.equal(await compute.startFailure('i-0000000000aa'), undefined);
         await writeFile(path.join(logDir, 'i-0000000000bb.log'), `${sdkWarning.join('\n')}\nicaas worker: cannot reach the queue\n`);
         assert.equal(await compute.startFailure('i-0000000000bb'), 'icaas worker: cannot reach the queue');
+        // A worker's own JSON lines: its routine says nothing, its error line says why.
+        const json = (fields: Record<string, unknown>) => JSON.stringify({ time: '2026-01-01T00:00:00.000Z', component: 'worker', instanceId: 'i-0000000000cc', ...fields });
+        await writeFile(path.join(logDir, 'i-0000000000cc.log'), [
+          ...sdkWarning,
+          json({ level: 'info', msg: 'worker ready' }),
+          json({ level: 'fatal', msg: 'worker failed', err: { type: 'QueueError', message: 'cannot reach the queue', stack: 'QueueError: cannot reach the queue\n    at receive (queue.js:1:1)' } }),
+          '',
+        ].join('\n'));
+        assert.equal(await compute.startFailure('i-0000000000cc'), 'worker failed: cannot reach the queue');
+        await writeFile(path.join(logDir, 'i-0000000000dd.log'), `${json({ level: 'info', msg: 'worker ready' })}\n${json({ level: 'debug', msg: 'image classified' })}\n`);
+        assert.equal(await compute.startFailure('i-0000000000dd'), undefined, 'routine lines are no reason');
+        // A long log: the tail begins mid-line, and that piece is not taken for a reason.
+        await writeFile(path.join(logDir, 'i-0000000000ee.log'), `${json({ level: 'error', msg: 'old trouble' })}\n${Array.from({ length: 400 }, () => json({ level: 'info', msg: 'worker ready', padding: 'x'.repeat(100) })).join('\n')}\n`);
+        assert.equal(await compute.startFailure('i-0000000000ee'), undefined);
       } finally {
         await compute.close();
       }

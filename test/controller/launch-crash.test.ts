@@ -15,11 +15,11 @@ import { parseImageResult, resultKey, type LaunchMessage, type MonitorNotice } f
 import { openRuntime, type Runtime } from '../../src/runtime.js';
 import { startWebTier, type WebTier } from '../../src/web/index.js';
 import { makeTempDir, waitFor } from '../helpers.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
 
 describe('workers that fail at start', async () => {
   const temp = await makeTempDir();
-  const lines: string[] = [];
-  const log = (line: string) => lines.push(line);
+  const { log, entries } = capturingLogger('info');
   let runtime: Runtime | undefined;
   let controllers: Controllers | undefined;
   let web: WebTier | undefined;
@@ -74,7 +74,9 @@ describe('workers that fail at start', async () => {
     spawnedWhenHeld = before;
     await sleep(2000);
     assert.ok(spawned() - before <= 1, `no new workers while held back (${before} before, ${spawned()} after)`);
-    assert.equal(lines.filter((line) => line.startsWith('workers: workers fail at start')).length, 1, `logged once:\n${lines.join('\n')}`);
+    const failureLines = logged(entries, { msg: 'loop failing', loop: 'workers', component: 'workers' });
+    assert.equal(failureLines.length, 1, `logged once:\n${showLog(entries)}`);
+    assert.match(String(failureLines[0]!.problem), /^workers fail at start: .*gone\.onnx/);
   });
 
   it('ends waiting images as errors with the reason once the timeout has passed', async () => {
@@ -90,7 +92,8 @@ describe('workers that fail at start', async () => {
       return found.length === 2 ? found : undefined;
     }, { timeoutMs: 60_000, intervalMs: 200 });
     for (const error of errors) assert.match(error, /^workers fail at start: .*gone\.onnx/);
-    assert.ok(lines.some((line) => /ended 2 waiting images as errors, because workers fail at start/.test(line)), lines.join('\n'));
+    const ended = logged(entries, { msg: 'waiting images ended as errors', component: 'launch' });
+    assert.ok(ended.some((entry) => entry.ended === 2 && /^workers fail at start/.test(String(entry.reason))), showLog(entries));
     assert.equal((await runtime!.queues.launch.counts()).visible, 0);
     // Once held back, at most one probe per backoff (5 s or more): unguarded, three failing
     // workers a second would be replaced. (How many start before the hold depends on how
@@ -104,6 +107,6 @@ describe('workers that fail at start', async () => {
     const notice: MonitorNotice = { type: 'monitor', imageId: 'waiting1', batchId: 'b1', name: 'waiting1.jpg', key: 'images/b1/waiting1', attempt: 1, instanceId: 'i-000000000001', startedAt: Date.now() };
     await runtime!.queues.monitor.send(JSON.stringify(notice));
     await waitFor('the workers entry to be ok again', async () => (await workersHealth())?.ok === true, { timeoutMs: 15_000 });
-    assert.ok(lines.some((line) => line.startsWith('workers: working again: an instance took an image')), lines.join('\n'));
+    assert.ok(logged(entries, { msg: 'loop working again', loop: 'workers' }).some((entry) => /an instance took an image/.test(String(entry.how))), showLog(entries));
   });
 });

@@ -13,13 +13,13 @@ import { openRuntime, type Runtime } from '../../src/runtime.js';
 import { startWebTier, type WebTier } from '../../src/web/index.js';
 import { makeTempDir, waitFor } from '../helpers.js';
 import { startSqsEndpoint, type SqsEndpoint } from '../queue/sqs-endpoint.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
 
 describe('loops against missing queues', async () => {
   const temp = await makeTempDir();
   process.env.AWS_ACCESS_KEY_ID = 'AKIDLOOPTEST';
   process.env.AWS_SECRET_ACCESS_KEY = 'loop-test-secret';
-  const lines: string[] = [];
-  const log = (line: string) => lines.push(line);
+  const { log, entries } = capturingLogger('info');
   let sqs: SqsEndpoint | undefined;
   let runtime: Runtime | undefined;
   let controllers: Controllers | undefined;
@@ -51,9 +51,10 @@ describe('loops against missing queues', async () => {
     const attempts = sqs.requests.length;
     assert.ok(attempts >= 6, `the three loops kept trying (${attempts} requests)`);
     assert.ok(attempts <= 36, `at most a dozen attempts per loop in 5 s, got ${attempts} requests`);
-    const faultLines = lines.filter((line) => /SQS queue icaas-\w+ does not exist/.test(line));
-    assert.equal(faultLines.length, 3, `one line per loop, got:\n${lines.join('\n')}`);
-    assert.ok(lines.length <= 6, `few log lines in all, got:\n${lines.join('\n')}`);
+    const faultLines = logged(entries, { msg: 'loop failing', level: 'error' }).filter((entry) => /SQS queue icaas-\w+ does not exist/.test(String(entry.detail)));
+    assert.deepEqual(faultLines.map((entry) => entry.loop).sort(), ['launch controller', 'monitor controller', 'output phase'], `one line per loop, got:\n${showLog(entries)}`);
+    assert.ok(faultLines.every((entry) => /^queues missing: run icaas aws provision/.test(String(entry.problem))), showLog(faultLines));
+    assert.ok(entries.length <= 6, `few log lines in all, got:\n${showLog(entries)}`);
 
     const health = await waitFor('the controllers\' fault in /api/status', async () => {
       const { health } = await status();
@@ -75,9 +76,11 @@ describe('loops against missing queues', async () => {
       return ['launch controller', 'monitor controller', 'output phase', 'web tier'].every((name) => loop(health, name)?.ok === true);
     }, { timeoutMs: 40_000, intervalMs: 250 });
     for (const name of ['launch controller', 'monitor controller', 'output phase']) {
-      const recovered = lines.filter((line) => line.startsWith(`${name}: working again after`));
-      assert.equal(recovered.length, 1, `${name} logs its recovery once:\n${lines.join('\n')}`);
+      const recovered = logged(entries, { msg: 'loop working again', loop: name });
+      assert.equal(recovered.length, 1, `${name} logs its recovery once:\n${showLog(entries)}`);
+      assert.ok(Number(recovered[0]!.failures) >= 1, showLog(recovered));
     }
-    assert.ok(lines.some((line) => /\(repeated \d+ times? in \d+ s\)/.test(line)), `the repeats are counted:\n${lines.join('\n')}`);
+    const repeats = logged(entries, { msg: 'loop failed repeatedly' });
+    assert.ok(repeats.some((entry) => Number(entry.repeated) >= 1 && Number(entry.inSeconds) >= 1), `the repeats are counted:\n${showLog(entries)}`);
   });
 });

@@ -9,6 +9,7 @@ import Database from '../../src/sqlite-driver.js';
 import { FsObjectStore } from '../../src/storage/fs.js';
 import { waitFor } from '../helpers.js';
 import { getBatch, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
+import { logged, parseLogLines } from '../log-capture.js';
 
 describe('faults of the real service', { concurrency: false }, () => {
   const services: Service[] = [];
@@ -51,7 +52,7 @@ describe('faults of the real service', { concurrency: false }, () => {
     }, { timeoutMs: 60_000, intervalMs: 50 });
 
     const stopped = first.stop('SIGTERM');
-    await waitFor('the service to start stopping', () => first.output().includes('SIGTERM: stopping'), { timeoutMs: 5000, intervalMs: 10 });
+    await waitFor('the service to start stopping', () => logged(parseLogLines(first.output()), { msg: 'stopping', signal: 'SIGTERM' }).length > 0, { timeoutMs: 5000, intervalMs: 10 });
     // Still answering while the instances finish, but no longer taking uploads.
     const refused = await uploadForm(first.url, [files[0]!]);
     assert.equal(refused.status, 503, JSON.stringify(refused.body));
@@ -64,8 +65,9 @@ describe('faults of the real service', { concurrency: false }, () => {
     await syncAnswer.text();
     assert.equal((await getBatch(first.url, batchId)).total, 8, 'reads are still answered');
     await stopped;
-    assert.match(first.output(), /stopped 2 workers \(0 had to be killed\)/);
-    assert.match(first.output(), /stopped\n?$/);
+    const lines = parseLogLines(first.output());
+    assert.equal(logged(lines, { msg: 'workers stopped', workers: 2, killed: 0 }).length, 1, first.output());
+    assert.equal(lines.at(-1)?.msg, 'stopped', first.output());
 
     // Every worker is gone, and each finished the image it held, on its first attempt.
     const registry = new Database(path.join(first.dataDir, 'instances.db'), { readonly: true });

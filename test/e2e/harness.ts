@@ -8,6 +8,7 @@ import path from 'node:path';
 import Database from '../../src/sqlite-driver.js';
 import type { EmulatedDeployment } from '../cloud/deployment.js';
 import { cliPath, makeTempDir, serverSentEvents, sharedImagesDir, waitFor } from '../helpers.js';
+import { listeningUrl } from '../log-capture.js';
 
 export interface ServiceOptions {
   maxInstances?: number;
@@ -64,7 +65,7 @@ export async function startService(options: ServiceOptions = {}): Promise<Servic
   try {
     url = await waitFor('the service to print its address', () => {
       if (child.exitCode !== null) throw new Error(`service exited with ${child.exitCode}:\n${output}`);
-      return /listening on (http:\/\/\S+)/.exec(output)?.[1];
+      return listeningUrl(output);
     }, { timeoutMs: 30_000 });
   } catch (error) {
     child.kill('SIGKILL');

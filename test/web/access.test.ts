@@ -15,6 +15,7 @@ import type { Runtime } from '../../src/runtime.js';
 import type { WebTier } from '../../src/web/index.js';
 import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 import { drainQueue, makeTempDir, sharedImagesDir, startWebProcess, waitFor } from '../helpers.js';
+import { parseLogLines } from '../log-capture.js';
 
 const KEYS = ['first-key-0123456789', 'second-key-abcdefghij'];
 
@@ -443,10 +444,14 @@ describe('access control and exposure', async () => {
       }
     };
     const open = await run(['--host', '0.0.0.0']);
-    assert.match(open, /WARNING: listening on 0\.0\.0\.0 without API keys: anyone who can reach this address can upload and read results/);
+    const warnings = (output: string) => parseLogLines(output).filter((line) => line.level === 'warn');
+    const [warning, ...others] = warnings(open);
+    assert.equal(warning?.host, '0.0.0.0', open);
+    assert.match(warning?.msg ?? '', /without API keys: anyone who can reach it can upload and read results; set ICAAS_API_KEYS/);
+    assert.deepEqual(others, []);
     const keyed = await run(['--host', '0.0.0.0', '--api-keys', 'k-0123456789']);
-    assert.doesNotMatch(keyed, /WARNING/);
+    assert.deepEqual(warnings(keyed), [], keyed);
     const local = await run(['--host', '127.0.0.1']);
-    assert.doesNotMatch(local, /WARNING/);
+    assert.deepEqual(warnings(local), [], local);
   });
 });

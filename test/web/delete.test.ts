@@ -15,6 +15,7 @@ import { startWebTier } from '../../src/web/index.js';
 import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 import { startLocalS3 } from './s3-fixture.js';
 import { drainQueue, makeTempDir, serverSentEvents, sharedImagesDir, waitFor } from '../helpers.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
 
 const tench = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
 
@@ -233,11 +234,11 @@ function deletionSuite(storeName: string, setupStore: StoreSetup) {
         return counts.visible + counts.inFlight === 0;
       });
 
-      const logged: string[] = [];
-      const second = await startWebTier(runtime, (line) => logged.push(line));
+      const { log, entries } = capturingLogger();
+      const second = await startWebTier(runtime, log);
       try {
         assert.deepEqual(await keysMentioning(runtime, [batchId, 'half-one', 'half-two']), []);
-        assert.ok(logged.some((line) => line.includes(`finished deleting batch ${batchId}`)), logged.join('\n'));
+        assert.equal(logged(entries, { msg: 'finished deleting a batch a previous web tier had started', batchId }).length, 1, showLog(entries));
         assert.equal((await fetch(`${second.url}/api/batches/${batchId}`)).status, 404);
       } finally {
         await second.stop();

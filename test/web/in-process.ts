@@ -1,5 +1,6 @@
 /** The web tier in this process on the real embedded adapters, for HTTP-level tests. */
 import { loadConfig } from '../../src/config.js';
+import { silentLogger, type Logger } from '../../src/log.js';
 import { openRuntime, type Runtime } from '../../src/runtime.js';
 import { startWebTier, type WebTier } from '../../src/web/index.js';
 
@@ -11,7 +12,7 @@ export interface InProcessWebTier {
 }
 
 /** Starts on a free loopback port with its data in dataDir; extra flags as on the command line. */
-export async function startInProcessWebTier(dataDir: string, flags: string[] = [], log: (line: string) => void = () => {}): Promise<InProcessWebTier> {
+export async function startInProcessWebTier(dataDir: string, flags: string[] = [], log: Logger = silentLogger()): Promise<InProcessWebTier> {
   const { config } = loadConfig({ argv: ['--host', '127.0.0.1', '--port', '0', '--data', dataDir, ...flags], env: {} });
   const runtime = await openRuntime(config);
   const web = await startWebTier(runtime, log);

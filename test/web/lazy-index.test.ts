@@ -40,7 +40,7 @@ describe('lazy batch index', async () => {
     const { config } = loadConfig({ argv: ['--host', '127.0.0.1', '--port', '0', '--data', temp.dir, ...flags], env: {} });
     runtime = await openRuntime(config);
     runtime.store = recording(runtime.store, calls);
-    web = await startWebTier(runtime, () => {});
+    web = await startWebTier(runtime);
   };
   const stop = async () => {
     await web.stop();

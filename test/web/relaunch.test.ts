@@ -11,6 +11,7 @@ import { batchManifestKey, batchManifestSchema, inputKey, parseLaunchMessage, re
 import { openRuntime } from '../../src/runtime.js';
 import { startWebTier } from '../../src/web/index.js';
 import { drainQueue, makeTempDir, sharedImagesDir } from '../helpers.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
 
 describe('interrupted uploads', async () => {
   const temp = await makeTempDir();
@@ -43,12 +44,14 @@ describe('interrupted uploads', async () => {
     const old = { batchId: 'OLDBATCHOLDBATCH', createdAt: Date.now(), images: [{ imageId: 'old-image', name: 'old.jpg', key: inputKey('OLDBATCHOLDBATCH', 'old-image'), size: 1, contentType: 'image/jpeg' }] };
     await runtime.store.put(config.inputBucket, batchManifestKey(old.batchId, 'upload0'), Buffer.from(JSON.stringify(old)));
 
-    const logged: string[] = [];
-    let web = await startWebTier(runtime, (line) => logged.push(line));
+    const { log, entries } = capturingLogger();
+    let web = await startWebTier(runtime, log);
     try {
       const launches = (await drainQueue(runtime.queues.launch)).map(parseLaunchMessage);
       assert.deepEqual(launches.map((launch) => [launch.imageId, launch.batchId, launch.attempt]).sort(), [['image-three', batchId, 1], ['image-two', batchId, 1]]);
-      assert.ok(logged.some((line) => /interrupted before all its images were queued: queued 2 again/.test(line)), logged.join('\n'));
+      const relaunched = logged(entries, { msg: 'upload interrupted before all its images were queued: queued them again', component: 'web', level: 'warn' });
+      assert.equal(relaunched[0]?.queued, 2, showLog(entries));
+      assert.equal(typeof relaunched[0]?.batchId, 'string', showLog(entries));
       const stored = await runtime.store.get(config.inputBucket, manifestKey);
       assert.equal(batchManifestSchema.parse(JSON.parse(stored!.body.toString('utf8'))).launched, true);
       assert.equal(await runtime.store.head(config.inputBucket, `pending/${batchId}/upload1`), null, 'the marker is gone');
@@ -58,7 +61,7 @@ describe('interrupted uploads', async () => {
       await web.stop();
     }
     // Once marked, a later start sends nothing again.
-    web = await startWebTier(runtime, () => {});
+    web = await startWebTier(runtime);
     try {
       assert.deepEqual(await drainQueue(runtime.queues.launch), []);
     } finally {
@@ -67,7 +70,7 @@ describe('interrupted uploads', async () => {
   });
 
   it('marks the manifest of a normal upload launched once its messages are out', async () => {
-    const web = await startWebTier(runtime, () => {});
+    const web = await startWebTier(runtime);
     try {
       const form = new FormData();
       form.append('images', new Blob([await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'))]), 'a.jpg');

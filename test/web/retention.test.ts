@@ -14,6 +14,7 @@ import { startSweeper } from '../../src/web/retention.js';
 import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 import { startLocalS3 } from './s3-fixture.js';
 import { drainQueue, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
 
 const tench = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
 
@@ -38,24 +39,24 @@ describe('the retention option', () => {
 describe('the sweep schedule', () => {
   it('backs off after failures (from twice the interval), logs a repeated error once, and says when it works again', async () => {
     const times: number[] = [];
-    const logged: string[] = [];
+    const { log, entries } = capturingLogger();
     let failing = true;
     const sweeper = startSweeper(async () => {
       times.push(performance.now());
       if (failing) throw new Error('the bucket is unreachable');
-    }, 20, (line) => logged.push(line));
+    }, 20, log);
     try {
       await waitFor('five failed sweeps', () => times.length >= 5);
       failing = false;
-      await waitFor('a sweep that works', () => logged.some((line) => /retention sweep: working again/.test(line)));
+      await waitFor('a sweep that works', () => logged(entries, { msg: 'loop working again', loop: 'retention sweep' }).length > 0);
     } finally {
       await sweeper.stop();
     }
     // After the i-th failure the wait is at least half its ceiling, 2 x 20 ms x 2^(i-1).
     for (let i = 1; i < 5; i++) assert.ok(times[i]! - times[i - 1]! >= 20 * 2 ** (i - 1) - 2, `gap ${i}: ${times[i]! - times[i - 1]!} ms`);
     // Five failures: the first is logged as it happens, the rest as one count on recovery.
-    assert.equal(logged.filter((line) => line === 'retention sweep: the bucket is unreachable').length, 1, logged.join('\n'));
-    assert.ok(logged.length <= 3, logged.join('\n'));
+    assert.equal(logged(entries, { msg: 'loop failing', loop: 'retention sweep', problem: 'the bucket is unreachable' }).length, 1, showLog(entries));
+    assert.ok(entries.length <= 3, showLog(entries));
   });
 });
 
@@ -66,10 +67,10 @@ function retentionSuite(storeName: string, setupStore: () => Promise<{ flags: st
     let tier: InProcessWebTier;
     let runtime: Runtime;
     let url: string;
-    const logged: string[] = [];
+    const { log, entries } = capturingLogger();
     before(async () => {
       store = await setupStore();
-      tier = await startInProcessWebTier(temp.dir, [...store.flags, '--retention', '2s'], (line) => logged.push(line));
+      tier = await startInProcessWebTier(temp.dir, [...store.flags, '--retention', '2s'], log);
       ({ runtime, url } = tier);
     });
     after(async () => {
@@ -112,7 +113,7 @@ function retentionSuite(storeName: string, setupStore: () => Promise<{ flags: st
 
       await waitFor('the idle batch to be deleted', async () => !(await exists(done.batchId)), { timeoutMs: 20_000 });
       await waitFor('its objects to be gone', async () => (await keysOf(done.batchId, done.images[0]!.id)).length === 0);
-      await waitFor('the deletion in the log', () => logged.some((line) => line.includes('retention: deleted') && line.includes(done.batchId)));
+      await waitFor('the deletion in the log', () => logged(entries, { msg: 'batch deleted after the retention', component: 'retention', batchId: done.batchId }).length > 0);
       assert.ok(await exists(waiting.batchId), 'the batch with an image still waiting is kept');
       assert.ok((await keysOf(waiting.batchId, waiting.images[0]!.id)).length > 0);
 

@@ -8,6 +8,7 @@ import type { Queue } from '../../src/queue/port.js';
 import { openRuntime } from '../../src/runtime.js';
 import { startWebTier } from '../../src/web/index.js';
 import { makeTempDir, sharedImagesDir } from '../helpers.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
 
 describe('upload rollback', async () => {
   const temp = await makeTempDir();
@@ -30,8 +31,8 @@ describe('upload rollback', async () => {
     },
   });
   runtime.queues.launch = failingLaunch;
-  const logged: string[] = [];
-  const web = await startWebTier(runtime, (line) => logged.push(line));
+  const { log, entries } = capturingLogger();
+  const web = await startWebTier(runtime, log);
   after(async () => {
     await web.stop();
     await runtime.close();
@@ -47,7 +48,8 @@ describe('upload rollback', async () => {
     const text = await response.text();
     assert.match(text, /could not be queued; nothing was stored/);
     assert.ok(!text.includes(temp.dir), 'the answer names no path of the machine');
-    assert.ok(logged.some((line) => line.includes('disk I/O error')), 'the cause is in the log');
+    const failed = logged(entries, { msg: 'upload failed', level: 'error', component: 'web' });
+    assert.ok(failed.some((entry) => JSON.stringify(entry.err).includes('disk I/O error')), `the cause is in the log:\n${showLog(entries)}`);
     const left: string[] = [];
     for await (const object of runtime.store.list(config.inputBucket)) left.push(object.key);
     assert.deepEqual(left, []);

@@ -39,7 +39,7 @@ describe('upload store commits', async () => {
     }
   };
   runtime.store = Object.assign(Object.create(real) as ObjectStore, { putStream: slowPutStream });
-  const web = await startWebTier(runtime, () => {});
+  const web = await startWebTier(runtime);
   after(async () => {
     await web.stop();
     await runtime.close();

@@ -12,6 +12,7 @@ import { loadConfig } from '../../src/config.js';
 import { awsEnvForLocalWorkers, openRuntime } from '../../src/runtime.js';
 import { makeTempDir, waitFor } from '../helpers.js';
 import { startSqsEndpoint } from '../queue/sqs-endpoint.js';
+import { logged, parseLogLines } from '../log-capture.js';
 
 const SECRETS = {
   AWS_ACCESS_KEY_ID: 'AKIDLOCALWORKER',
@@ -41,7 +42,7 @@ describe('AWS settings for workers', async () => {
       const [id] = await runtime.compute.start(1);
       await waitFor('the worker to stop', async () => (await runtime.compute.list()).find((instance) => instance.id === id)?.state === 'stopped', { timeoutMs: 60_000, intervalMs: 100 });
       const workerLog = await readFile(path.join(data, 'logs', `${id}.log`), 'utf8');
-      assert.match(workerLog, /stopping \(idle\) after 0 images/, workerLog);
+      assert.equal(logged(parseLogLines(workerLog), { msg: 'worker stopping', reason: 'idle', processed: 0, instanceId: id }).length, 1, workerLog);
       const signed = sqs.requests.map((request) => request.credential);
       assert.ok(signed.length >= 2, `the worker reached SQS: ${JSON.stringify(sqs.requests)}`);
       for (const credential of signed) assert.match(credential ?? '', /^AKIDLOCALWORKER\/\d{8}\/eu-central-1\/sqs\/aws4_request$/);

@@ -15,6 +15,8 @@ import { FsObjectStore } from '../../src/storage/fs.js';
 import { runWorker, type WorkerOptions } from '../../src/worker/worker.js';
 import { makeTempDir, waitFor } from '../helpers.js';
 import { startSqsEndpoint, type SqsEndpoint } from '../queue/sqs-endpoint.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
+import type { Logger } from '../../src/log.js';
 
 describe('worker receive loop against a failing queue', async () => {
   const temp = await makeTempDir();
@@ -38,7 +40,7 @@ describe('worker receive loop against a failing queue', async () => {
     await temp.cleanup();
   });
 
-  const options = (lines: string[], receiveFailureLimitMs: number): WorkerOptions => ({
+  const options = (log: Logger, receiveFailureLimitMs: number): WorkerOptions => ({
     instanceId: 'i-receive',
     store: new FsObjectStore(path.join(temp.dir, 'buckets')),
     inputBucket: 'in-bucket',
@@ -48,30 +50,32 @@ describe('worker receive loop against a failing queue', async () => {
     classifier,
     idleWaitSeconds: 0,
     receiveFailureLimitMs,
-    log: (line) => lines.push(line),
+    log,
   });
 
   it('retries with growing waits, logs the fault once, and gives up with it when it lasts', async () => {
     sqs.mode = 'missing';
     sqs.requests.length = 0;
-    const lines: string[] = [];
+    const { log, entries } = capturingLogger();
     const started = Date.now();
-    await assert.rejects(runWorker(options(lines, 3000)), (error: unknown) => error instanceof QueueError && error.code === 'queue-missing');
+    await assert.rejects(runWorker(options(log, 3000)), (error: unknown) => error instanceof QueueError && error.code === 'queue-missing');
     assert.ok(Date.now() - started >= 3000, 'it kept trying for the whole limit');
     // 0.25 s doubling: a handful of attempts in 3 s, where retrying at once would make thousands.
     assert.ok(sqs.requests.length >= 3 && sqs.requests.length <= 12, `${sqs.requests.length} attempts`);
-    assert.deepEqual(lines.filter((line) => line.includes('does not exist')).length, 1, lines.join('\n'));
+    assert.deepEqual(entries.filter((entry) => JSON.stringify(entry).includes('does not exist')).length, 1, showLog(entries));
+    assert.equal(logged(entries, { msg: 'loop failing', loop: 'launch queue' }).length, 1, showLog(entries));
   });
 
   it('recovers when the queue appears, and says so', async () => {
     sqs.mode = 'missing';
     sqs.requests.length = 0;
-    const lines: string[] = [];
-    const running = runWorker(options(lines, 30_000));
+    const { log, entries } = capturingLogger();
+    const running = runWorker(options(log, 30_000));
     await waitFor('two failed attempts', () => sqs.requests.length >= 2);
     sqs.mode = 'empty';
     const summary = await running;
     assert.deepEqual(summary, { processed: 0, reason: 'idle' });
-    assert.ok(lines.some((line) => /^launch queue: working again after \d+ failed attempts? in \d+ s$/.test(line)), lines.join('\n'));
+    const recovered = logged(entries, { msg: 'loop working again', loop: 'launch queue', level: 'info' });
+    assert.ok(recovered.length === 1 && Number(recovered[0]!.failures) >= 2 && Number(recovered[0]!.failingSeconds) >= 1, showLog(entries));
   });
 });

@@ -18,6 +18,7 @@ import { runWorker, type WorkerOptions } from '../../src/worker/worker.js';
 import { resetWallClock, stepWallClock } from '../clock-step.js';
 import { drainQueue as drain, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
 import { startInProcessWebTier } from '../web/in-process.js';
+import { capturingLogger, logged, showLog } from '../log-capture.js';
 
 describe('worker instance loop', async () => {
   const temp = await makeTempDir();
@@ -100,10 +101,12 @@ describe('worker instance loop', async () => {
   it('drops a malformed launch message and carries on', async () => {
     await queues.launch.send('{"type":"launch","imageId":42}');
     await enqueue('fine', 'fine.jpg', tench);
-    const lines: string[] = [];
-    const summary = await runWorker({ ...options(), log: (line) => lines.push(line) });
+    const { log, entries } = capturingLogger();
+    const summary = await runWorker({ ...options(), log });
     assert.equal(summary.processed, 1);
-    assert.ok(lines.some((line) => /dropping malformed launch message/.test(line)));
+    assert.equal(logged(entries, { msg: 'malformed launch message dropped', level: 'warn' }).length, 1, showLog(entries));
+    // The image that went through is logged with its ids as fields.
+    assert.equal(logged(entries, { msg: 'image classified', imageId: 'fine', level: 'debug' }).length, 1, showLog(entries));
   });
 
   it('stops after the image in hand when asked, and gives back at once the message it took ahead', async () => {
