@@ -152,15 +152,22 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
     });
     log(`model: ${model.modelPath} (from ${model.source})`);
   }
+  // One registry for the process: `icaas start` serves the controllers' metrics with the web tier's.
+  const { ServiceMetrics, serveMetrics } = await import('./metrics.js');
+  const metrics = new ServiceMetrics();
+  // Before anything starts, so a port that is taken stops the process while nothing runs.
+  const metricsListener = config.metricsPort > 0 ? await serveMetrics(metrics, { host: config.host, port: config.metricsPort, apiKeys: config.apiKeys }) : undefined;
+  if (metricsListener) log(`metrics on ${metricsListener.url}`);
+  else if (!parts.web) log('metrics: not served; set --metrics-port to serve them');
   let controllers: { stop(): Promise<void> } | undefined;
   if (parts.controllers) {
     const { startControllers } = await import('./controller/index.js');
-    controllers = startControllers(runtime, log);
+    controllers = startControllers(runtime, log, metrics);
   }
   let web: { url: string; drain(): void; stop(): Promise<void> } | undefined;
   if (parts.web) {
     const { startWebTier } = await import('./web/index.js');
-    web = await startWebTier(runtime, log);
+    web = await startWebTier(runtime, log, metrics);
     log(`listening on ${web.url}`);
     if (config.apiKeys.length === 0 && !['localhost', '127.0.0.1', '::1'].includes(config.host)) {
       log(`WARNING: listening on ${config.host} without API keys: anyone who can reach this address can upload and read results. Set ICAAS_API_KEYS.`);
@@ -181,6 +188,7 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
   await controllers?.stop();
   if (parts.controllers) await stopLocalWorkers(runtime, log);
   await web?.stop();
+  await metricsListener?.close();
   await runtime.close();
   log('stopped');
   return 0;

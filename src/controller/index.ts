@@ -2,7 +2,8 @@
 import path from 'node:path';
 import { EventLog } from '../event-log.js';
 import { CONTROLLER_HEALTH_EVERY_MS, CONTROLLER_HEALTH_KEY, type ControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
-import { noticeDelaySeconds, parseMonitorNotice } from '../messages.js';
+import { noticeDelaySeconds, parseMonitorNotice, type MonitorNotice } from '../messages.js';
+import { ServiceMetrics } from '../metrics.js';
 import type { Queue } from '../queue/port.js';
 import type { Runtime } from '../runtime.js';
 import { endWaitingImages, launchTick, ScalingMeasurements, StartFailures, type LaunchTick, type StartFailureState } from './launch.js';
@@ -19,8 +20,11 @@ export interface Controllers {
   stop(): Promise<void>;
 }
 
-export function startControllers(runtime: Runtime, log: (line: string) => void): Controllers {
+/** `metrics`: the process's registry, shared with the web tier when it runs in this process too. */
+export function startControllers(runtime: Runtime, log: (line: string) => void, metrics = new ServiceMetrics()): Controllers {
   const { config } = runtime;
+  const counted = metrics.controller;
+  metrics.watchShared(runtime);
   let publisher: Loop | undefined;
   const publish = () => publisher?.wake();
 
@@ -32,13 +36,14 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
     judgeAfterMs: 2_000 + noticeDelaySeconds(config) * 1000,
     ...(runtime.compute.startFailure ? { explain: (id: string) => runtime.compute.startFailure!(id) } : {}),
     onChange: (state) => reportStartFailures(workers, state),
+    onFailures: (count) => counted.instancesFailedAtStart(count),
   });
 
   const policyName = canonicalPolicyName(config.policy);
   const policy = policyByName(policyName);
   const events = new EventLog(config.data, (error) => log(`event log: cannot write ${path.join(config.data, 'events.jsonl')}: ${(error as Error).message}`));
   events.record({ type: 'run', at: Date.now(), component: 'controller', policy: policyName, maxInstances: runtime.compute.maxInstances, capacity: runtime.compute.capacity ?? runtime.compute.maxInstances, idleWaitSeconds: config.idleWaitSeconds, compute: config.compute });
-  const measurements = new ScalingMeasurements(events);
+  const measurements = new ScalingMeasurements(events, (startupMs) => counted.instanceReady(startupMs));
   let scaling: ScalingStatus | undefined;
   let scalingPublishedAt = 0;
   let scalingDirty = false;
@@ -73,7 +78,9 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
   const launch = every({ name: 'launch controller', intervalMs: config.launchIntervalMs, log, onHealthChange: publish }, async () => {
     const tick = await launchTick(runtime.queues.launch, runtime.compute, { policy, measurements, startFailures });
     noteScaling(tick);
-    for (const { id, detail } of tick.deadlines?.terminated ?? []) {
+    counted.launched(tick.started);
+    for (const { id, reason, detail } of tick.deadlines?.terminated ?? []) {
+      counted.deadlineTerminated(reason);
       log(`launch: terminated ${id}: ${detail}`);
       terminateFailures.delete(id);
     }
@@ -99,7 +106,14 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
     store: runtime.store,
     outputBucket: config.outputBucket,
     // Each notice names the instance that took an image: proof that workers start fine.
-    queues: { ...runtime.queues, monitor: noticingInstances(runtime.queues.monitor, (id) => startFailures.tookImage(id)) },
+    queues: {
+      ...runtime.queues,
+      monitor: noticingInstances(runtime.queues.monitor, (notice, firstReceipt) => {
+        startFailures.tookImage(notice.instanceId);
+        // A notice comes back every check: its wait is counted on the first receipt only.
+        if (firstReceipt && notice.queuedAt !== undefined) counted.imageTaken(notice.startedAt - notice.queuedAt);
+      }),
+    },
     compute: runtime.compute,
     deadlineSeconds: config.deadlineSeconds,
     checkSeconds: config.monitorCheckSeconds,
@@ -108,7 +122,9 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
   };
   // The monitor long-polls, so its loop needs no pause between ticks.
   const monitor = every({ name: 'monitor controller', intervalMs: 0, log, onHealthChange: publish }, async (signal) => {
-    await monitorTick(monitorOptions, 1, signal);
+    const summary = await monitorTick(monitorOptions, 1, signal);
+    counted.retried(summary.retried);
+    counted.hungTerminated(summary.terminated);
   });
 
   const health = (): LoopHealth[] => [launch.health(), monitor.health(), workers.health()];
@@ -125,6 +141,7 @@ export function startControllers(runtime: Runtime, log: (line: string) => void):
     await runtime.store.put(config.outputBucket, CONTROLLER_HEALTH_KEY, Buffer.from(JSON.stringify(report)), { contentType: 'application/json' });
   });
 
+  counted.watchScaling(() => scaling);
   const loops: Loop[] = [launch, monitor, publisher];
   return {
     health,
@@ -141,8 +158,8 @@ function reportStartFailures(workers: FailureLog, state: StartFailureState): voi
   else workers.succeeded('working again: an instance took an image after failures at start');
 }
 
-/** The monitor queue, telling `onInstance` which instance each received notice names. */
-function noticingInstances(queue: Queue, onInstance: (id: string) => void): Queue {
+/** The monitor queue, showing `onNotice` each notice received and whether it is its first receipt. */
+function noticingInstances(queue: Queue, onNotice: (notice: MonitorNotice, firstReceipt: boolean) => void): Queue {
   return {
     name: queue.name,
     send: (body, options) => queue.send(body, options),
@@ -151,7 +168,7 @@ function noticingInstances(queue: Queue, onInstance: (id: string) => void): Queu
       const messages = await queue.receive(options);
       for (const message of messages) {
         try {
-          onInstance(parseMonitorNotice(message.body).instanceId);
+          onNotice(parseMonitorNotice(message.body), message.receiveCount === 1);
         } catch {
           // The monitor reports malformed notices itself.
         }

@@ -149,7 +149,7 @@ describe('monitor controller', async () => {
     const instance = await startInstance();
     await notify(instance, 1);
     const summary = await monitorTick(options, 0.5);
-    assert.deepEqual(summary, { received: 1, finished: 0, retried: 0, failed: 0, superseded: 0 });
+    assert.deepEqual(summary, { received: 1, finished: 0, retried: 0, failed: 0, superseded: 0, terminated: 0 });
     assert.equal((await options.queues.monitor.counts()).inFlight, 1);
     assert.deepEqual(await drain(options.queues.launch), []);
   });
