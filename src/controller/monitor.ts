@@ -128,6 +128,9 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
   if (!instanceGone) {
     try {
       await options.compute.terminate(notice.instanceId);
+      // Other notices of this tick on the same instance (the image before, whose result the
+      // hang held up) find it gone instead of terminating it again.
+      alive.delete(notice.instanceId);
       terminated();
     } catch (error) {
       log(`could not terminate ${notice.instanceId}: ${(error as Error).message}`);
