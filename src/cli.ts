@@ -153,15 +153,22 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
     });
     log.info({ modelPath: model.modelPath, source: model.source }, 'model found');
   }
+  // One registry for the process: `icaas start` serves the controllers' metrics with the web tier's.
+  const { ServiceMetrics, serveMetrics } = await import('./metrics.js');
+  const metrics = new ServiceMetrics();
+  // Before anything starts, so a port that is taken stops the process while nothing runs.
+  const metricsListener = config.metricsPort > 0 ? await serveMetrics(metrics, { host: config.host, port: config.metricsPort, apiKeys: config.apiKeys }) : undefined;
+  if (metricsListener) log.info({ url: metricsListener.url }, 'metrics served');
+  else if (!parts.web) log.info('metrics not served; set --metrics-port to serve them');
   let controllers: { stop(): Promise<void> } | undefined;
   if (parts.controllers) {
     const { startControllers } = await import('./controller/index.js');
-    controllers = startControllers(runtime, logger);
+    controllers = startControllers(runtime, logger, metrics);
   }
   let web: { url: string; drain(): void; stop(): Promise<void> } | undefined;
   if (parts.web) {
     const { startWebTier } = await import('./web/index.js');
-    web = await startWebTier(runtime, logger);
+    web = await startWebTier(runtime, logger, metrics);
     log.info({ url: web.url }, 'listening');
     if (config.apiKeys.length === 0 && !['localhost', '127.0.0.1', '::1'].includes(config.host)) {
       log.warn({ host: config.host }, 'listening on a public address without API keys: anyone who can reach it can upload and read results; set ICAAS_API_KEYS');
@@ -182,6 +189,7 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
   await controllers?.stop();
   if (parts.controllers) await stopLocalWorkers(runtime, log);
   await web?.stop();
+  await metricsListener?.close();
   await runtime.close();
   log.info('stopped');
   return 0;

@@ -22,6 +22,7 @@ interface OptionSpec {
 const options = {
   host: { flag: 'host', env: 'HOST', kind: 'string', default: 'localhost', help: 'address the web tier binds to' },
   port: { flag: 'port', env: 'PORT', kind: 'integer', default: 3000, min: 0, max: 65535, help: 'port the web tier listens on (0 picks a free one)' },
+  metricsPort: { flag: 'metrics-port', env: 'ICAAS_METRICS_PORT', kind: 'integer', default: 0, min: 0, max: 65535, help: 'port of a listener that serves only /metrics, on --host (0: none); for icaas controller, whose process has no web tier' },
   data: { flag: 'data', env: 'ICAAS_DATA', kind: 'string', default: './data', help: 'folder for the embedded buckets, queues and instance registry' },
   maxInstances: { flag: 'max-instances', env: 'ICAAS_MAX_INSTANCES', kind: 'integer', default: 20, min: 1, max: 1000, help: 'most worker instances at once, counting those starting' },
   policy: { flag: 'policy', env: 'ICAAS_POLICY', kind: 'string', default: 'drain-time', choices: ['drain-time', 'queue-match', 'default'], help: 'scaling policy: drain-time starts an instance only when it shortens the expected drain; queue-match starts one per waiting image' },

@@ -30,6 +30,8 @@ export const monitorNoticeSchema = z.object({
   attempt: z.number().int().min(1),
   instanceId: z.string().min(1),
   startedAt: z.number(),
+  /** The launch message's queuedAt, for the time the image waited (absent from older workers). */
+  queuedAt: z.number().optional(),
 });
 export type MonitorNotice = z.infer<typeof monitorNoticeSchema>;
 

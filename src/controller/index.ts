@@ -3,7 +3,8 @@ import path from 'node:path';
 import { EventLog } from '../event-log.js';
 import { CONTROLLER_HEALTH_EVERY_MS, CONTROLLER_HEALTH_KEY, type ControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
 import { silentLogger, type Logger } from '../log.js';
-import { noticeDelaySeconds, parseMonitorNotice } from '../messages.js';
+import { noticeDelaySeconds, parseMonitorNotice, type MonitorNotice } from '../messages.js';
+import { ServiceMetrics } from '../metrics.js';
 import type { Queue } from '../queue/port.js';
 import type { Runtime } from '../runtime.js';
 import { endWaitingImages, launchTick, ScalingMeasurements, StartFailures, type LaunchTick, type StartFailureState } from './launch.js';
@@ -20,9 +21,12 @@ export interface Controllers {
   stop(): Promise<void>;
 }
 
-export function startControllers(runtime: Runtime, logger: Logger = silentLogger()): Controllers {
+/** `metrics`: the process's registry, shared with the web tier when it runs in this process too. */
+export function startControllers(runtime: Runtime, logger: Logger = silentLogger(), metrics = new ServiceMetrics()): Controllers {
   const { config } = runtime;
   const log = logger.child({ component: 'launch' });
+  const counted = metrics.controller;
+  metrics.watchShared(runtime);
   let publisher: Loop | undefined;
   const publish = () => publisher?.wake();
 
@@ -34,13 +38,14 @@ export function startControllers(runtime: Runtime, logger: Logger = silentLogger
     judgeAfterMs: 2_000 + noticeDelaySeconds(config) * 1000,
     ...(runtime.compute.startFailure ? { explain: (id: string) => runtime.compute.startFailure!(id) } : {}),
     onChange: (state) => reportStartFailures(workers, state),
+    onFailures: (count) => counted.instancesFailedAtStart(count),
   });
 
   const policyName = canonicalPolicyName(config.policy);
   const policy = policyByName(policyName);
   const events = new EventLog(config.data, (error) => logger.error({ component: 'events', file: path.join(config.data, 'events.jsonl'), err: error }, 'cannot write the event log'));
   events.record({ type: 'run', at: Date.now(), component: 'controller', policy: policyName, maxInstances: runtime.compute.maxInstances, capacity: runtime.compute.capacity ?? runtime.compute.maxInstances, idleWaitSeconds: config.idleWaitSeconds, compute: config.compute });
-  const measurements = new ScalingMeasurements(events);
+  const measurements = new ScalingMeasurements(events, (startupMs) => counted.instanceReady(startupMs));
   let scaling: ScalingStatus | undefined;
   let scalingPublishedAt = 0;
   let scalingDirty = false;
@@ -75,8 +80,10 @@ export function startControllers(runtime: Runtime, logger: Logger = silentLogger
   const launch = every({ name: 'launch controller', intervalMs: config.launchIntervalMs, log, onHealthChange: publish }, async () => {
     const tick = await launchTick(runtime.queues.launch, runtime.compute, { policy, measurements, startFailures });
     noteScaling(tick);
-    for (const { id, detail } of tick.deadlines?.terminated ?? []) {
-      log.warn({ instanceId: id, detail }, 'instance terminated');
+    counted.launched(tick.started);
+    for (const { id, reason, detail } of tick.deadlines?.terminated ?? []) {
+      counted.deadlineTerminated(reason);
+      log.warn({ instanceId: id, reason, detail }, 'instance terminated');
       terminateFailures.delete(id);
     }
     // A terminate that keeps failing is retried every tick but reported once per distinct error.
@@ -102,7 +109,14 @@ export function startControllers(runtime: Runtime, logger: Logger = silentLogger
     store: runtime.store,
     outputBucket: config.outputBucket,
     // Each notice names the instance that took an image: proof that workers start fine.
-    queues: { ...runtime.queues, monitor: noticingInstances(runtime.queues.monitor, (id) => startFailures.tookImage(id)) },
+    queues: {
+      ...runtime.queues,
+      monitor: noticingInstances(runtime.queues.monitor, (notice, firstReceipt) => {
+        startFailures.tookImage(notice.instanceId);
+        // A notice comes back every check: its wait is counted on the first receipt only.
+        if (firstReceipt && notice.queuedAt !== undefined) counted.imageTaken(notice.startedAt - notice.queuedAt);
+      }),
+    },
     compute: runtime.compute,
     deadlineSeconds: config.deadlineSeconds,
     checkSeconds: config.monitorCheckSeconds,
@@ -111,7 +125,9 @@ export function startControllers(runtime: Runtime, logger: Logger = silentLogger
   };
   // The monitor long-polls, so its loop needs no pause between ticks.
   const monitor = every({ name: 'monitor controller', intervalMs: 0, log: monitorOptions.log, onHealthChange: publish }, async (signal) => {
-    await monitorTick(monitorOptions, 1, signal);
+    const summary = await monitorTick(monitorOptions, 1, signal);
+    counted.retried(summary.retried);
+    counted.hungTerminated(summary.terminated);
   });
 
   const health = (): LoopHealth[] => [launch.health(), monitor.health(), workers.health()];
@@ -128,6 +144,7 @@ export function startControllers(runtime: Runtime, logger: Logger = silentLogger
     await runtime.store.put(config.outputBucket, CONTROLLER_HEALTH_KEY, Buffer.from(JSON.stringify(report)), { contentType: 'application/json' });
   });
 
+  counted.watchScaling(() => scaling);
   const loops: Loop[] = [launch, monitor, publisher];
   return {
     health,
@@ -144,8 +161,8 @@ function reportStartFailures(workers: FailureLog, state: StartFailureState): voi
   else workers.succeeded('working again: an instance took an image after failures at start');
 }
 
-/** The monitor queue, telling `onInstance` which instance each received notice names. */
-function noticingInstances(queue: Queue, onInstance: (id: string) => void): Queue {
+/** The monitor queue, showing `onNotice` each notice received and whether it is its first receipt. */
+function noticingInstances(queue: Queue, onNotice: (notice: MonitorNotice, firstReceipt: boolean) => void): Queue {
   return {
     name: queue.name,
     send: (body, options) => queue.send(body, options),
@@ -154,7 +171,7 @@ function noticingInstances(queue: Queue, onInstance: (id: string) => void): Queu
       const messages = await queue.receive(options);
       for (const message of messages) {
         try {
-          onInstance(parseMonitorNotice(message.body).instanceId);
+          onNotice(parseMonitorNotice(message.body), message.receiveCount === 1);
         } catch {
           // The monitor reports malformed notices itself.
         }

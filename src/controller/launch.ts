@@ -45,7 +45,11 @@ export class ScalingMeasurements {
   /** The service time last folded in per instance, so an unchanged report is not counted twice. */
   private readonly lastService = new Map<string, number>();
 
-  constructor(private readonly events: EventSink = { record() {} }) {}
+  constructor(
+    private readonly events: EventSink = { record() {} },
+    /** Told each start-up time measured: from an instance's launch to its first report as ready. */
+    private readonly onStartup: (startupMs: number) => void = () => {},
+  ) {}
 
   launched(ids: string[], at: number): void {
     for (const id of ids) {
@@ -62,7 +66,9 @@ export class ScalingMeasurements {
       if (instance.state !== 'starting' && (before === 'starting' || (before === undefined && instance.readyAt !== undefined))) {
         const readyAt = instance.readyAt ?? now;
         if (instance.state !== 'stopped' || instance.readyAt !== undefined) {
-          this.startup = movingAverage(this.startup, Math.max(0, readyAt - instance.startedAt));
+          const startupMs = Math.max(0, readyAt - instance.startedAt);
+          this.startup = movingAverage(this.startup, startupMs);
+          this.onStartup(startupMs);
           this.events.record({ type: 'ready', at: readyAt, instanceId: instance.id });
         }
       }
@@ -153,6 +159,8 @@ export interface StartFailureOptions {
   judgeAfterMs?: number;
   /** Told when the state starts, changes its reason, or clears. */
   onChange?: (state: StartFailureState) => void;
+  /** Told how many instances were just judged to have failed at start, below the threshold too. */
+  onFailures?: (count: number) => void;
 }
 
 export interface StartFailureState {
@@ -247,6 +255,7 @@ export class StartFailures {
       failures++;
       failed = id;
     }
+    if (failures > 0) this.options.onFailures?.(failures);
     if (failed !== undefined) await this.failed(failed, failures, now);
   }
 

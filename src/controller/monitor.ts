@@ -38,10 +38,12 @@ export interface MonitorTickSummary {
   failed: number;
   /** Notices of attempts whose retry another monitor (or an earlier check) had already sent. */
   superseded: number;
+  /** Instances terminated because they held an image past the deadline. */
+  terminated: number;
 }
 
 export async function monitorTick(options: MonitorOptions, waitSeconds: number, signal?: AbortSignal): Promise<MonitorTickSummary> {
-  const summary: MonitorTickSummary = { received: 0, finished: 0, retried: 0, failed: 0, superseded: 0 };
+  const summary: MonitorTickSummary = { received: 0, finished: 0, retried: 0, failed: 0, superseded: 0, terminated: 0 };
   const messages = await options.queues.monitor.receive({
     maxMessages: 10,
     waitSeconds,
@@ -54,7 +56,7 @@ export async function monitorTick(options: MonitorOptions, waitSeconds: number, 
   const finished: Finished = { results: [], handles: [] };
   try {
     for (const message of messages) {
-      const outcome = await checkNoticeUnlessTaken(options, message, alive, finished);
+      const outcome = await checkNoticeUnlessTaken(options, message, alive, finished, () => summary.terminated++);
       if (outcome !== 'waiting') summary[outcome]++;
     }
   } finally {
@@ -90,16 +92,16 @@ type Outcome = 'waiting' | 'finished' | 'retried' | 'failed' | 'superseded';
  * another monitor; this one's receipt handle is then stale and that check is the one that
  * counts. Its writes were conditional, so nothing it did conflicts.
  */
-async function checkNoticeUnlessTaken(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>, finished: Finished): Promise<Outcome> {
+async function checkNoticeUnlessTaken(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>, finished: Finished, terminated: () => void): Promise<Outcome> {
   try {
-    return await checkNotice(options, message, alive, finished);
+    return await checkNotice(options, message, alive, finished, terminated);
   } catch (error) {
     if (error instanceof QueueError && error.code === 'not-in-flight') return 'waiting';
     throw error;
   }
 }
 
-async function checkNotice(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>, finished: Finished): Promise<Outcome> {
+async function checkNotice(options: MonitorOptions, message: ReceivedMessage, alive: Set<string>, finished: Finished, terminated: () => void): Promise<Outcome> {
   const { queues } = options;
   const log = options.log ?? silentLogger();
   let notice: MonitorNotice;
@@ -129,6 +131,10 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
   if (!instanceGone) {
     try {
       await options.compute.terminate(notice.instanceId);
+      // Other notices of this tick on the same instance (the image before, whose result the
+      // hang held up) find it gone instead of terminating it again.
+      alive.delete(notice.instanceId);
+      terminated();
     } catch (error) {
       noticeLog(log, notice).error({ err: error }, 'cannot terminate instance');
     }

@@ -69,6 +69,8 @@ export class EventHub {
   private readonly maxBlockedMs: number;
   /** Clients disconnected because they did not keep up, since start. */
   slowDisconnects = 0;
+  /** Clients that connected, since start. */
+  connections = 0;
 
   constructor(private readonly index: ResultsIndex, private readonly options: EventHubOptions = {}) {
     this.historySize = options.history ?? 20_000;
@@ -232,6 +234,7 @@ export class EventHub {
       this.send(client, `id: ${this.id(this.seq)}\nevent: hello\ndata: ${JSON.stringify({ seq: this.seq, epoch: this.epoch })}\n\n`);
     }
     this.clients.add(client);
+    this.connections++;
     const unpin = batchId === undefined ? () => {} : this.index.pin(batchId);
     if (!client.blocked) this.pump(client);
     const heartbeat = setInterval(() => {

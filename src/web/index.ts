@@ -4,6 +4,7 @@ import { every, type Loop } from '../controller/loop.js';
 import { EventLog } from '../event-log.js';
 import { CONTROLLER_HEALTH_KEY, CONTROLLER_HEALTH_STALE_MS, describeProblem, errorDetail, parseControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
 import { silentLogger, type Logger } from '../log.js';
+import { ServiceMetrics } from '../metrics.js';
 import { projectRoot, type Runtime } from '../runtime.js';
 import type { ObjectStore } from '../storage/port.js';
 import { finishInterruptedDeletions } from './deletion.js';
@@ -22,12 +23,16 @@ export interface WebTier {
   stop(): Promise<void>;
 }
 
-export async function startWebTier(runtime: Runtime, logger: Logger = silentLogger()): Promise<WebTier> {
+/** `metrics`: the process's registry, shared with the controllers when they run in this process too. */
+export async function startWebTier(runtime: Runtime, logger: Logger = silentLogger(), metrics = new ServiceMetrics()): Promise<WebTier> {
   const { config } = runtime;
   const log = logger.child({ component: 'web' });
   await Promise.all([runtime.store.ensureBucket(config.inputBucket), runtime.store.ensureBucket(config.outputBucket)]);
   // Batches are read when first asked for; only the markers of unfinished work are read now.
-  const index = new ResultsIndex(runtime.store, config.inputBucket, config.outputBucket, { maxImages: config.maxLoadedImages });
+  const index = new ResultsIndex(runtime.store, config.inputBucket, config.outputBucket, {
+    maxImages: config.maxLoadedImages,
+    onResult: (result, sinceAcceptedMs) => metrics.web.resultRecorded(result, sinceAcceptedMs),
+  });
   const deletion = { store: runtime.store, inputBucket: config.inputBucket, outputBucket: config.outputBucket, index };
   for (const batchId of await finishInterruptedDeletions(deletion)) log.info({ batchId }, 'finished deleting a batch a previous web tier had started');
   for (const pending of await findPendingLaunches(runtime.store, config.inputBucket)) {
@@ -41,7 +46,7 @@ export async function startWebTier(runtime: Runtime, logger: Logger = silentLogg
   const scaling = async (): Promise<ScalingStatus | undefined> => (await controllers()).scaling;
   const events = new EventLog(config.data, (error) => logger.error({ component: 'events', data: config.data, err: error }, 'cannot write the event log'));
   events.record({ type: 'run', at: Date.now(), component: 'web' });
-  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log, health, scaling, events });
+  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log, health, scaling, events, metrics });
   // A result for an image of a deleted batch is kept until the monitor has surely seen it.
   const orphanGraceSeconds = 2 * (config.deadlineSeconds + config.monitorCheckSeconds);
   const resultsLog = logger.child({ component: 'results' });

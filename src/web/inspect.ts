@@ -13,6 +13,7 @@
  */
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import type { RejectionReason } from '../metrics.js';
 
 export interface ImageLimits {
   maxFileBytes: number;
@@ -23,9 +24,9 @@ export type Inspection =
   | { ok: true; contentType: string; width: number; height: number }
   | { ok: false; reason: string };
 
-/** A file refused for what it is; the message is the reason shown to the user. */
+/** A file refused for what it is; the message is the reason shown to the user, `code` the kind counted in the metrics. */
 export class ImageRejected extends Error {
-  constructor(reason: string) {
+  constructor(readonly code: RejectionReason, reason: string) {
     super(reason);
     this.name = 'ImageRejected';
   }
@@ -103,10 +104,10 @@ export class ImageInspector extends Transform {
   override _flush(callback: TransformCallback): void {
     try {
       if (this.isTruncated()) throw this.tooLarge();
-      if (this.bytes === 0) throw new ImageRejected('file is empty');
+      if (this.bytes === 0) throw new ImageRejected('empty', 'file is empty');
       if (!this.driver) this.start();
-      if (this.width === 0) throw new ImageRejected('image header cannot be read: the file ends before the image size');
-      if (!this.driver!.done) throw new ImageRejected('image data is truncated or corrupt: the file ends before the end of the image');
+      if (this.width === 0) throw new ImageRejected('unreadable', 'image header cannot be read: the file ends before the image size');
+      if (!this.driver!.done) throw new ImageRejected('corrupt', 'image data is truncated or corrupt: the file ends before the end of the image');
       callback();
     } catch (error) {
       callback(error as Error);
@@ -122,7 +123,7 @@ export class ImageInspector extends Transform {
     const head = Buffer.concat(this.head);
     this.head = [];
     const signature = SIGNATURES.find((candidate) => candidate.matches(head));
-    if (!signature) throw new ImageRejected(`not an image by its content (accepted: ${ACCEPTED_TYPES.map((type) => type.slice(6).toUpperCase()).join(', ')})`);
+    if (!signature) throw new ImageRejected('not_an_image', `not an image by its content (accepted: ${ACCEPTED_TYPES.map((type) => type.slice(6).toUpperCase()).join(', ')})`);
     this.settleType.resolve(signature.contentType);
     this.driver = new StepDriver(signature.parse({ size: (width, height) => this.checkSize(width, height) }));
     this.feed(head);
@@ -134,21 +135,22 @@ export class ImageInspector extends Transform {
       this.driver!.feed(chunk);
     } catch (error) {
       if (!(error instanceof FormatError)) throw error;
-      throw new ImageRejected(this.width === 0 ? `image header cannot be read: ${error.message}` : `image data is truncated or corrupt: ${error.message}`);
+      if (this.width === 0) throw new ImageRejected('unreadable', `image header cannot be read: ${error.message}`);
+      throw new ImageRejected('corrupt', `image data is truncated or corrupt: ${error.message}`);
     }
   }
 
   private checkSize(width: number, height: number): void {
-    if (width <= 0 || height <= 0) throw new ImageRejected('image has no dimensions');
+    if (width <= 0 || height <= 0) throw new ImageRejected('unreadable', 'image has no dimensions');
     if (width * height > this.limits.maxPixels) {
-      throw new ImageRejected(`image is ${width}x${height} pixels, over the limit of ${this.limits.maxPixels.toLocaleString('en-US')} pixels`);
+      throw new ImageRejected('too_many_pixels', `image is ${width}x${height} pixels, over the limit of ${this.limits.maxPixels.toLocaleString('en-US')} pixels`);
     }
     this.width = width;
     this.height = height;
   }
 
   private tooLarge(): ImageRejected {
-    return new ImageRejected(`file is larger than the ${formatBytes(this.limits.maxFileBytes)} limit`);
+    return new ImageRejected('too_large', `file is larger than the ${formatBytes(this.limits.maxFileBytes)} limit`);
   }
 }
 

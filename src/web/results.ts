@@ -95,11 +95,16 @@ export interface ResultsIndexOptions {
    * index holds more only while they alone do. Default 50,000.
    */
   maxImages?: number;
+  /**
+   * Told of each image's first final result as it arrives (not of results read back from
+   * the buckets), with how long ago this process accepted the image, when it did.
+   */
+  onResult?: (result: ImageResult, sinceAcceptedMs: number | undefined) => void;
 }
 
 export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
   readonly maxImages: number;
-  private readonly images = new Map<string, { view: ImageView; batch: BatchState }>();
+  private readonly images = new Map<string, { view: ImageView; batch: BatchState; acceptedAt?: number }>();
   private readonly batches = new Map<string, BatchState>();
   /** Loaded batches nothing pins, least recently used first: the ones dropped over the bound. */
   private readonly evictable = new Map<string, BatchState>();
@@ -109,11 +114,13 @@ export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
   private readonly deletedWhileUploading = new Set<string>();
   private readonly loading = new Map<string, Promise<BatchState | undefined>>();
   private readonly waiters = new Map<string, Set<{ resolve: (image: ImageView) => void; reject: (error: Error) => void }>>();
+  private readonly onResult: ResultsIndexOptions['onResult'];
 
   constructor(private readonly store: ObjectStore, private readonly inputBucket: string, private readonly outputBucket: string, options: ResultsIndexOptions = {}) {
     super();
     this.setMaxListeners(0);
     this.maxImages = options.maxImages ?? 50_000;
+    this.onResult = options.onResult;
   }
 
   /** Records a new upload's manifest (or one read from the bucket, without announcing it). */
@@ -138,7 +145,7 @@ export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
       };
       batch.images.set(image.imageId, view);
       batch.waiting++;
-      this.images.set(image.imageId, { view, batch });
+      this.images.set(image.imageId, { view, batch, ...(announce ? { acceptedAt: Date.now() } : {}) });
       if (announce) this.emit('event', { kind: 'image', image: view });
     }
     this.refreshPin(batch);
@@ -164,7 +171,10 @@ export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
     }
     entry.batch.waiting--;
     entry.batch.lastActivity = Math.max(entry.batch.lastActivity, result.finishedAt);
-    if (announce) this.emit('event', { kind: 'image', image: view });
+    if (announce) {
+      this.onResult?.(result, entry.acceptedAt === undefined ? undefined : Date.now() - entry.acceptedAt);
+      this.emit('event', { kind: 'image', image: view });
+    }
     const waiting = this.waiters.get(result.imageId);
     if (waiting) {
       this.waiters.delete(result.imageId);

@@ -12,6 +12,7 @@ import type { EventSink } from '../event-log.js';
 import type { LoopHealth, ScalingStatus } from '../health.js';
 import { silentLogger, type Logger } from '../log.js';
 import { inputKey } from '../messages.js';
+import { ServiceMetrics } from '../metrics.js';
 import type { Runtime } from '../runtime.js';
 import { deleteBatch } from './deletion.js';
 import { EventHub, publicImage, statusForBatch } from './events.js';
@@ -32,6 +33,8 @@ export interface WebOptions {
   scaling?: () => Promise<ScalingStatus | undefined>;
   /** Where arrivals are recorded (the run's event log). */
   events?: EventSink;
+  /** This process's metrics; a registry of its own when absent. */
+  metrics?: ServiceMetrics;
 }
 
 export interface StatusSnapshot {
@@ -133,6 +136,16 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
   const hub = new EventHub(index, { headers: SECURITY_HEADERS, maxClients: config.maxEventClients });
   let draining = false;
   const closing = new AbortController();
+  const metrics = options.metrics ?? new ServiceMetrics();
+  metrics.watchShared(runtime);
+  metrics.web.watch({
+    images: () => index.totals(),
+    loadedBatches: () => index.size().batches,
+    eventClients: () => hub.clientCount,
+    eventBufferedBytes: () => hub.bufferedBytes().reduce((sum, bytes) => sum + bytes, 0),
+    eventConnections: () => hub.connections,
+    eventSlowDisconnects: () => hub.slowDisconnects,
+  });
 
   app.addHook('onSend', async (_request, reply, payload) => {
     for (const [name, value] of Object.entries(SECURITY_HEADERS)) {
@@ -180,6 +193,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     index,
     limits: { maxFileBytes: config.maxFileBytes, maxPixels: config.maxPixels, maxFiles: config.maxFiles },
     ...(options.events ? { events: options.events } : {}),
+    metrics: metrics.web,
   };
 
   const refuseWhenBusy = async (reply: FastifyReply): Promise<boolean> => {
@@ -326,32 +340,8 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
   app.get('/healthz', { config: { auth: 'public' } }, async () => ({ ok: true }));
 
   app.get('/metrics', async (_request, reply) => {
-    const snapshot = await status();
-    const lines = [
-      '# HELP icaas_images Images of the batches this web tier holds in memory, by status (not every stored image).',
-      '# TYPE icaas_images gauge',
-      ...Object.entries(snapshot.images).map(([state, count]) => `icaas_images{status="${state}"} ${count}`),
-      '# HELP icaas_queue_messages Approximate messages per queue and state.',
-      '# TYPE icaas_queue_messages gauge',
-      ...Object.entries(snapshot.queues).flatMap(([queue, counts]) =>
-        Object.entries(counts).map(([state, count]) => `icaas_queue_messages{queue="${queue}",state="${state}"} ${count}`)),
-      '# HELP icaas_instances Worker instances by state.',
-      '# TYPE icaas_instances gauge',
-      ...(['starting', 'idle', 'busy'] as const).map((state) => `icaas_instances{state="${state}"} ${snapshot.instances.filter((i) => i.state === state).length}`),
-      '# HELP icaas_event_clients Connected live-event clients.',
-      '# TYPE icaas_event_clients gauge',
-      `icaas_event_clients ${hub.clientCount}`,
-      '# HELP icaas_event_buffered_bytes Bytes written to live-event clients that they have not taken yet.',
-      '# TYPE icaas_event_buffered_bytes gauge',
-      `icaas_event_buffered_bytes ${hub.bufferedBytes().reduce((sum, bytes) => sum + bytes, 0)}`,
-      '# HELP icaas_event_slow_disconnects_total Live-event clients disconnected because they did not keep up.',
-      '# TYPE icaas_event_slow_disconnects_total counter',
-      `icaas_event_slow_disconnects_total ${hub.slowDisconnects}`,
-      '# HELP icaas_loaded_batches Batches this web tier holds in memory.',
-      '# TYPE icaas_loaded_batches gauge',
-      `icaas_loaded_batches ${index.size().batches}`,
-    ];
-    return reply.header('content-type', 'text/plain; version=0.0.4').send(lines.join('\n') + '\n');
+    const { contentType, body } = await metrics.exposition();
+    return reply.header('content-type', contentType).send(body);
   });
 
   const classifySync = async (request: FastifyRequest, reply: FastifyReply) => {

@@ -20,6 +20,7 @@ import type { Readable } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
 import type {} from '@fastify/multipart';
 import { type BatchManifest, type LaunchMessage, batchManifestKey, batchManifestSchema, inputKey } from '../messages.js';
+import type { RejectionReason, WebTierMetrics } from '../metrics.js';
 import type { Queue } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
 import { displayName, formatBytes, ImageInspector, ImageRejected, type ImageLimits } from './inspect.js';
@@ -33,6 +34,8 @@ export interface UploadContext {
   limits: ImageLimits & { maxFiles: number };
   /** Where each accepted image's arrival is recorded, for calibrating the simulator. */
   events?: EventSink;
+  /** Counts accepted images and refused files, once the request has succeeded. */
+  metrics?: Pick<WebTierMetrics, 'imagesAccepted' | 'imageRejected'>;
 }
 
 /** A stored manifest whose launch messages may not all have been sent. */
@@ -80,6 +83,7 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
   const stored: string[] = [];
   const images: AcceptedImage[] = [];
   const rejected: { name: string; reason: string }[] = [];
+  const rejectedCodes: RejectionReason[] = [];
   const manifest: BatchManifest = { batchId, createdAt: Date.now(), images: [], launched: false };
   const manifestKey = batchManifestKey(batchId, uploadId);
   const markerKey = pendingKey(batchId, uploadId);
@@ -99,6 +103,7 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
       if ('reason' in outcome) {
         stored.pop();
         rejected.push({ name, reason: outcome.reason });
+        rejectedCodes.push(outcome.code);
         continue;
       }
       await commits.add(outcome.committed, outcome.size);
@@ -122,7 +127,10 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     await Promise.allSettled(stored.map((key) => context.store.delete(context.inputBucket, key)));
     throw toUploadError(error, maxFiles, rejected);
   }
-  if (images.length === 0) return { batchId, images, rejected };
+  if (images.length === 0) {
+    countFiles(context, 0, rejectedCodes);
+    return { batchId, images, rejected };
+  }
   const queuedAt = Date.now();
   try {
     await sendLaunches(manifest.images, batchId, queuedAt, context.launchQueue);
@@ -146,7 +154,13 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     // Every message is out; a mark that failed to land costs only a second launch message
     // per unfinished image when the next web tier starts.
   });
+  countFiles(context, images.length, rejectedCodes);
   return { batchId, images, rejected };
+}
+
+function countFiles(context: UploadContext, accepted: number, rejected: RejectionReason[]): void {
+  if (accepted > 0) context.metrics?.imagesAccepted(accepted);
+  for (const code of rejected) context.metrics?.imageRejected(code);
 }
 
 /**
@@ -194,10 +208,10 @@ const COMMIT_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
  * is then read and dropped, so the next part can follow. Returns once the body is read and
  * accepted; `committed` settles when the store has made the write durable.
  */
-async function storeFile(file: Readable & { truncated?: boolean }, key: string, metadata: Record<string, string>, context: UploadContext): Promise<{ size: number; contentType: string; committed: Promise<void> } | { reason: string }> {
+async function storeFile(file: Readable & { truncated?: boolean }, key: string, metadata: Record<string, string>, context: UploadContext): Promise<{ size: number; contentType: string; committed: Promise<void> } | { reason: string; code: RejectionReason }> {
   const inspector = new ImageInspector(context.limits, () => file.truncated === true);
   // The parser stops passing the file on at the size limit: no need to wait for its end.
-  const onLimit = () => inspector.destroy(new ImageRejected(`file is larger than the ${formatBytes(context.limits.maxFileBytes)} limit`));
+  const onLimit = () => inspector.destroy(new ImageRejected('too_large', `file is larger than the ${formatBytes(context.limits.maxFileBytes)} limit`));
   // A request that breaks off ends the file with an error; the write must fail with it.
   const onError = (error: Error) => inspector.destroy(error);
   file.once('limit', onLimit).once('error', onError).pipe(inspector);
@@ -216,7 +230,7 @@ async function storeFile(file: Readable & { truncated?: boolean }, key: string, 
     if (first !== 'read') await committed;
     return { size: inspector.bytes, contentType, committed };
   } catch (error) {
-    if (error instanceof ImageRejected) return { reason: error.message };
+    if (error instanceof ImageRejected) return { reason: error.message, code: error.code };
     throw error;
   } finally {
     file.off('limit', onLimit).off('error', onError).unpipe(inspector);

@@ -157,7 +157,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       const started = clock.monotonic();
       const startedAt = clock.now();
       const { launch } = taken;
-      const notice: MonitorNotice = { type: 'monitor', imageId: launch.imageId, batchId: launch.batchId, name: launch.name, key: launch.key, attempt: launch.attempt, instanceId, startedAt };
+      const notice: MonitorNotice = { type: 'monitor', imageId: launch.imageId, batchId: launch.batchId, name: launch.name, key: launch.key, attempt: launch.attempt, instanceId, startedAt, queuedAt: launch.queuedAt };
       await queues.monitor.send(JSON.stringify(notice), options.noticeDelaySeconds ? { delaySeconds: options.noticeDelaySeconds } : undefined);
       await reporter.busy(launch.imageId);
       // Classification is where a worker hangs or crashes, and a result still being stored

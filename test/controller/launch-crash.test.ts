@@ -14,8 +14,10 @@ import type { LoopHealth } from '../../src/health.js';
 import { parseImageResult, resultKey, type LaunchMessage, type MonitorNotice } from '../../src/messages.js';
 import { openRuntime, type Runtime } from '../../src/runtime.js';
 import { startWebTier, type WebTier } from '../../src/web/index.js';
+import { ServiceMetrics } from '../../src/metrics.js';
 import { makeTempDir, waitFor } from '../helpers.js';
 import { capturingLogger, logged, showLog } from '../log-capture.js';
+import { scrape } from '../metrics-text.js';
 
 describe('workers that fail at start', async () => {
   const temp = await makeTempDir();
@@ -57,9 +59,11 @@ describe('workers that fail at start', async () => {
       env: {},
     });
     runtime = await openRuntime(config);
-    web = await startWebTier(runtime, log);
+    // One registry for both, as `icaas start` has: the web tier's /metrics shows the controllers'.
+    const metrics = new ServiceMetrics();
+    web = await startWebTier(runtime, log, metrics);
     await runtime.queues.launch.send(JSON.stringify(launch('waiting1')));
-    controllers = startControllers(runtime, log);
+    controllers = startControllers(runtime, log, metrics);
 
     const failing = await waitFor('the status to say workers fail at start', async () => {
       const workers = await workersHealth();
@@ -67,6 +71,10 @@ describe('workers that fail at start', async () => {
     }, { timeoutMs: 60_000, intervalMs: 100 });
     assert.match(failing.problem ?? '', /^workers fail at start: .*gone\.onnx/);
     assert.match(failing.problem ?? '', /does not exist/);
+    const counted = await scrape(`${web.url}/metrics`);
+    const failures = counted.value('icaas_instance_start_failures_total');
+    assert.ok(failures >= 3, `the failures before the hold-back are counted (${failures})`);
+    assert.ok(failures <= counted.value('icaas_instance_launches_total'), 'no more failures than launches');
 
     // Held back: no start for at least the first backoff (2.5 s or more).
     const before = spawned();

@@ -149,7 +149,7 @@ describe('monitor controller', async () => {
     const instance = await startInstance();
     await notify(instance, 1);
     const summary = await monitorTick(options, 0.5);
-    assert.deepEqual(summary, { received: 1, finished: 0, retried: 0, failed: 0, superseded: 0 });
+    assert.deepEqual(summary, { received: 1, finished: 0, retried: 0, failed: 0, superseded: 0, terminated: 0 });
     assert.equal((await options.queues.monitor.counts()).inFlight, 1);
     assert.deepEqual(await drain(options.queues.launch), []);
   });
@@ -161,6 +161,25 @@ describe('monitor controller', async () => {
     assert.equal((await compute.list()).find((i) => i.id === instance)?.state, 'stopped');
     const [retry] = (await drain(options.queues.launch)).map(parseLaunchMessage);
     assert.deepEqual([retry?.imageId, retry?.attempt, retry?.key], ['img', 2, 'images/b/img']);
+  });
+
+  it('counts a hung instance terminated once, however many of its images are overdue in one check', async () => {
+    const instance = await startInstance();
+    // The image it finished before the one it hangs on: its result was still being stored.
+    await notify(instance, 1, Date.now() - 5000, 'before');
+    await notify(instance, 1, Date.now() - 4000, 'hung');
+    // Sent together, the two come back together at every check.
+    let terminated = 0;
+    let retried = 0;
+    await waitFor('both images to be sent back', async () => {
+      const summary = await monitorTick(options, 0.5);
+      terminated += summary.terminated;
+      retried += summary.retried;
+      return retried === 2;
+    }, { timeoutMs: 10_000, intervalMs: 0 });
+    assert.equal(terminated, 1);
+    assert.equal((await compute.list()).find((i) => i.id === instance)?.state, 'stopped');
+    assert.deepEqual((await drain(options.queues.launch)).map(parseLaunchMessage).map((launch) => [launch.imageId, launch.attempt]).sort(), [['before', 2], ['hung', 2]]);
   });
 
   it('retries at once when the instance holding the image is gone', async () => {

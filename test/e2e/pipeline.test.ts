@@ -9,6 +9,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { readEventLog, type RunEvent } from '../../src/event-log.js';
 import { cliPath, makeTempDir, waitFor } from '../helpers.js';
+import { scrape } from '../metrics-text.js';
 import { followEvents, getBatch, killBusyWorker, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
 
 function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -164,6 +165,15 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
     assert.match(hung.result?.error ?? '', /after 3 attempts/);
     assert.equal(batch.done, 6);
     assert.equal(batch.errors, 1);
+    // One process serves the web tier's and the controllers' metrics: each attempt of the
+    // hung image hung one instance, which the monitor terminated. Every attempt after an
+    // image's first is a retry (the image a hung worker held before may have lost one).
+    const metrics = await scrape(`${service.url}/metrics`);
+    assert.equal(metrics.value('icaas_hung_instance_terminations_total'), 3);
+    assert.equal(metrics.value('icaas_retries_total'), batch.images.reduce((sum, image) => sum + image.attempts - 1, 0));
+    assert.equal(metrics.value('icaas_images_finished_total', { outcome: 'ok' }), 6);
+    assert.equal(metrics.value('icaas_images_finished_total', { outcome: 'error' }), 1);
+    assert.equal(metrics.value('icaas_upload_to_result_seconds_count', { outcome: 'error' }), 1);
   });
 
   it('rejects a text file and an empty file with reasons and classifies the rest; results survive a restart', async () => {
@@ -181,6 +191,19 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
     assert.match(upload.body.rejected[1].reason, /empty/);
     const before = await waitForBatch(service.url, upload.body.batchId, 60_000);
     assert.equal(before.done, 3);
+    const metrics = await waitFor('the monitor to have seen every notice and every start-up measured', async () => {
+      const now = await scrape(`${service.url}/metrics`);
+      const launches = now.value('icaas_instance_launches_total');
+      return now.value('icaas_queue_wait_seconds_count') === 3 && launches > 0 && now.value('icaas_instance_startup_seconds_count') === launches ? now : undefined;
+    }, { timeoutMs: 20_000, intervalMs: 200 });
+    assert.equal(metrics.value('icaas_images_accepted_total'), 3);
+    assert.equal(metrics.value('icaas_images_rejected_total', { reason: 'not_an_image' }), 1);
+    assert.equal(metrics.value('icaas_images_rejected_total', { reason: 'empty' }), 1);
+    assert.equal(metrics.value('icaas_images_finished_total', { outcome: 'ok' }), 3);
+    assert.equal(metrics.value('icaas_images_finished_total', { outcome: 'error' }), 0);
+    assert.equal(metrics.value('icaas_classification_seconds_count'), 3);
+    assert.equal(metrics.value('icaas_upload_to_result_seconds_count', { outcome: 'ok' }), 3);
+    assert.equal(metrics.value('icaas_retries_total'), 0);
     assert.deepEqual(before.images.map((image) => image.name), images.map((image) => image.file));
 
     await service.stop('SIGTERM');
