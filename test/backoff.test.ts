@@ -102,10 +102,10 @@ describe('retry', () => {
     const attempts: number[] = [];
     await assert.rejects(retry(async (attempt) => {
       attempts.push(attempt);
-      clock += 400;
+      clock += 4;
       throw new Error(`failure ${attempt}`);
-    }, { ...options, random: () => 1, deadlineMs: 1_500, now: () => clock }), /failure 3/);
-    // 400 + wait 100, 900 + wait 200, 1500 + wait 400 would pass 1500.
+    }, { initialMs: 1, maxMs: 4, random: () => 1, deadlineMs: 15, now: () => clock, attempts: 10 }), /failure 3/);
+    // 4 + wait 1, 8 + wait 2, then 12 + wait 4 would start after 15 (waits do not move this clock).
     assert.deepEqual(attempts, [1, 2, 3]);
   });
 
