@@ -3,7 +3,7 @@
  */
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
-import { ConfigError, loadConfig, optionsHelp, type Config } from './config.js';
+import { ConfigError, commandFlagsHelp, loadConfig, optionsHelp, type CommandFlags, type Config } from './config.js';
 import { createLogger, type Logger, type LogLevel } from './log.js';
 import { openRuntime, projectRoot, type Runtime } from './runtime.js';
 import { SIMULATE_HELP, SIMULATE_USAGE } from './sim/help.js';
@@ -11,20 +11,32 @@ import { SIMULATE_HELP, SIMULATE_USAGE } from './sim/help.js';
 const VERSION = (JSON.parse(readFileSync(path.join(projectRoot, 'package.json'), 'utf8')) as { version: string }).version;
 
 /** `help`: a command's own options, for commands that do not take the service's configuration. */
-const COMMANDS: Record<string, { summary: string; usage: string; flags?: readonly string[]; help?: string }> = {
+const COMMANDS: Record<string, { summary: string; usage: string; flags?: CommandFlags; help?: string }> = {
   start: { summary: 'run everything on this machine: web tier, controllers, workers on demand', usage: 'icaas start [options]' },
   web: { summary: 'run the web tier and output phase only', usage: 'icaas web [options]' },
   controller: { summary: 'run the launch and monitor controllers only', usage: 'icaas controller [options]' },
-  worker: { summary: 'run one worker instance until the queue is empty', usage: 'icaas worker [--instance-id <id>] [options]', flags: ['instance-id'] },
+  worker: {
+    summary: 'run one worker instance until the queue is empty',
+    usage: 'icaas worker [--instance-id <id>] [options]',
+    flags: { 'instance-id': { type: 'string', help: 'this instance\'s id [env ICAAS_INSTANCE_ID; on EC2, default from the instance metadata]' } },
+  },
   classify: {
     summary: 'upload images or folders to a running service and print their labels',
     usage: 'icaas classify <files or folders...> [--url <service url>] [--api-key <key>] [--json]',
-    flags: ['url', 'api-key', 'json'],
+    flags: {
+      url: { type: 'string', help: 'the service to upload to [default http://<--host>:<--port>]' },
+      'api-key': { type: 'string', help: 'API key to send [env ICAAS_API_KEY, default the first of --api-keys]' },
+      json: { type: 'boolean', help: 'print one JSON object per image instead of a line of text' },
+    },
   },
   aws: {
     summary: 'create or remove the AWS resources of a deployment',
-    usage: 'icaas aws provision|teardown [--dry-run] [--force] [--skip-ec2] [options]\n  --skip-ec2: buckets and queues only, for workers that run as local processes',
-    flags: ['dry-run', 'force', 'skip-ec2'],
+    usage: 'icaas aws provision|teardown [--dry-run] [--force] [--skip-ec2] [options]',
+    flags: {
+      'dry-run': { type: 'boolean', help: 'print the calls that would be made, and make none' },
+      force: { type: 'boolean', help: 'teardown: terminate running workers and delete buckets that still hold objects' },
+      'skip-ec2': { type: 'boolean', help: 'buckets and queues only, for workers that run as local processes' },
+    },
   },
   simulate: { summary: 'simulate the scaling policies on an arrival trace or a logged run: cost and latency', usage: SIMULATE_USAGE, help: SIMULATE_HELP },
 };
@@ -51,7 +63,8 @@ function usage(): string {
 function commandHelp(name: string): string {
   const command = COMMANDS[name]!;
   if (command.help) return [command.usage, '', command.summary, '', command.help].join('\n');
-  return [`${command.usage}`, '', command.summary, '', 'Options (each also as an environment variable or a config-file entry):', optionsHelp()].join('\n');
+  const own = command.flags ? [`Options of ${name}:`, commandFlagsHelp(command.flags), ''] : [];
+  return [command.usage, '', command.summary, '', ...own, 'Options (each also as an environment variable or a config-file entry):', optionsHelp()].join('\n');
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -69,7 +82,8 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`icaas: unknown command "${name}"\nrun icaas --help for the commands\n`);
     return 2;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
+  const options = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+  if (options.includes('--help') || options.includes('-h')) {
     process.stdout.write(`${commandHelp(name)}\n`);
     return 0;
   }
@@ -95,7 +109,7 @@ async function runCommand(name: string, command: (typeof COMMANDS)[string], argv
     const { simulateCommand } = await import('./sim/command.js');
     return simulateCommand(argv);
   }
-  const { config, positionals, extraFlags } = loadConfig({ argv }, command.flags ?? []);
+  const { config, positionals, extraFlags } = loadConfig({ argv }, command.flags ?? {});
   if (name !== 'classify' && name !== 'aws' && positionals.length > 0) throw new ConfigError(`unexpected argument "${positionals[0]}"`);
   switch (name) {
     case 'start':
@@ -106,9 +120,7 @@ async function runCommand(name: string, command: (typeof COMMANDS)[string], argv
       return runServices(config, { web: false, controllers: true });
     case 'worker': {
       const { workerMain } = await import('./worker/main.js');
-      const flag = extraFlags['instance-id'];
-      if (typeof flag === 'boolean') throw new ConfigError('--instance-id needs a value');
-      return workerMain(config, flag, serviceLogger(config));
+      return workerMain(config, extraFlags['instance-id'] as string | undefined, serviceLogger(config));
     }
     case 'classify': {
       const { classifyCommand } = await import('./client.js');

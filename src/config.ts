@@ -1,10 +1,13 @@
 /**
  * One validated configuration, from (lowest to highest precedence) defaults, a JSON
  * config file, environment variables and command-line flags. Every option is declared
- * once below; help text, environment names and validation all come from that table.
+ * once in the table below; the zod schema, the command-line parser (node:util parseArgs),
+ * the help text and the environment given to workers are all built from it.
  */
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
 
 type Kind = 'string' | 'integer' | 'number' | 'boolean' | 'list' | 'duration';
 
@@ -75,7 +78,9 @@ type ValueOf<S extends OptionSpec> = S['kind'] extends 'integer' | 'number' | 'd
   : S['kind'] extends 'list' ? string[]
   : string;
 
-export type Config = { -readonly [K in keyof Options]: ValueOf<Options[K]> } & {
+type OptionValues = { -readonly [K in keyof Options]: ValueOf<Options[K]> };
+
+export type Config = OptionValues & {
   /** The config file that was read, if any. */
   configFile: string | null;
 };
@@ -87,47 +92,179 @@ export class ConfigError extends Error {
   }
 }
 
-function coerce(key: string, spec: OptionSpec, raw: unknown, source: string): unknown {
-  const where = `${source} (${key})`;
+const specs = options as Record<string, OptionSpec>;
+
+/** What each option's metadata in the schema holds, for help and the environment. */
+export type OptionMeta = {
+  flag: string;
+  env: string;
+  kind: Kind;
+  description: string;
+  default: unknown;
+  min?: number;
+  max?: number;
+  choices?: readonly string[];
+};
+
+// Environment variables and flags are text; a config file may hold either text or JSON
+// values. Each converter turns text it understands into the option's type and leaves
+// anything else for the schema to refuse with the option's own words.
+const DECIMAL = /^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$/i;
+const DURATION = /^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$/;
+const UNIT_SECONDS = { '': 1, s: 1, m: 60, h: 3600, d: 86_400 } as const;
+
+function numberFromText(raw: unknown): unknown {
+  return typeof raw === 'string' && DECIMAL.test(raw.trim()) ? Number(raw.trim()) : raw;
+}
+
+function booleanFromText(raw: unknown): unknown {
+  if (typeof raw !== 'string') return raw;
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off|)$/i.test(raw)) return false;
+  return raw;
+}
+
+function listFromText(raw: unknown): unknown {
+  return typeof raw === 'string' ? raw.split(',').map((item) => item.trim()).filter(Boolean) : raw;
+}
+
+/** Seconds; a number alone is seconds, and s, m, h, d name the unit. */
+function durationFromText(raw: unknown): unknown {
+  if (typeof raw !== 'string') return raw;
+  const match = DURATION.exec(raw);
+  return match ? Number(match[1]) * UNIT_SECONDS[match[2] as keyof typeof UNIT_SECONDS] : raw;
+}
+
+function bounded(schema: z.ZodNumber, spec: OptionSpec): z.ZodNumber {
+  let result = schema;
+  if (spec.min !== undefined) result = result.min(spec.min);
+  if (spec.max !== undefined) result = result.max(spec.max);
+  return result;
+}
+
+function valueSchema(spec: OptionSpec): z.ZodType {
   switch (spec.kind) {
-    case 'string': {
-      if (typeof raw !== 'string') throw new ConfigError(`${where}: expected text, got ${JSON.stringify(raw)}`);
-      if (spec.choices && !spec.choices.includes(raw)) {
-        throw new ConfigError(`${where}: must be one of ${spec.choices.join(', ')}, got ${JSON.stringify(raw)}`);
-      }
-      return raw;
-    }
+    case 'string':
+      if (spec.choices) return z.enum(spec.choices as [string, ...string[]]);
+      // An option with a default needs a value; '' would silently mean "the current folder" or "any host".
+      return spec.default === '' ? z.string() : z.string().min(1);
     case 'integer':
-    case 'number': {
-      const value = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
-      if (!Number.isFinite(value) || (spec.kind === 'integer' && !Number.isInteger(value))) {
-        throw new ConfigError(`${where}: expected ${spec.kind === 'integer' ? 'a whole number' : 'a number'}, got ${JSON.stringify(raw)}`);
-      }
-      if (spec.min !== undefined && value < spec.min) throw new ConfigError(`${where}: must be at least ${spec.min}, got ${value}`);
-      if (spec.max !== undefined && value > spec.max) throw new ConfigError(`${where}: must be at most ${spec.max}, got ${value}`);
-      return value;
-    }
-    case 'boolean': {
-      if (typeof raw === 'boolean') return raw;
-      if (typeof raw === 'string' && /^(1|true|yes|on)$/i.test(raw)) return true;
-      if (typeof raw === 'string' && /^(0|false|no|off|)$/i.test(raw)) return false;
-      throw new ConfigError(`${where}: expected true or false, got ${JSON.stringify(raw)}`);
-    }
-    case 'duration': {
-      // Seconds; a number alone is seconds, and s, m, h, d name the unit.
-      const match = typeof raw === 'number' ? [String(raw), String(raw), 's'] : typeof raw === 'string' ? /^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$/.exec(raw) : null;
-      if (!match) throw new ConfigError(`${where}: expected a duration such as 30s, 15m, 12h or 7d, got ${JSON.stringify(raw)}`);
-      const seconds = Number(match[1]) * { '': 1, s: 1, m: 60, h: 3600, d: 86_400 }[match[2] as '' | 's' | 'm' | 'h' | 'd'];
-      if (!Number.isFinite(seconds) || seconds < 0) throw new ConfigError(`${where}: expected a duration such as 30s, 15m, 12h or 7d, got ${JSON.stringify(raw)}`);
-      return seconds;
-    }
-    case 'list': {
-      if (Array.isArray(raw) && raw.every((item) => typeof item === 'string')) return raw;
-      if (typeof raw === 'string') return raw.split(',').map((item) => item.trim()).filter(Boolean);
-      throw new ConfigError(`${where}: expected a comma-separated list, got ${JSON.stringify(raw)}`);
-    }
+      return z.preprocess(numberFromText, bounded(z.number().int(), spec));
+    case 'number':
+      return z.preprocess(numberFromText, bounded(z.number(), spec));
+    case 'boolean':
+      return z.preprocess(booleanFromText, z.boolean());
+    case 'list':
+      return z.preprocess(listFromText, z.array(z.string()));
+    case 'duration':
+      return z.preprocess(durationFromText, bounded(z.number().min(0), spec));
   }
 }
+
+function metaOf(spec: OptionSpec): OptionMeta {
+  return {
+    flag: spec.flag, env: spec.env, kind: spec.kind, description: spec.help, default: spec.default,
+    ...(spec.min !== undefined ? { min: spec.min } : {}),
+    ...(spec.max !== undefined ? { max: spec.max } : {}),
+    ...(spec.choices ? { choices: spec.choices } : {}),
+  };
+}
+
+/** Each option's value schema, without its default: what one source (file, variable, flag) may say. */
+const fields: Record<string, z.ZodType> = Object.fromEntries(
+  Object.entries(specs).map(([key, spec]) => [key, valueSchema(spec)]),
+);
+
+/**
+ * The whole configuration: every option with its default, and the rules that tie options
+ * together. Each field's metadata (`.meta()`) carries its flag, variable and description.
+ */
+export const configSchema = z
+  .object(Object.fromEntries(Object.entries(specs).map(([key, spec]) => [key, fields[key]!.default(spec.default).meta(metaOf(spec))])))
+  .superRefine((config, context) => {
+    if (config.compute === 'ec2' && (config.store !== 's3' || config.queue !== 'sqs')) {
+      // Instances on other machines cannot reach this machine's files or SQLite queue.
+      context.addIssue({
+        code: 'custom',
+        path: ['compute'],
+        message: `--compute ec2 needs --store s3 and --queue sqs (got store ${String(config.store)}, queue ${String(config.queue)}): workers on EC2 cannot reach local files`,
+      });
+    }
+  }) as unknown as z.ZodType<OptionValues, Record<string, unknown>> & { shape: Record<string, z.ZodType> };
+
+/** Every option's metadata, in the order of the table, read back from the schema. */
+export function optionMetas(): [key: string, meta: OptionMeta][] {
+  return Object.entries(configSchema.shape).map(([key, field]) => [key, field.meta() as unknown as OptionMeta]);
+}
+
+/** One issue in the words of the option it is about, with the value that was given. */
+function explain(issue: z.core.$ZodIssue, spec: OptionSpec, raw: unknown): string {
+  const got = JSON.stringify(raw);
+  switch (issue.code) {
+    case 'too_small':
+      return issue.origin === 'string' ? 'needs a value, got ""' : `must be at least ${String(issue.minimum)}, got ${String(issue.input ?? raw)}`;
+    case 'too_big':
+      return `must be at most ${String(issue.maximum)}, got ${String(issue.input ?? raw)}`;
+    case 'invalid_value':
+      return `must be one of ${issue.values.map(String).join(', ')}, got ${got}`;
+    default:
+      return `expected ${EXPECTED[spec.kind]}, got ${got}`;
+  }
+}
+
+const EXPECTED: Record<Kind, string> = {
+  string: 'text',
+  integer: 'a whole number',
+  number: 'a number',
+  boolean: 'true or false',
+  list: 'a comma-separated list',
+  duration: 'a duration such as 30s, 15m, 12h or 7d',
+};
+
+function checked(key: string, raw: unknown, where: string): unknown {
+  const spec = specs[key]!;
+  const result = fields[key]!.safeParse(raw, { reportInput: true });
+  if (result.success) return result.data;
+  // A duration that is a number but too small, say, is better told as a duration.
+  const issue = result.error.issues[0]!;
+  const message = spec.kind === 'duration' && issue.code === 'too_small' ? `expected ${EXPECTED.duration}, got ${JSON.stringify(raw)}` : explain(issue, spec, raw);
+  throw new ConfigError(`${where} (${key}): ${message}`);
+}
+
+/** Edit distance, for "did you mean". */
+function distance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}
+
+/** The known name closest to `wrong`, when it is close enough to be a slip. */
+export function closest(wrong: string, known: Iterable<string>): string | undefined {
+  const normal = (name: string) => name.toLowerCase().replace(/^[-\u2010-\u2015\u2212]+/, '').replace(/[-_]/g, '');
+  const target = normal(wrong);
+  let best: { name: string; cost: number } | undefined;
+  for (const name of known) {
+    const cost = distance(target, normal(name));
+    if (cost <= Math.max(1, Math.floor(target.length / 4)) && (!best || cost < best.cost)) best = { name, cost };
+  }
+  return best?.name;
+}
+
+const didYouMean = (name: string | undefined): string => (name ? `; did you mean ${name}?` : '');
+
+/** A flag a command takes besides the configuration, e.g. `icaas worker --instance-id`. */
+export interface CommandFlag {
+  type: 'string' | 'boolean';
+  help: string;
+}
+
+export type CommandFlags = Readonly<Record<string, CommandFlag>>;
 
 export interface LoadConfigInput {
   /** Command-line arguments after the subcommand, e.g. ['--port', '3100']. */
@@ -144,118 +281,184 @@ export interface LoadedConfig {
   extraFlags: Record<string, string | boolean>;
 }
 
-const specs = options as Record<string, OptionSpec>;
-const byFlag = new Map(Object.entries(specs).map(([key, spec]) => [spec.flag, key]));
+const CONFIG_FLAG = 'config';
+/** Dashes that word processors and chat tools put where a user typed "--". */
+const TYPOGRAPHIC_DASH = /^[\u2010-\u2015\u2212\uFE58\uFE63\uFF0D]/;
 
-/**
- * Parses `--name value`, `--name=value` and bare `--flag` (boolean). Flags the table does
- * not know are returned in extraFlags when listed in `commandFlags`, and rejected otherwise.
- */
-export function loadConfig(input: LoadConfigInput = {}, commandFlags: readonly string[] = []): LoadedConfig {
-  const env = input.env ?? process.env;
-  const cwd = input.cwd ?? process.cwd();
-  const argv = [...(input.argv ?? [])];
-  const fromFlags: Record<string, unknown> = {};
-  const extraFlags: Record<string, string | boolean> = {};
-  const positionals: string[] = [];
-  let configPath: string | undefined = env.ICAAS_CONFIG || undefined;
-
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--') {
-      positionals.push(...argv.slice(i + 1));
-      break;
-    }
-    if (!arg.startsWith('--')) {
-      positionals.push(arg);
-      continue;
-    }
-    const eq = arg.indexOf('=');
-    const name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
-    const inline = eq === -1 ? undefined : arg.slice(eq + 1);
-    const key = byFlag.get(name);
-    const isBoolean = key ? specs[key]!.kind === 'boolean' : false;
-    const takeValue = (): string => {
-      if (inline !== undefined) return inline;
-      const next = argv[i + 1];
-      if (next === undefined || next.startsWith('--')) throw new ConfigError(`--${name} needs a value`);
-      i++;
-      return next;
-    };
-    if (name === 'config') {
-      configPath = takeValue();
-    } else if (key) {
-      fromFlags[key] = isBoolean ? (inline ?? true) : takeValue();
-    } else if (commandFlags.includes(name)) {
-      const next = argv[i + 1];
-      extraFlags[name] = inline ?? (next !== undefined && !next.startsWith('--') ? (i++, next) : true);
-    } else {
-      throw new ConfigError(`unknown option --${name}`);
-    }
-  }
-
-  let fromFile: Record<string, unknown> = {};
-  let configFile: string | null = null;
-  const candidate = configPath ? path.resolve(cwd, configPath) : path.resolve(cwd, 'icaas.config.json');
-  if (configPath && !existsSync(candidate)) throw new ConfigError(`config file ${candidate} does not exist`);
-  if (existsSync(candidate)) {
-    let text: string;
-    try {
-      text = readFileSync(candidate, 'utf8');
-    } catch (error) {
-      throw new ConfigError(`config file ${candidate} cannot be read: ${(error as Error).message}`);
-    }
-    try {
-      fromFile = JSON.parse(text) as Record<string, unknown>;
-    } catch (error) {
-      throw new ConfigError(`config file ${candidate} is not valid JSON: ${(error as Error).message}`);
-    }
-    if (typeof fromFile !== 'object' || fromFile === null || Array.isArray(fromFile)) {
-      throw new ConfigError(`config file ${candidate} must hold a JSON object`);
-    }
-    for (const key of Object.keys(fromFile)) {
-      if (!(key in specs)) throw new ConfigError(`config file ${candidate}: unknown option "${key}"; known: ${Object.keys(specs).join(', ')}`);
-    }
-    configFile = candidate;
-  }
-
-  const config: Record<string, unknown> = { configFile };
-  for (const [key, spec] of Object.entries(specs)) {
-    let value: unknown = spec.default;
-    if (key in fromFile) value = coerce(key, spec, fromFile[key], `config file ${candidate}`);
-    const envValue = env[spec.env];
-    if (envValue !== undefined && envValue !== '') value = coerce(key, spec, envValue, `environment variable ${spec.env}`);
-    if (key in fromFlags) value = coerce(key, spec, fromFlags[key], `--${spec.flag}`);
-    config[key] = value;
-  }
-  const result = config as Config;
-  result.data = path.resolve(cwd, result.data);
-  if (result.compute === 'ec2' && (result.store !== 's3' || result.queue !== 'sqs')) {
-    // Instances on other machines cannot reach this machine's files or SQLite queue.
-    throw new ConfigError(`--compute ec2 needs --store s3 and --queue sqs (got store ${result.store}, queue ${result.queue}): workers on EC2 cannot reach local files`);
-  }
-  return { config: result, positionals, extraFlags };
+interface ParsedArgs {
+  values: Record<string, string | boolean>;
+  positionals: string[];
 }
 
-/** The options table as help text, with each option's flag, variable and default. */
+/**
+ * Strict parseArgs over the table's flags, `--config` and the command's own flags, with
+ * its errors reworded as ConfigErrors that name the flag and what to do.
+ */
+function parseCommandLine(argv: readonly string[], commandFlags: CommandFlags): ParsedArgs {
+  const types: Record<string, 'string' | 'boolean'> = { [CONFIG_FLAG]: 'string' };
+  for (const spec of Object.values(specs)) types[spec.flag] = spec.kind === 'boolean' ? 'boolean' : 'string';
+  for (const [name, flag] of Object.entries(commandFlags)) types[name] = flag.type;
+  const args = joinNegativeValues(argv, types);
+  let parsed: ReturnType<typeof parseArgs<{ options: Record<string, { type: 'string' | 'boolean' }>; strict: true; allowPositionals: true; tokens: true }>>;
+  try {
+    parsed = parseArgs({ args, options: Object.fromEntries(Object.entries(types).map(([name, type]) => [name, { type }])), strict: true, allowPositionals: true, tokens: true });
+  } catch (error) {
+    throw reworded(error, Object.keys(types));
+  }
+  const seen = new Map<string, string>();
+  let terminated = false;
+  for (const token of parsed.tokens) {
+    if (token.kind === 'option-terminator') terminated = true;
+    if (token.kind === 'positional' && !terminated && TYPOGRAPHIC_DASH.test(token.value)) {
+      const meant = `--${token.value.replace(/^[^A-Za-z0-9]+/, '')}`;
+      throw new ConfigError(`"${token.value}" starts with a typographic dash, not "--"; type it as ${meant}`);
+    }
+    if (token.kind !== 'option') continue;
+    const earlier = seen.get(token.name);
+    // Which of two values was meant cannot be told; the last one silently winning hides a mistake.
+    if (earlier !== undefined) throw new ConfigError(`--${token.name} is given twice (${earlier} and ${token.rawName}${token.value !== undefined ? ` ${token.value}` : ''}); give it once`);
+    seen.set(token.name, `${token.rawName}${token.value !== undefined ? ` ${token.value}` : ''}`);
+  }
+  return { values: parsed.values as Record<string, string | boolean>, positionals: parsed.positionals };
+}
+
+/**
+ * `--max-instances -1`: parseArgs takes "-1" for an option and calls the value missing;
+ * no option starts with a digit, so it is a value, and the schema can say what is wrong with it.
+ */
+function joinNegativeValues(argv: readonly string[], types: Record<string, 'string' | 'boolean'>): string[] {
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') return [...args, ...argv.slice(i)];
+    const next = argv[i + 1];
+    if (arg.startsWith('--') && !arg.includes('=') && types[arg.slice(2)] === 'string' && next !== undefined && /^-[\d.]/.test(next)) {
+      args.push(`${arg}=${next}`);
+      i++;
+    } else {
+      args.push(arg);
+    }
+  }
+  return args;
+}
+
+function reworded(error: unknown, known: string[]): unknown {
+  const code = (error as { code?: string }).code;
+  const message = (error as Error).message ?? '';
+  const name = /'(-[^' ]*)/.exec(message)?.[1] ?? '';
+  if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    return new ConfigError(`unknown option ${name}${didYouMean(closest(name, known.map((flag) => `--${flag}`)))}`);
+  }
+  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+    if (/does not take an argument/.test(message)) return new ConfigError(`${name} takes no value (leave it out to keep it off)`);
+    return new ConfigError(`${name} needs a value${/ambiguous/.test(message) ? ` (for one that starts with "-", write ${name}=VALUE)` : ''}`);
+  }
+  return error;
+}
+
+function readConfigFile(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`config file ${file} cannot be read: ${(error as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(`config file ${file} is not valid JSON: ${(error as Error).message}`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError(`config file ${file} must hold a JSON object`);
+  for (const key of Object.keys(parsed)) {
+    if (!Object.hasOwn(specs, key)) {
+      const byFlag = Object.entries(specs).find(([, spec]) => spec.flag === key)?.[0];
+      throw new ConfigError(`config file ${file}: unknown option "${key}"${didYouMean(byFlag ?? closest(key, Object.keys(specs)))}`);
+    }
+  }
+  return parsed as Record<string, unknown>;
+}
+
+/**
+ * Parses the command line strictly: the table's flags (`--name value`, `--name=value`,
+ * bare `--flag` for booleans), `--config`, and `commandFlags`, the command's own flags,
+ * which are returned in extraFlags. Anything else is a ConfigError.
+ */
+export function loadConfig(input: LoadConfigInput = {}, commandFlags: CommandFlags = {}): LoadedConfig {
+  const env = input.env ?? process.env;
+  const cwd = input.cwd ?? process.cwd();
+  const { values, positionals } = parseCommandLine(input.argv ?? [], commandFlags);
+  const configPath = (values[CONFIG_FLAG] as string | undefined) ?? (env.ICAAS_CONFIG || undefined);
+  if (configPath === '') throw new ConfigError('--config needs a file name');
+
+  const candidate = path.resolve(cwd, configPath ?? 'icaas.config.json');
+  if (configPath && !existsSync(candidate)) throw new ConfigError(`config file ${candidate} does not exist`);
+  const configFile = existsSync(candidate) ? candidate : null;
+  const fromFile = configFile ? readConfigFile(configFile) : {};
+
+  const merged: Record<string, unknown> = {};
+  for (const [key, spec] of Object.entries(specs)) {
+    if (key in fromFile) merged[key] = checked(key, fromFile[key], `config file ${candidate}`);
+    const envValue = env[spec.env];
+    if (envValue !== undefined && envValue !== '') merged[key] = checked(key, envValue, `environment variable ${spec.env}`);
+    if (spec.flag in values) merged[key] = checked(key, values[spec.flag], `--${spec.flag}`);
+  }
+  const result = configSchema.safeParse(merged);
+  if (!result.success) throw new ConfigError(result.error.issues.map((issue) => issue.message).join('; '));
+  const config: Config = { ...result.data, configFile };
+  config.data = path.resolve(cwd, config.data);
+
+  const extraFlags: Record<string, string | boolean> = {};
+  for (const name of Object.keys(commandFlags)) if (values[name] !== undefined) extraFlags[name] = values[name];
+  return { config, positionals, extraFlags };
+}
+
+function placeholder(meta: OptionMeta): string {
+  switch (meta.kind) {
+    case 'boolean': return '';
+    case 'integer': return ' <n>';
+    case 'number': return ' <number>';
+    case 'duration': return ' <duration>';
+    case 'list': return ' <a,b,...>';
+    case 'string': return meta.choices ? ` <${meta.choices.join('|')}>` : ' <text>';
+  }
+}
+
+function shownDefault(value: unknown): string {
+  return Array.isArray(value) ? value.join(',') : String(value);
+}
+
+function helpRows(rows: { flag: string; line: string }[]): string[] {
+  const width = Math.min(32, Math.max(...rows.map((row) => row.flag.length)) + 2);
+  return rows.map((row) => (row.flag.length + 2 > width ? `  ${row.flag}\n  ${''.padEnd(width)}${row.line}` : `  ${row.flag.padEnd(width)}${row.line}`));
+}
+
+/**
+ * The options as help text, generated from the schema: each option's flag, description,
+ * environment variable, default and range.
+ */
 export function optionsHelp(only?: readonly (keyof Options)[]): string {
-  const keys = (only ?? Object.keys(specs)) as string[];
-  const rows = keys.map((key) => {
-    const spec = specs[key]!;
-    const flag = `--${spec.flag}${spec.kind === 'boolean' ? '' : ' <value>'}`;
-    const fallback = Array.isArray(spec.default) ? spec.default.join(',') : String(spec.default);
-    return { flag, line: `${spec.help} [env ${spec.env}${fallback !== '' ? `, default ${fallback}` : ''}]` };
+  const metas = optionMetas().filter(([key]) => !only || (only as readonly string[]).includes(key));
+  const rows = metas.map(([key, meta]) => {
+    const range = meta.min !== undefined || meta.max !== undefined ? `, ${meta.min ?? ''}..${meta.max ?? ''}` : '';
+    const fallback = shownDefault(meta.default);
+    return { flag: `--${meta.flag}${placeholder(meta)}`, line: `${meta.description} [env ${meta.env}, file ${key}${fallback !== '' ? `, default ${fallback}` : ''}${range}]` };
   });
-  const width = Math.max(...rows.map((row) => row.flag.length)) + 2;
-  return [...rows.map((row) => `  ${row.flag.padEnd(width)}${row.line}`), `  ${'--config <file>'.padEnd(width)}JSON file with any of these options by name [env ICAAS_CONFIG, default ./icaas.config.json if present]`].join('\n');
+  rows.push({ flag: '--config <file>', line: 'JSON object with any of these options by their file keys [env ICAAS_CONFIG, default ./icaas.config.json if present]' });
+  return helpRows(rows).join('\n');
+}
+
+/** A command's own flags as help text. */
+export function commandFlagsHelp(flags: CommandFlags): string {
+  return helpRows(Object.entries(flags).map(([name, flag]) => ({ flag: `--${name}${flag.type === 'string' ? ' <value>' : ''}`, line: flag.help }))).join('\n');
 }
 
 /** Environment that reproduces this configuration in a child process (e.g. a worker). */
 export function configToEnv(config: Config): Record<string, string> {
   const env: Record<string, string> = {};
-  for (const [key, spec] of Object.entries(specs)) {
+  for (const [key, meta] of optionMetas()) {
     const value = (config as unknown as Record<string, unknown>)[key];
-    env[spec.env] = Array.isArray(value) ? value.join(',') : String(value);
+    env[meta.env] = Array.isArray(value) ? value.join(',') : String(value);
   }
   return env;
 }

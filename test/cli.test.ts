@@ -15,9 +15,9 @@ interface Run {
   stderr: string;
 }
 
-function icaas(args: string[], cwd: string): Promise<Run> {
+function icaas(args: string[], cwd: string, env: Record<string, string> = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cliPath, ...args], { cwd, env: { PATH: process.env.PATH ?? '', HOME: cwd } });
+    const child = spawn(process.execPath, [cliPath, ...args], { cwd, env: { PATH: process.env.PATH ?? '', HOME: cwd, ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString(); });
@@ -35,10 +35,16 @@ describe('command-line mistakes', async () => {
   const temp = await makeTempDir();
   after(() => temp.cleanup());
 
-  const cases: { name: string; args: string[]; command: string; says: RegExp }[] = [
+  const cases: { name: string; args: string[]; command: string; says: RegExp; env?: Record<string, string> }[] = [
     { name: 'a worker without --instance-id', args: ['worker', '--data', 'data'], command: 'worker', says: /needs --instance-id/ },
     { name: 'an --instance-id without a value', args: ['worker', '--instance-id'], command: 'worker', says: /--instance-id needs a value/ },
-    { name: 'an unknown flag', args: ['start', '--max-instance', '3'], command: 'start', says: /unknown option --max-instance/ },
+    { name: 'an unknown flag', args: ['start', '--max-instance', '3'], command: 'start', says: /unknown option --max-instance; did you mean --max-instances\?/ },
+    { name: 'a port out of range', args: ['web', '--port', '70000'], command: 'web', says: /--port \(port\): must be at most 65535, got 70000/ },
+    { name: 'a negative maximum', args: ['start', '--max-instances', '-1'], command: 'start', says: /--max-instances \(maxInstances\): must be at least 1, got -1/ },
+    { name: 'a bad environment variable', args: ['start'], env: { PORT: 'abc' }, command: 'start', says: /environment variable PORT \(port\): expected a whole number, got "abc"/ },
+    { name: 'a flag given twice', args: ['start', '--port', '1', '--port', '2'], command: 'start', says: /--port is given twice/ },
+    { name: 'a typographic dash', args: ['web', '\u2014port', '80'], command: 'web', says: /typographic dash.*--port/ },
+    { name: 'a value on a switch', args: ['classify', 'a.jpg', '--json=1'], command: 'classify', says: /--json takes no value/ },
     { name: 'a bad number', args: ['web', '--port', 'eighty'], command: 'web', says: /--port \(port\): expected a whole number, got "eighty"/ },
     { name: 'a bad choice', args: ['controller', '--queue', 'kafka'], command: 'controller', says: /must be one of sqlite, sqs, got "kafka"/ },
     { name: 'an unreadable config file', args: ['start', '--config', 'folder.json'], command: 'start', says: /config file .*folder\.json cannot be read/ },
@@ -46,10 +52,10 @@ describe('command-line mistakes', async () => {
     { name: 'a missing aws subcommand', args: ['aws'], command: 'aws', says: /expected "provision" or "teardown"/ },
   ];
 
-  for (const { name, args, command, says } of cases) {
+  for (const { name, args, command, says, env } of cases) {
     it(`answers ${name} with one line, the help hint and status 2`, async () => {
       await mkdir(path.join(temp.dir, 'folder.json'), { recursive: true });
-      const run = await icaas(args, temp.dir);
+      const run = await icaas(args, temp.dir, env);
       assert.equal(run.code, 2, `exit status for ${args.join(' ')}: ${run.stderr}`);
       const lines = run.stderr.trimEnd().split('\n');
       assert.equal(lines.length, 2, `two lines on stderr:\n${run.stderr}`);
@@ -65,5 +71,15 @@ describe('command-line mistakes', async () => {
     const run = await icaas(['strat'], temp.dir);
     assert.equal(run.code, 2);
     assert.equal(run.stderr, 'icaas: unknown command "strat"\nrun icaas --help for the commands\n');
+  });
+
+  it('lists the command\'s own flags and every option in `--help`, even with a bad setting in the environment', async () => {
+    const run = await icaas(['worker', '--help'], temp.dir, { PORT: 'abc' });
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stdout, /^icaas worker /);
+    assert.match(run.stdout, /--instance-id <value> /);
+    for (const option of ['--port <n>', 'env ICAAS_MAX_INSTANCES, file maxInstances, default 20, 1..1000', '--ec2-security-groups', '--config <file>']) {
+      assert.ok(run.stdout.includes(option), `help shows ${option}`);
+    }
   });
 });

@@ -48,6 +48,7 @@ import {
 import type { LaunchLease } from '../controller/lease.js';
 import type { ObjectStore } from '../storage/port.js';
 import { describeDeadline, WORKER_PROCESS_ENV, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
+import { awsRetry } from '../backoff.js';
 
 export const TAG_DEPLOYMENT = 'icaas:deployment';
 export const TAG_ROLE = 'icaas:role';
@@ -191,7 +192,7 @@ export class Ec2Compute implements Compute {
       this.client = options.client;
       this.ownsClient = false;
     } else {
-      const config: EC2ClientConfig = {};
+      const config: EC2ClientConfig = { ...awsRetry() };
       const region = options.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION;
       if (region) config.region = region;
       if (options.endpoint) config.endpoint = options.endpoint;

@@ -7,7 +7,7 @@
  * requests cannot forge; the launch template and RunInstances require it
  * (HttpTokens=required), so IMDSv1 is not even available on workers.
  */
-import { backoffDelay, sleep } from '../backoff.js';
+import { retry } from '../backoff.js';
 
 export interface ImdsOptions {
   /** Default: AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254. */
@@ -34,33 +34,36 @@ function endpointOf(options: ImdsOptions): string {
   return endpoint.replace(/\/+$/, '');
 }
 
+/** An answer that will not change on retry: a refusal, or nothing there. */
+class ImdsRefusal extends ImdsError {}
+
 async function request(url: string, init: RequestInit, options: ImdsOptions, what: string): Promise<string> {
-  const attempts = options.attempts ?? 3;
   const timeoutMs = options.timeoutMs ?? 1000;
-  let lastError: unknown;
-  for (let attempt = 1; attempt <= attempts; attempt++) {
-    try {
-      const response = await fetch(url, { ...init, signal: AbortSignal.timeout(timeoutMs) });
-      const text = await response.text();
-      if (response.ok) return text.trim();
-      // 401 and 403 will not change on retry: a bad token, or IMDS turned off for this instance.
-      if (response.status === 401 || response.status === 403) {
-        throw new ImdsError(`the instance metadata service refused to ${what} (HTTP ${response.status}); is IMDS enabled for this instance?`);
-      }
-      if (response.status === 404) throw new ImdsError(`the instance metadata service has no ${what} (HTTP 404 for ${url})`);
-      lastError = new ImdsError(`the instance metadata service answered HTTP ${response.status} to ${what}`);
-    } catch (error) {
-      if (error instanceof ImdsError) throw error;
-      lastError = error;
-    }
-    if (attempt < attempts) await sleep(backoffDelay(attempt, { initialMs: 200, maxMs: 2_000 }));
+  try {
+    return await retry(
+      async () => {
+        const response = await fetch(url, { ...init, signal: AbortSignal.timeout(timeoutMs) });
+        const text = await response.text();
+        if (response.ok) return text.trim();
+        // 401 and 403 will not change on retry: a bad token, or IMDS turned off for this instance.
+        if (response.status === 401 || response.status === 403) {
+          throw new ImdsRefusal(`the instance metadata service refused to ${what} (HTTP ${response.status}); is IMDS enabled for this instance?`);
+        }
+        if (response.status === 404) throw new ImdsRefusal(`the instance metadata service has no ${what} (HTTP 404 for ${url})`);
+        throw new ImdsError(`the instance metadata service answered HTTP ${response.status} to ${what}`);
+      },
+      // The service can be slow just after boot.
+      { attempts: options.attempts ?? 3, initialMs: 200, maxMs: 2_000, retryable: (error) => !(error instanceof ImdsRefusal) },
+    );
+  } catch (error) {
+    if (error instanceof ImdsRefusal) throw error;
+    const detail = error instanceof Error ? error.message : String(error);
+    throw new ImdsError(
+      `could not ${what} from the instance metadata service at ${new URL(url).origin} (${detail}); ` +
+        'this works only on an EC2 instance with IMDS enabled, and in a container on one only when the metadata hop limit is at least 2',
+      { cause: error },
+    );
   }
-  const detail = lastError instanceof Error ? lastError.message : String(lastError);
-  throw new ImdsError(
-    `could not ${what} from the instance metadata service at ${new URL(url).origin} (${detail}); ` +
-      'this works only on an EC2 instance with IMDS enabled, and in a container on one only when the metadata hop limit is at least 2',
-    { cause: lastError },
-  );
 }
 
 /** A session token for the metadata reads that follow. */

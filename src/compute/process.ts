@@ -19,6 +19,7 @@ import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { clock as defaultClock, type Clock } from '../clock.js';
 import { describeDeadline, WORKER_PROCESS_ENV, type Compute, type DeadlineReason, type DeadlineSweep, type InstanceDeadlines, type InstanceInfo, type InstanceReport, type InstanceState } from './port.js';
+import { sleep } from '../backoff.js';
 
 export interface ProcessComputeOptions extends InstanceDeadlines {
   /** SQLite file holding the instance registry. */
@@ -208,7 +209,7 @@ export class ProcessCompute implements Compute {
       // decoder thread must not survive it.
       const refusal = killGroup(row.pid);
       const deadline = this.clock.monotonic() + (refusal ? 0 : 5000);
-      while (isOurProcess(row.pid, id) && this.clock.monotonic() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      while (isOurProcess(row.pid, id) && this.clock.monotonic() < deadline) await sleep(10);
       if (isOurProcess(row.pid, id)) {
         throw new Error(`could not terminate ${id} (pid ${row.pid}): ${refusal ? `the kill was refused (${refusal})` : 'still running 5 s after SIGKILL'}; it keeps its slot and is tried again on the next sweep`);
       }
@@ -317,7 +318,7 @@ export class ProcessCompute implements Compute {
     const deadline = this.clock.monotonic() + graceMs;
     let left = running;
     while (left.length > 0 && this.clock.monotonic() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await sleep(100);
       const active = this.activeIds();
       left = left.filter((id) => active.has(id));
     }

@@ -197,7 +197,8 @@ export class StartFailures {
   private readonly judgeAfterMs: number;
 
   constructor(private readonly options: StartFailureOptions) {
-    this.hold = new Backoff(options.backoff ?? DEFAULT_HOLD);
+    // Equal jitter: a crash-looping worker is never started again sooner than half the hold.
+    this.hold = new Backoff({ jitter: 'equal', ...(options.backoff ?? DEFAULT_HOLD) });
     this.judgeAfterMs = options.judgeAfterMs ?? 2_000;
   }
 

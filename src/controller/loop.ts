@@ -116,7 +116,7 @@ export interface LoopOptions {
   intervalMs: number;
   /** Its failures and recoveries are logged with the field `loop` set to `name`. */
   log: Logger;
-  /** Waits after failed passes; default from 0.5 s doubling to 15 s. */
+  /** Waits after failed passes; default from 0.5 s doubling to 15 s, each at least half its ceiling. */
   backoff?: BackoffOptions;
   /** Told when the loop starts failing, fails differently, or works again. */
   onHealthChange?: (health: LoopHealth) => void;
@@ -136,7 +136,8 @@ export interface Loop {
 export function every(options: LoopOptions, pass: (signal: AbortSignal) => Promise<void>): Loop {
   const stopping = new AbortController();
   const failures = new FailureLog(options.name, options.log, options.onHealthChange);
-  const backoff = new Backoff(options.backoff ?? DEFAULT_BACKOFF);
+  // Equal jitter: a fault that persists is met less and less often, never in a quick run of passes.
+  const backoff = new Backoff({ jitter: 'equal', ...(options.backoff ?? DEFAULT_BACKOFF) });
   let pause: AbortController | undefined;
   /** A wake that came during a pass ends the pause that follows it. */
   let woken = false;

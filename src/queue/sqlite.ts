@@ -36,6 +36,7 @@ import {
   type ReceivedMessage,
   type SendOptions,
 } from './port.js';
+import { sleep } from '../backoff.js';
 
 export interface SqliteQueueProviderOptions {
   /** Visibility timeout of queues opened without one of their own. Default 30 s, as in SQS. */
@@ -476,21 +477,4 @@ function toQueueError(error: unknown, context: string, busyTimeoutMs?: number): 
   // until someone acts; errors of any other kind are bugs and pass through unchanged.
   if (error instanceof Database.SqliteError) return new QueueError('unavailable', `${context}: ${error.message}`, { cause: error });
   return error;
-}
-
-/** Resolves after `ms`, or as soon as either signal aborts; never rejects. */
-function sleep(ms: number, ...signals: (AbortSignal | undefined)[]): Promise<void> {
-  return new Promise((resolve) => {
-    const active = signals.filter((signal): signal is AbortSignal => signal !== undefined);
-    const done = (): void => {
-      clearTimeout(timer);
-      for (const signal of active) signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    for (const signal of active) {
-      if (signal.aborted) return done();
-      signal.addEventListener('abort', done, { once: true });
-    }
-  });
 }

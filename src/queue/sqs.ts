@@ -9,8 +9,12 @@
  *   wait (as `icaas aws provision` does) would otherwise make every receive a long poll.
  * - SQS reports errors by service-specific names; they become QueueErrors with a code the
  *   rest of the service can act on and a message that names the queue and what to do.
- * - Throttling is retried here with exponential backoff on top of the SDK's own retries,
- *   because a worker or controller that crashes on a throttle costs far more than a wait.
+ * - Throttling and transient errors (5xx, timeouts, dropped connections) are retried by the
+ *   SDK's standard retry mode. The two throttles SQS reports under names the SDK does not
+ *   know as throttles (KmsThrottled, OverLimit) are retried here with the same kind of
+ *   backoff, because a worker or controller that fails on a throttle costs far more than
+ *   a wait. Credentials, permissions and missing queues are not retried per request: the
+ *   loops that call the queue back off on them (see ../controller/loop.ts).
  */
 import {
   ChangeMessageVisibilityCommand,
@@ -40,12 +44,15 @@ import {
   type ReceivedMessage,
   type SendOptions,
 } from './port.js';
-import { backoffDelay, sleep } from '../backoff.js';
+import { AWS_MAX_ATTEMPTS, awsRetry, retry } from '../backoff.js';
 
 export interface SqsRetryOptions {
-  /** Attempts in all for a throttled request, the first included. Default 5. */
+  /**
+   * Attempts in all for a request, the first included: the SDK's maxAttempts for a client
+   * this provider makes, and the limit for the throttles retried here. Default 3.
+   */
   attempts?: number;
-  /** Wait before the first retry; doubled (with jitter) for each later one. Default 200 ms. */
+  /** Ceiling of the first wait for the throttles retried here; doubled for each later one. Default 200 ms. */
   baseDelayMs?: number;
 }
 
@@ -76,6 +83,8 @@ export interface SqsQueueProviderOptions {
 const QUEUE_NAME = /^[A-Za-z0-9_-]{1,80}$/;
 
 const THROTTLING = new Set(['ThrottlingException', 'Throttling', 'RequestThrottled', 'OverLimit', 'TooManyRequestsException', 'KmsThrottled']);
+/** Throttles that the SDK's retry strategy does not recognise (it retries the others itself). */
+const THROTTLING_UNKNOWN_TO_SDK = new Set(['OverLimit', 'KmsThrottled']);
 const QUEUE_MISSING = new Set(['QueueDoesNotExist', 'AWS.SimpleQueueService.NonExistentQueue', 'NonExistentQueue']);
 const ACCESS_DENIED = new Set(['AccessDenied', 'AccessDeniedException', 'KmsAccessDenied', 'InvalidSecurity']);
 const BAD_CREDENTIALS = new Set(['UnrecognizedClientException', 'InvalidClientTokenId', 'SignatureDoesNotMatch', 'ExpiredToken', 'ExpiredTokenException', 'MissingAuthenticationToken']);
@@ -97,12 +106,12 @@ export class SqsQueueProvider implements QueueProvider {
     this.createMissing = options.createMissing ?? false;
     if (options.visibilityTimeoutSeconds !== undefined) checkVisibilityTimeout(options.visibilityTimeoutSeconds);
     this.visibilityTimeoutSeconds = options.visibilityTimeoutSeconds;
-    this.retry = { attempts: options.retry?.attempts ?? 5, baseDelayMs: options.retry?.baseDelayMs ?? 200 };
+    this.retry = { attempts: options.retry?.attempts ?? AWS_MAX_ATTEMPTS, baseDelayMs: options.retry?.baseDelayMs ?? 200 };
     if (options.client) {
       this.client = options.client;
       this.ownsClient = false;
     } else {
-      const config: SQSClientConfig = {};
+      const config: SQSClientConfig = { ...awsRetry(this.retry.attempts) };
       const region = options.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION;
       if (region) config.region = region;
       if (options.endpoint) config.endpoint = options.endpoint;
@@ -202,21 +211,28 @@ export class SqsQueueProvider implements QueueProvider {
   }
 
   /**
-   * @internal Sends one request, retrying throttled ones with exponential backoff, and
-   * turns SDK errors into QueueErrors that name the queue.
+   * @internal Sends one request (the SDK retries throttling and transient errors, this the
+   * throttles it does not know), and turns SDK errors into QueueErrors that name the queue.
    */
   async send<T>(fullName: string, what: string, run: SqsCall<T>, signal?: AbortSignal): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await run(this.client, signal ? { abortSignal: signal } : {});
-      } catch (error) {
-        if (error instanceof QueueError) throw error;
-        if (isThrottled(error) && attempt < this.retry.attempts && !signal?.aborted) {
-          await sleep(backoffDelay(attempt, { initialMs: this.retry.baseDelayMs, maxMs: this.retry.baseDelayMs * 2 ** this.retry.attempts }), signal);
-          continue;
-        }
-        throw toQueueError(error, fullName, what, attempt);
-      }
+    let attempts = 0;
+    try {
+      return await retry(
+        () => {
+          attempts++;
+          return run(this.client, signal ? { abortSignal: signal } : {});
+        },
+        {
+          attempts: this.retry.attempts,
+          initialMs: this.retry.baseDelayMs,
+          maxMs: this.retry.baseDelayMs * 2 ** this.retry.attempts,
+          retryable: (error) => hasCode(error, THROTTLING_UNKNOWN_TO_SDK),
+          ...(signal ? { signal } : {}),
+        },
+      );
+    } catch (error) {
+      if (error instanceof QueueError) throw error;
+      throw toQueueError(error, fullName, what, Math.max(attempts, sdkAttempts(error)));
     }
   }
 }
@@ -428,6 +444,12 @@ function codesOf(error: unknown): string[] {
 function hasCode(error: unknown, codes: Iterable<string>): boolean {
   const set = codes instanceof Set ? codes : new Set(codes);
   return codesOf(error).some((code) => set.has(code));
+}
+
+/** How many attempts the SDK made for the request that ended in this error. */
+function sdkAttempts(error: unknown): number {
+  const attempts = (error as { $metadata?: { attempts?: number } } | null)?.$metadata?.attempts;
+  return typeof attempts === 'number' && attempts > 0 ? attempts : 1;
 }
 
 function isThrottled(error: unknown): boolean {

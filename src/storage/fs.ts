@@ -53,6 +53,7 @@ import {
   type StreamedObject,
   type StreamPutOptions,
 } from './port.js';
+import { retry } from '../backoff.js';
 
 const MAGIC = Buffer.from('ICAASOB1', 'ascii');
 const PREAMBLE_BYTES = MAGIC.length + 4;
@@ -397,24 +398,34 @@ async function withLock<T>(lockPath: string, work: () => Promise<T>): Promise<T>
   }
 }
 
+/** Another writer holds the lock; worth waiting for. */
+class LockHeld extends Error {}
+
 async function acquireLock(lockPath: string): Promise<bigint> {
-  const giveUpAt = performance.now() + LOCK_WAIT_MS;
-  for (let delayMs = 1; ; delayMs = Math.min(delayMs * 2, 50)) {
-    try {
-      const handle = await open(lockPath, 'wx');
-      try {
-        await handle.writeFile(`${process.pid}\n`);
-        return (await handle.stat({ bigint: true })).ino;
-      } finally {
-        await handle.close();
-      }
-    } catch (error) {
-      if (errorCode(error) !== 'EEXIST') throw error;
-    }
-    await breakIfStale(lockPath);
-    if (performance.now() > giveUpAt) throw new Error(`timed out after ${LOCK_WAIT_MS} ms waiting for the write lock ${lockPath}`);
-    await new Promise((resolve) => setTimeout(resolve, delayMs * (0.5 + Math.random())));
+  try {
+    // Short waits: a lock is held for one small write. Jittered, so writers that found it
+    // taken together do not all try again at once.
+    return await retry(() => tryLock(lockPath), { initialMs: 1, maxMs: 50, jitter: 'equal', deadlineMs: LOCK_WAIT_MS, retryable: (error) => error instanceof LockHeld });
+  } catch (error) {
+    if (error instanceof LockHeld) throw new Error(`timed out after ${LOCK_WAIT_MS} ms waiting for the write lock ${lockPath}`);
+    throw error;
   }
+}
+
+async function tryLock(lockPath: string): Promise<bigint> {
+  try {
+    const handle = await open(lockPath, 'wx');
+    try {
+      await handle.writeFile(`${process.pid}\n`);
+      return (await handle.stat({ bigint: true })).ino;
+    } finally {
+      await handle.close();
+    }
+  } catch (error) {
+    if (errorCode(error) !== 'EEXIST') throw error;
+  }
+  await breakIfStale(lockPath);
+  throw new LockHeld(`the write lock ${lockPath} is held`);
 }
 
 /**

@@ -39,6 +39,7 @@ import {
   type StreamedObject,
   type StreamPutOptions,
 } from './port.js';
+import { awsRetry } from '../backoff.js';
 
 export interface S3ObjectStoreOptions {
   region?: string;
@@ -71,6 +72,7 @@ export class S3ObjectStore implements ObjectStore {
     }
     const config: S3ClientConfig = {
       region: options.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+      ...awsRetry(),
     };
     if (options.endpoint !== undefined) {
       config.endpoint = options.endpoint;

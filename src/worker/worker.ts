@@ -369,7 +369,7 @@ function taker(options: WorkerOptions, log: Logger): (waitSeconds: number, visib
  */
 function receiver(options: WorkerOptions, log: Logger): (waitSeconds: number, visibilitySeconds: number) => Promise<ReceivedMessage[] | 'stopped'> {
   const failures = new FailureLog('launch queue', log);
-  const backoff = new Backoff({ initialMs: 250, maxMs: 5_000 });
+  const backoff = new Backoff({ initialMs: 250, maxMs: 5_000, jitter: 'equal' });
   const limitMs = options.receiveFailureLimitMs ?? 30_000;
   return async (waitSeconds, visibilitySeconds) => {
     for (;;) {

@@ -3,6 +3,7 @@
  * metrics on --metrics-port: launches, start-up times, the wait in the launch queue, and
  * the monitor's terminations of hung instances and its retries, counted exactly.
  */
+import { logged, parseLogLines } from '../log-capture.js';
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';

@@ -90,14 +90,22 @@ describe('SqsQueueProvider against a mocked client', () => {
     await rejectsWith(provider.queue('launch').receive(), 'access-denied', /aws configure/);
   });
 
-  it('retries throttled requests with backoff and then succeeds', async () => {
+  it('retries the throttles the SDK does not know with backoff, and then succeeds', async () => {
+    // The SDK's retry strategy retries ThrottlingException and RequestThrottled itself
+    // (test/queue/sqs-retry.test.ts); a mocked client bypasses it, so these are tried once.
     mock
       .on(SendMessageCommand)
-      .rejectsOnce(new RequestThrottled({ message: 'Rate exceeded', $metadata: {} }))
-      .rejectsOnce(serviceError('ThrottlingException', 'Rate exceeded'))
+      .rejectsOnce(serviceError('KmsThrottled', 'Rate exceeded for KMS'))
+      .rejectsOnce(serviceError('OverLimit', 'too many'))
       .resolves({ MessageId: 'm-3' });
     assert.equal(await provider.queue('launch').send('x'), 'm-3');
     assert.equal(mock.commandCalls(SendMessageCommand).length, 3);
+  });
+
+  it('leaves the throttles the SDK knows to the SDK, and maps them to throttled', async () => {
+    mock.on(SendMessageCommand).rejects(new RequestThrottled({ message: 'Rate exceeded', $metadata: { attempts: 3 } }));
+    await rejectsWith(provider.queue('launch').send('x'), 'throttled', /3 attempts/);
+    assert.equal(mock.commandCalls(SendMessageCommand).length, 1);
   });
 
   it('gives up on throttling after the configured attempts', async () => {
