@@ -6,7 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { formatReport, runChaos } from '../../bench/chaos.js';
+import { formatReport, runChaos } from '../chaos/run.js';
 import { S3ObjectStore } from '../../src/storage/s3.js';
 import { provisionEmulated, type EmulatedDeployment } from '../cloud/deployment.js';
 import { startEmulatorProcess, type Emulator } from '../cloud/emulator.js';
