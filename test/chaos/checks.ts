@@ -229,6 +229,8 @@ export function invariantFailures(input: {
   if (api.unacknowledged.unfinished > 0) failures.push(`${api.unacknowledged.unfinished} images of unacknowledged uploads never finished`);
   for (const [what, peak] of [['status', instances.peakStatus], ['registry', instances.peakRegistry], ['processes', instances.peakProcesses]] as const) {
     if (peak > instances.max) failures.push(`instances peaked at ${peak} (${what}), over the maximum of ${instances.max}`);
+    // Images were classified, so instances ran: a peak of 0 means the sampler saw nothing, and would pass the check above whatever happened.
+    if (peak === 0 && api.final > 0) failures.push(`no instance was ever seen (${what}): the sampling is broken`);
   }
   if (attempts.overLimit > 0) failures.push(`${attempts.overLimit} images ran more than ${attempts.limit} attempts`);
   return failures;
