@@ -23,7 +23,8 @@ async function failure(...args: string[]): Promise<{ code: number; stderr: strin
   throw new Error(`run-tests ${args.join(' ')} succeeded`);
 }
 
-describe('test tiers', () => {
+// Each case only starts the script and reads its answer: they run side by side.
+describe('test tiers', { concurrency: true }, () => {
   it('the unit tier leaves out disk-backed adapters, processes, the browser and the emulator', async () => {
     const files = await list('--tier', 'unit');
     for (const expected of ['config.test.js', 'queue/memory.test.js', 'storage/memory.test.js', 'controller/policy.test.js', 'sim/engine.test.js', 'run-tests.test.js']) {
@@ -61,10 +62,13 @@ describe('test tiers', () => {
   });
 
   it('refuses an unknown tier, a missing tier name and an unknown option', async () => {
-    assert.deepEqual(await failure('--tier', 'units'), { code: 2, stderr: 'run-tests: unknown tier "units"; the tiers are unit, integration, cloud, e2e\n' });
-    assert.match((await failure('--tier')).stderr, /--tier needs a name: unit, integration, cloud, e2e/);
-    assert.match((await failure('--tier=')).stderr, /--tier needs a name/);
-    assert.match((await failure('--tier', 'constructor')).stderr, /unknown tier "constructor"/);
-    assert.match((await failure('--teir', 'unit')).stderr, /unknown option --teir/);
+    const [units, missing, empty, inherited, misspelt] = await Promise.all([
+      failure('--tier', 'units'), failure('--tier'), failure('--tier='), failure('--tier', 'constructor'), failure('--teir', 'unit'),
+    ]);
+    assert.deepEqual(units, { code: 2, stderr: 'run-tests: unknown tier "units"; the tiers are unit, integration, cloud, e2e\n' });
+    assert.match(missing.stderr, /--tier needs a name: unit, integration, cloud, e2e/);
+    assert.match(empty.stderr, /--tier needs a name/);
+    assert.match(inherited.stderr, /unknown tier "constructor"/);
+    assert.match(misspelt.stderr, /unknown option --teir/);
   });
 });
