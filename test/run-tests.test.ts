@@ -23,14 +23,27 @@ async function failure(...args: string[]): Promise<{ code: number; stderr: strin
   throw new Error(`run-tests ${args.join(' ')} succeeded`);
 }
 
-describe('test tiers', () => {
-  it('the unit tier leaves out the service, the workers, the browser and the emulator', async () => {
+// Each case only starts the script and reads its answer: they run side by side.
+describe('test tiers', { concurrency: true }, () => {
+  it('the unit tier leaves out disk-backed adapters, processes, the browser and the emulator', async () => {
     const files = await list('--tier', 'unit');
-    for (const expected of ['config.test.js', 'queue/sqlite.test.js', 'web/api.test.js', 'controller/policy.test.js', 'run-tests.test.js']) {
+    for (const expected of ['config.test.js', 'queue/memory.test.js', 'storage/memory.test.js', 'controller/policy.test.js', 'sim/engine.test.js', 'run-tests.test.js']) {
       assert.ok(files.includes(expected), `${expected} in ${files.join(', ')}`);
     }
-    const outside = files.filter((file) => /^(e2e|worker|cloud|aws)\/|^queue\/sqs|^storage\/s3|^ui\/(?!logic)/.test(file));
+    const outside = files.filter((file) => /^(e2e|worker|cloud|aws|web)\/|^queue\/(sqs|sqlite|multiprocess)|^storage\/(s3|fs)|^ui\/(?!logic)|^cli\.test/.test(file));
     assert.deepEqual(outside, []);
+  });
+
+  it('every test file is in exactly one tier', async () => {
+    const { stdout } = await runFile(process.execPath, [script, '--tiers']);
+    const rows = stdout.split('\n').filter(Boolean).map((line) => line.split('\t') as [string, string]);
+    assert.ok(rows.length > 40, `only ${rows.length} test files listed`);
+    const misplaced = rows.filter(([, tiers]) => tiers.split(',').filter(Boolean).length !== 1);
+    assert.deepEqual(misplaced, [], 'files in no tier or in several');
+    const inTier = (tier: string) => rows.filter(([, tiers]) => tiers === tier).map(([file]) => file);
+    for (const [tier, expected] of [['integration', 'queue/sqlite.test.js'], ['integration', 'web/api.test.js'], ['e2e', 'e2e/chaos.test.js'], ['e2e', 'ui/behaviour.test.js'], ['cloud', 'e2e/cloud.test.js']] as const) {
+      assert.ok(inTier(tier).includes(expected), `${expected} in the ${tier} tier`);
+    }
   });
 
   it('the cloud tier is what runs on the emulator, and shares no file with the unit tier', async () => {
@@ -49,10 +62,13 @@ describe('test tiers', () => {
   });
 
   it('refuses an unknown tier, a missing tier name and an unknown option', async () => {
-    assert.deepEqual(await failure('--tier', 'units'), { code: 2, stderr: 'run-tests: unknown tier "units"; the tiers are unit, cloud\n' });
-    assert.match((await failure('--tier')).stderr, /--tier needs a name: unit, cloud/);
-    assert.match((await failure('--tier=')).stderr, /--tier needs a name/);
-    assert.match((await failure('--tier', 'constructor')).stderr, /unknown tier "constructor"/);
-    assert.match((await failure('--teir', 'unit')).stderr, /unknown option --teir/);
+    const [units, missing, empty, inherited, misspelt] = await Promise.all([
+      failure('--tier', 'units'), failure('--tier'), failure('--tier='), failure('--tier', 'constructor'), failure('--teir', 'unit'),
+    ]);
+    assert.deepEqual(units, { code: 2, stderr: 'run-tests: unknown tier "units"; the tiers are unit, integration, cloud, e2e\n' });
+    assert.match(missing.stderr, /--tier needs a name: unit, integration, cloud, e2e/);
+    assert.match(empty.stderr, /--tier needs a name/);
+    assert.match(inherited.stderr, /unknown tier "constructor"/);
+    assert.match(misspelt.stderr, /unknown option --teir/);
   });
 });

@@ -2,12 +2,12 @@
  * A short chaos run inside the test suite (the long one is `npm run chaos`): 80 images by
  * 10 concurrent clients into the embedded service run as separate processes, while a
  * random worker is killed every second and the web tier and the controllers are each
- * killed and restarted once. See bench/chaos.ts for what is checked. Two shorter variants
+ * killed and restarted once. See test/chaos/checks.ts for what is checked. Two shorter variants
  * run two controller processes at once, and step every process's wall clock back 30 s.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { formatReport, runChaos, type ChaosReport } from '../../bench/chaos.js';
+import { formatReport, runChaos, type ChaosReport } from '../chaos/run.js';
 
 describe('chaos', () => {
   it('keeps every invariant while instances, the web tier and the controllers are killed', async (t) => {

@@ -6,7 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { formatReport, runChaos } from '../../bench/chaos.js';
+import { formatReport, runChaos } from '../chaos/run.js';
 import { S3ObjectStore } from '../../src/storage/s3.js';
 import { provisionEmulated, type EmulatedDeployment } from '../cloud/deployment.js';
 import { startEmulatorProcess, type Emulator } from '../cloud/emulator.js';
@@ -55,7 +55,7 @@ describe('end to end on S3 and SQS (protocol emulator)', { concurrency: false },
     const truth = new Map(images.map((image) => [image.file, image.label]));
     const correct = batch.images.filter((image) => image.result?.label === truth.get(image.name)).length;
     assert.ok(correct >= 30, `top-1 ${correct}/40`);
-    await waitFor('40 results on the live stream', () => events.finals.size === 40, { timeoutMs: 10_000 });
+    await waitFor('40 results on the live stream', () => events.shown() === 40, { timeoutMs: 10_000 });
     events.close();
     assert.ok([...events.finals.values()].every((count) => count === 1), 'a result was shown more than once');
 

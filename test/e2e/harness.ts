@@ -110,7 +110,11 @@ export async function startService(options: ServiceOptions = {}): Promise<Servic
     dataDir,
     output: () => output,
     samples,
-    peak: () => Math.max(0, ...samples),
+    // Without a single sample, a peak of 0 would pass every "at most" check.
+    peak: () => {
+      if (samples.length === 0) throw new Error(`the instance count was never sampled from ${url}/api/status`);
+      return Math.max(...samples);
+    },
     activeInstances,
     pidOf(instanceId: string) {
       const db = new Database(registry, { readonly: true });
@@ -203,21 +207,40 @@ export async function killBusyWorker(service: Service, batchId: string): Promise
   return { id: victim.id, imageId: victim.imageId! };
 }
 
-/** Collects image events from the live stream, to check that each result is shown once. */
-export function followEvents(url: string, batchId: string): { finals: Map<string, number>; close(): void } {
+/**
+ * Collects image events from the live stream, to check that each result is shown once.
+ * `shown()` is the number of images shown final so far; it throws what broke the stream
+ * (a refused connection, a malformed frame) rather than letting a wait for it time out
+ * without a reason.
+ */
+export function followEvents(url: string, batchId: string): { finals: Map<string, number>; shown(): number; close(): void } {
   const finals = new Map<string, number>();
   const controller = new AbortController();
+  let failure: unknown;
   void (async () => {
     try {
       const response = await fetch(`${url}/api/events?batch=${batchId}`, { signal: controller.signal });
+      if (!response.ok) throw new Error(`the event stream answered ${response.status}`);
       for await (const { event, data } of serverSentEvents(response.body!)) {
         if (event !== 'image') continue;
         const image = JSON.parse(data) as { id: string; status: string };
         if (image.status === 'done' || image.status === 'error') finals.set(image.id, (finals.get(image.id) ?? 0) + 1);
       }
-    } catch {
-      // Aborted at the end of the test.
+      if (!controller.signal.aborted) throw new Error('the event stream ended while it was followed');
+    } catch (error) {
+      // Aborting at the end of the test is how it stops; anything else is a failure.
+      if (!controller.signal.aborted) failure = error;
     }
   })();
-  return { finals, close: () => controller.abort() };
+  return {
+    finals,
+    shown() {
+      if (failure) throw failure;
+      return finals.size;
+    },
+    close() {
+      controller.abort();
+      if (failure) throw failure;
+    },
+  };
 }

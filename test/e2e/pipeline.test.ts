@@ -50,7 +50,7 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
     assert.ok(correct >= 75, `top-1 ${correct}% is below 75%`);
 
     // Every result reaches the live stream exactly once.
-    await waitFor('100 results on the live stream', () => events.finals.size === 100, { timeoutMs: 10_000 });
+    await waitFor('100 results on the live stream', () => events.shown() === 100, { timeoutMs: 10_000 });
     events.close();
     assert.ok([...events.finals.values()].every((count) => count === 1), 'a result was shown more than once');
 

@@ -102,10 +102,11 @@ describe('web page against a simulated tier', { skip: browserMissing() }, () => 
     await page.setInputFiles('#file-input', payloads);
     await waitFor('30 queued cards', async () => (await batchCounters(page)).total === 30, { timeoutMs: 20_000 });
     await page.locator('#connection[data-state="live"]').waitFor();
-    // Every event-stream request the page makes, with the Last-Event-ID it resumes from.
-    const streams: (string | undefined)[] = [];
+    // Every event-stream request the page makes, with the Last-Event-ID it resumes from (read
+    // when the request is seen, awaited below, so a failure to read it fails the test).
+    const streams: Promise<string | undefined>[] = [];
     page.on('request', (request) => {
-      if (request.url().includes('/api/events')) void request.allHeaders().then((headers) => streams.push(headers['last-event-id']));
+      if (request.url().includes('/api/events')) streams.push(request.allHeaders().then((headers) => headers['last-event-id']));
     });
     service.paused = false;
     for (let drop = 0; drop < 3; drop++) {
@@ -114,8 +115,9 @@ describe('web page against a simulated tier', { skip: browserMissing() }, () => 
       service.dropStreams();
       await waitFor(`the page to reopen the event stream after drop ${drop + 1}`, async () => streams.length > before, { timeoutMs: 10_000 });
     }
-    const resumed = streams.filter((id) => id !== undefined && id !== '');
-    assert.ok(resumed.length >= 3, `after 3 drops the page resumed with Last-Event-ID only ${resumed.length} times (${JSON.stringify(streams)})`);
+    const lastEventIds = await Promise.all(streams);
+    const resumed = lastEventIds.filter((id) => id !== undefined && id !== '');
+    assert.ok(resumed.length >= 3, `after 3 drops the page resumed with Last-Event-ID only ${resumed.length} times (${JSON.stringify(lastEventIds)})`);
     await finished(page, 30);
     const ids = await cardIds(page);
     assert.equal(ids.length, 30);

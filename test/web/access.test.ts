@@ -16,6 +16,7 @@ import type { WebTier } from '../../src/web/index.js';
 import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 import { drainQueue, makeTempDir, sharedImagesDir, startWebProcess, waitFor } from '../helpers.js';
 import { parseLogLines } from '../log-capture.js';
+import { parseServerSentEvents, type ServerSentEvent } from '../sse.js';
 
 const KEYS = ['first-key-0123456789', 'second-key-abcdefghij'];
 
@@ -33,6 +34,11 @@ function assertSecurityHeaders(headers: Headers, what: string): void {
 }
 
 /** Reads a server-sent event stream until `until` holds or the time is up; returns the text. */
+/** The events of one type in a stream's text, as EventSource would read them. */
+function eventsOf(text: string, type: string): ServerSentEvent[] {
+  return parseServerSentEvents(text).events.filter((event) => event.event === type);
+}
+
 async function readStream(url: string, headers: Record<string, string>, until: (text: string) => boolean, timeoutMs = 5000): Promise<{ status: number; headers: Headers; text: string }> {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), timeoutMs);
@@ -48,8 +54,10 @@ async function readStream(url: string, headers: Record<string, string>, until: (
     } else {
       text = await response.text();
     }
-  } catch {
-    // The time ran out: the caller checks what arrived.
+  } catch (error) {
+    // Only the time running out is expected (the caller checks what arrived); anything else,
+    // a malformed event or a failed check in `until`, is the test's failure.
+    if (!controller.signal.aborted) throw error;
   } finally {
     clearTimeout(timer);
     controller.abort();
@@ -285,11 +293,11 @@ describe('access control and exposure', async () => {
     }
     const { body } = await upload('keyed.jpg', { 'x-api-key': KEYS[0]! });
     await drainQueue(runtime.queues.launch);
-    const stream = await readStream(`${url}/api/events?batch=${body.batchId}&key=${encodeURIComponent(KEYS[0]!)}`, {}, (text) => text.includes('event: hello'));
+    const stream = await readStream(`${url}/api/events?batch=${body.batchId}&key=${encodeURIComponent(KEYS[0]!)}`, {}, (text) => eventsOf(text, 'hello').length > 0);
     assert.equal(stream.status, 200);
     assert.equal(stream.headers.get('content-type'), 'text/event-stream; charset=utf-8');
     assertSecurityHeaders(stream.headers, 'event stream');
-    assert.match(stream.text, /event: hello/);
+    assert.equal(eventsOf(stream.text, 'hello').length, 1, stream.text);
     const input = await fetch(`${url}/api/images/${body.images[0].id}/input?key=${encodeURIComponent(KEYS[1]!)}`);
     assert.equal(input.status, 200);
     assert.deepEqual(Buffer.from(await input.arrayBuffer()), tench);
@@ -377,21 +385,27 @@ describe('access control and exposure', async () => {
     // Both streams stay open until Alice's has seen her result and each has seen a status
     // after that, so both are connected for the whole exchange however slowly either starts.
     let aliceSawDone = false;
-    let anySeenAtDone = -1;
+    let anyStatusesAtDone = -1;
+    let aliceStatusesAtDone = -1;
     const anyStream = readStream(`${url}/api/events`, bearer, (text) => {
-      if (aliceSawDone && anySeenAtDone < 0) anySeenAtDone = text.length;
-      return anySeenAtDone >= 0 && text.slice(anySeenAtDone).includes('event: status');
+      const statuses = eventsOf(text, 'status').length;
+      if (aliceSawDone && anyStatusesAtDone < 0) anyStatusesAtDone = statuses;
+      return anyStatusesAtDone >= 0 && statuses > anyStatusesAtDone;
     }, 20_000);
     const aliceStream = readStream(`${url}/api/events?batch=${alice.body.batchId}`, bearer, (text) => {
-      if (text.includes('"status":"done"')) aliceSawDone = true;
-      return aliceSawDone && text.slice(text.indexOf('"status":"done"')).includes('event: status');
+      const statuses = eventsOf(text, 'status').length;
+      if (!aliceSawDone && eventsOf(text, 'image').some((event) => (JSON.parse(event.data) as { status: string }).status === 'done')) {
+        aliceSawDone = true;
+        aliceStatusesAtDone = statuses;
+      }
+      return aliceSawDone && statuses > aliceStatusesAtDone;
     }, 20_000);
     await waitFor('both streams to be connected', () => web.server.hub.clientCount >= 2);
     await finish(bobImage, bob.body.batchId);
     await finish(aliceImage, alice.body.batchId);
     const [everything, alices] = await Promise.all([anyStream, aliceStream]);
-    assert.match(everything.text, /event: status/);
-    assert.doesNotMatch(everything.text, /event: image/);
+    assert.ok(eventsOf(everything.text, 'status').length > 0, everything.text);
+    assert.deepEqual(eventsOf(everything.text, 'image'), []);
     assert.ok(!everything.text.includes(bobImage) && !everything.text.includes(aliceImage), 'the stream without a batch names no image');
     assert.match(alices.text, new RegExp(`"id":"${aliceImage}"`));
     assert.ok(!alices.text.includes(bobImage), 'Alice\'s stream names nothing of Bob\'s');
@@ -407,23 +421,23 @@ describe('access control and exposure', async () => {
   it('replays missed events within one process, and answers ids of another process (a restarted web tier) with a reset', async () => {
     const { body } = await upload('resume.jpg');
     await drainQueue(runtime.queues.launch);
-    const first = await readStream(`${url}/api/events?batch=${body.batchId}`, bearer, (text) => text.includes('event: hello'));
-    const helloId = /id: (\S+)\nevent: hello/.exec(first.text)![1]!;
+    const first = await readStream(`${url}/api/events?batch=${body.batchId}`, bearer, (text) => eventsOf(text, 'hello').length > 0);
+    const helloId = eventsOf(first.text, 'hello')[0]!.id!;
     assert.match(helloId, /^[0-9a-f]+:\d+$/);
     // Same process: the missed result is replayed, once.
     await finish(body.images[0].id, body.batchId);
     await waitFor('the result', () => web.index.image(body.images[0].id)?.status === 'done');
     const replay = await readStream(`${url}/api/events?batch=${body.batchId}`, { ...bearer, 'last-event-id': helloId }, (text) => text.includes('"status":"done"'));
-    assert.equal(replay.text.split('\n\n').filter((frame) => frame.includes('event: image')).length, 1);
-    assert.doesNotMatch(replay.text, /event: reset/);
+    assert.equal(eventsOf(replay.text, 'image').length, 1);
+    assert.deepEqual(eventsOf(replay.text, 'reset'), []);
     // Ids that belong to no history of this process (a restarted web tier, a bare number
     // from an older server, garbage) get a reset that moves the client into this epoch.
     for (const id of ['0123abcd:5', '57', 'garbage', `${helloId.split(':')[0]}:999999`]) {
-      const resumed = await readStream(`${url}/api/events?batch=${body.batchId}`, { ...bearer, 'last-event-id': id }, (text) => text.includes('event: reset'));
-      const reset = /id: (\S+)\nevent: reset\ndata: (.*)\n/.exec(resumed.text);
-      assert.ok(reset, `reset for ${id}: ${resumed.text}`);
-      assert.equal(reset[1]!.split(':')[0], helloId.split(':')[0]);
-      assert.doesNotMatch(resumed.text, /event: image/);
+      const resumed = await readStream(`${url}/api/events?batch=${body.batchId}`, { ...bearer, 'last-event-id': id }, (text) => eventsOf(text, 'reset').length > 0);
+      const [reset] = eventsOf(resumed.text, 'reset');
+      assert.ok(reset?.id, `reset for ${id}: ${resumed.text}`);
+      assert.equal(reset.id.split(':')[0], helloId.split(':')[0]);
+      assert.deepEqual(eventsOf(resumed.text, 'image'), []);
     }
   });
 

@@ -11,6 +11,7 @@ import type { Runtime } from '../../src/runtime.js';
 import type { WebTier } from '../../src/web/index.js';
 import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 import { drainQueue, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
+import { parseServerSentEvents } from '../sse.js';
 
 describe('HTTP API', async () => {
   const temp = await makeTempDir();
@@ -191,13 +192,13 @@ describe('HTTP API', async () => {
       controller.abort();
       return text;
     };
-    const hello = await read({}, (text) => text.includes('event: hello'));
-    const startId = /id: (\S+)\nevent: hello/.exec(hello)![1]!;
+    const hello = await read({}, (text) => parseServerSentEvents(text).events.some((event) => event.event === 'hello'));
+    const startId = parseServerSentEvents(hello).events.find((event) => event.event === 'hello')!.id!;
     await finish(body.images[0].id, 'tench');
     await waitFor('the result to be recorded', () => web.index.image(body.images[0].id)?.status === 'done');
     const replay = await read({ 'last-event-id': startId }, (text) => text.includes('"status":"done"'));
-    const frames = replay.split('\n\n').filter((frame) => frame.includes('event: image'));
-    assert.equal(frames.length, 1);
-    assert.match(frames[0]!, /"name":"live.jpg"/);
+    const images = parseServerSentEvents(replay).events.filter((event) => event.event === 'image');
+    assert.equal(images.length, 1);
+    assert.equal((JSON.parse(images[0]!.data) as { name: string }).name, 'live.jpg');
   });
 });

@@ -124,15 +124,20 @@ describe('lazy batch index', async () => {
     const stream = await fetch(`${web.url}/api/events?batch=${waiting.batchId}`, { signal: controller.signal });
     assert.equal(web.index.batch(waiting.batchId)?.total, 1, 'read before the stream starts');
     const events: { event: string; data: string }[] = [];
+    let streamFailure: unknown;
     const reading = (async () => {
       try {
         for await (const event of serverSentEvents(stream.body!)) events.push(event);
-      } catch {
-        // Aborted below.
+      } catch (error) {
+        // Aborted below; anything else is what the wait reports.
+        if (!controller.signal.aborted) streamFailure = error;
       }
     })();
     await finish(waiting.images[0]!.id, waiting.batchId);
-    await waitFor('the result on the stream', () => events.some((event) => event.event === 'image' && event.data.includes('"status":"done"')));
+    await waitFor('the result on the stream', () => {
+      if (streamFailure) throw streamFailure;
+      return events.some((event) => event.event === 'image' && (JSON.parse(event.data) as { status: string }).status === 'done');
+    });
     controller.abort();
     await reading;
 
