@@ -63,6 +63,9 @@ const options = {
   apiKeys: { flag: 'api-keys', env: 'ICAAS_API_KEYS', kind: 'list', default: [], help: 'comma-separated API keys; when set, the API requires one' },
   maxQueued: { flag: 'max-queued', env: 'ICAAS_MAX_QUEUED', kind: 'integer', default: 100_000, min: 1, help: 'launch-queue depth at which uploads get 429 with Retry-After' },
   maxEventClients: { flag: 'max-event-clients', env: 'ICAAS_MAX_EVENT_CLIENTS', kind: 'integer', default: 1000, min: 1, help: 'most live-event (SSE) clients at once; more get 429 with Retry-After' },
+  uploadsPerMinute: { flag: 'rate-limit-uploads', env: 'ICAAS_RATE_LIMIT_UPLOADS', kind: 'integer', default: 120, min: 0, help: 'upload requests per client (API key, or address without keys) per minute; more get 429 with Retry-After (0: no limit)' },
+  syncPerMinute: { flag: 'rate-limit-sync', env: 'ICAAS_RATE_LIMIT_SYNC', kind: 'integer', default: 1200, min: 0, help: 'synchronous requests (POST /) per client per minute; more get 429 with Retry-After (0: no limit)' },
+  trustProxy: { flag: 'trust-proxy', env: 'ICAAS_TRUST_PROXY', kind: 'string', default: '', help: 'proxies whose X-Forwarded-For names the client: a hop count, or addresses and ranges such as loopback or 10.0.0.0/8 (empty: none, the socket\'s address is the client)' },
   maxLoadedImages: { flag: 'max-loaded-images', env: 'ICAAS_MAX_LOADED_IMAGES', kind: 'integer', default: 50_000, min: 1, help: 'images the web tier keeps in memory before it drops the least recently used finished batches' },
   retentionSeconds: { flag: 'retention', env: 'ICAAS_RETENTION', kind: 'duration', default: 0, help: 'delete batches with no upload or result for this long, e.g. 7d, 12h, 30m (0: keep forever)' },
 } as const satisfies Record<string, OptionSpec>;

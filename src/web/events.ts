@@ -13,6 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Image } from '../api-schemas.js';
 import type { ImageView, IndexEvent, ResultsIndex } from './results.js';
 
 interface Recorded {
@@ -266,7 +267,7 @@ function parseEventId(id: string | undefined, epoch: string): number | undefined
 }
 
 /** The status snapshot with image ids kept only for images of the given batch. */
-export function statusForBatch(status: unknown, index: ResultsIndex, batchId: string | undefined): unknown {
+export function statusForBatch<T>(status: T, index: ResultsIndex, batchId: string | undefined): T {
   const snapshot = status as { instances?: { imageId?: string }[] } | null;
   if (!snapshot || !Array.isArray(snapshot.instances)) return status;
   return {
@@ -277,11 +278,11 @@ export function statusForBatch(status: unknown, index: ResultsIndex, batchId: st
       const { imageId: _hidden, ...rest } = instance;
       return rest;
     }),
-  };
+  } as T;
 }
 
 /** The image as the API shows it. */
-export function publicImage(image: ImageView): Record<string, unknown> {
+export function publicImage(image: ImageView): Image {
   return {
     id: image.id,
     name: image.name,

@@ -9,6 +9,7 @@ import { finishInterruptedDeletions } from './deletion.js';
 import { outputTick, ResultsIndex } from './results.js';
 import { startSweeper, sweepExpiredBatches, sweepIntervalMs } from './retention.js';
 import { createWebServer, type WebServer } from './server.js';
+import { pino, type Logger } from 'pino';
 import { findPendingLaunches, relaunch } from './upload.js';
 
 export interface WebTier {
@@ -39,7 +40,7 @@ export async function startWebTier(runtime: Runtime, log: (line: string) => void
   const scaling = async (): Promise<ScalingStatus | undefined> => (await controllers()).scaling;
   const events = new EventLog(config.data, (error) => log(`event log: cannot write it in ${config.data}: ${(error as Error).message}`));
   events.record({ type: 'run', at: Date.now(), component: 'web' });
-  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log, health, scaling, events });
+  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), logger: lineLogger(log), health, scaling, events });
   // A result for an image of a deleted batch is kept until the monitor has surely seen it.
   const orphanGraceSeconds = 2 * (config.deadlineSeconds + config.monitorCheckSeconds);
   const output: Loop = every({ name: 'output phase', intervalMs: 0, log }, async (signal) => {
@@ -110,4 +111,14 @@ function publicUrl(address: string, host: string): string {
   const url = new URL(address);
   if (host === 'localhost' || host === '127.0.0.1' || host === '::1') url.hostname = host === '::1' ? '[::1]' : host;
   return url.toString().replace(/\/$/, '');
+}
+
+/** The server logs through pino; its warnings and errors go to this tier's line log as one line each. */
+function lineLogger(log: (line: string) => void): Logger {
+  return pino({ level: 'warn', base: {} }, {
+    write(json: string) {
+      const { msg, err } = JSON.parse(json) as { msg?: string; err?: { message?: string } };
+      log(err?.message ? `${msg}: ${err.message}` : String(msg));
+    },
+  });
 }

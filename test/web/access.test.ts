@@ -228,7 +228,7 @@ describe('access control and exposure', async () => {
     // key in the query. A new route is protected unless it is added here deliberately.
     const routes = web.server.routes;
     const named = (auth: string) => routes.filter((route) => route.auth === auth).map((route) => `${route.method} ${route.url}`).sort();
-    assert.deepEqual(named('public'), ['GET /', 'GET /assets/:file', 'GET /healthz', 'HEAD /', 'HEAD /assets/:file', 'HEAD /healthz']);
+    assert.deepEqual(named('public'), ['GET /', 'GET /assets/:file', 'GET /healthz', 'GET /openapi.json', 'HEAD /', 'HEAD /assets/:file', 'HEAD /healthz', 'HEAD /openapi.json']);
     assert.deepEqual(named('key-or-query'), ['GET /api/events', 'GET /api/images/:id/input', 'HEAD /api/events', 'HEAD /api/images/:id/input']);
     for (const route of routes) assert.ok(['public', 'key', 'key-or-query'].includes(route.auth), `${route.method} ${route.url}: ${route.auth}`);
     const guarded = routes.filter((route) => route.auth !== 'public');
