@@ -3,7 +3,7 @@
  * live events, the synchronous endpoint, operations, the page) over one set of concerns
  * every route shares: security headers, API keys, request limits, schemas and errors.
  */
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import multipart from '@fastify/multipart';
 import swagger from '@fastify/swagger';
 import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, jsonSchemaTransformObject, serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
@@ -63,7 +63,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // Logged below at debug level, without the query string: it can hold an API key.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     trustProxy: trustProxyOption(config.trustProxy),
     // The body limit guards JSON bodies; multipart uploads are bounded per file and file count.
     bodyLimit: 1024 * 1024,
@@ -106,6 +106,8 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
       openapi: '3.0.3',
       info: { title: 'icaas', version: '1', description: 'Elastic image classification: upload images, follow their classification, read the results.' },
       components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'needed when the service has API keys; also accepted as X-API-Key' } } },
+      // A key, or none on a service without keys.
+      security: [{ apiKey: [] }, {}],
     },
     transform: jsonSchemaTransform,
     transformObject: jsonSchemaTransformObject,

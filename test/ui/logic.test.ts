@@ -4,10 +4,10 @@ import assert from 'node:assert/strict';
 import { batchToCsv, csvCell } from '../../src/ui/csv.js';
 import { fileProgress, looksLikeImage, nextChunkSize, retryAfterSeconds } from '../../src/ui/plan.js';
 import { BatchState, filterIds, supersedes } from '../../src/ui/state.js';
-import type { ApiImage } from '../../src/ui/types.js';
+import type { Image } from '../../src/api-schemas.js';
 
-const image = (overrides: Partial<ApiImage> = {}): ApiImage => ({ id: 'a', name: 'a.jpg', batchId: 'b', status: 'queued', attempts: 0, ...overrides });
-const done = (id: string, label: string, overrides: Partial<ApiImage> = {}): ApiImage =>
+const image = (overrides: Partial<Image> = {}): Image => ({ id: 'a', name: 'a.jpg', batchId: 'b', status: 'queued', attempts: 0, size: 1000, contentType: 'image/jpeg', ...overrides });
+const done = (id: string, label: string, overrides: Partial<Image> = {}): Image =>
   image({ id, name: `${id}.jpg`, status: 'done', attempts: 1, result: { label, probability: 0.9, top5: [{ label, probability: 0.9 }], instanceId: 'i-1' }, finishedAt: 2000, ...overrides });
 
 describe('CSV export', () => {
@@ -29,7 +29,7 @@ describe('CSV export', () => {
 
   it('writes one row per image with label, top 5 and errors', () => {
     const csv = batchToCsv({
-      batchId: 'b', total: 2, done: 1, errors: 1,
+      batchId: 'b', createdAt: 1000, total: 2, done: 1, errors: 1,
       images: [done('x', 'tench'), image({ id: 'y', name: '<img src=x>.jpg', status: 'error', attempts: 3, result: { error: 'hung, 3 attempts' } })],
     });
     assert.equal(csv, [
