@@ -8,7 +8,7 @@ import type { ObjectStore } from '../storage/port.js';
 import { finishInterruptedDeletions } from './deletion.js';
 import { outputTick, ResultsIndex } from './results.js';
 import { startSweeper, sweepExpiredBatches, sweepIntervalMs } from './retention.js';
-import { createWebServer, type WebServer } from './server.js';
+import { createWebServer, trustProxyOption, type WebServer } from './server.js';
 import { pino, type Logger } from 'pino';
 import { findPendingLaunches, relaunch } from './upload.js';
 
@@ -24,6 +24,8 @@ export interface WebTier {
 
 export async function startWebTier(runtime: Runtime, log: (line: string) => void): Promise<WebTier> {
   const { config } = runtime;
+  // Refused before anything is opened: the setting would let clients name their own address.
+  trustProxyOption(config.trustProxy);
   await Promise.all([runtime.store.ensureBucket(config.inputBucket), runtime.store.ensureBucket(config.outputBucket)]);
   // Batches are read when first asked for; only the markers of unfinished work are read now.
   const index = new ResultsIndex(runtime.store, config.inputBucket, config.outputBucket, { maxImages: config.maxLoadedImages });
