@@ -34,8 +34,6 @@ export interface EventHubOptions {
   maxBehindBytes?: number;
   /** How long a client may take no data at all before it is disconnected. Default 30 s. */
   maxBlockedMs?: number;
-  /** Extra response headers (security headers: the stream bypasses the framework's hooks). */
-  headers?: Record<string, string>;
 }
 
 /**
@@ -208,8 +206,8 @@ export class EventHub {
       response.destroy();
       return;
     }
+    // Headers already set on the response (the security headers) are kept.
     response.writeHead(200, {
-      ...this.options.headers,
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-store',
       connection: 'keep-alive',
