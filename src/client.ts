@@ -4,6 +4,7 @@
  */
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
+import type { Batch, UploadAccepted, UploadRefused } from './api-schemas.js';
 
 const IMAGE_EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.gif', '.webp', '.tif', '.tiff', '.avif']);
 /** Bytes per upload request: large batches go up in several requests into one batch. */
@@ -18,14 +19,6 @@ export interface ClassifyOptions {
   out?: (line: string) => void;
   progress?: (line: string) => void;
   pollMs?: number;
-}
-
-interface ApiImage {
-  id: string;
-  name: string;
-  status: string;
-  attempts: number;
-  result?: { label?: string; probability?: number; error?: string };
 }
 
 /** Files named on the command line are sent as they are; folders contribute their images. */
@@ -107,16 +100,17 @@ export async function classifyCommand(options: ClassifyOptions): Promise<number>
   while (reported.size < accepted.length) {
     const response = await fetch(`${base}/api/batches/${encodeURIComponent(batchId)}`, { headers });
     if (!response.ok) throw new Error(`GET /api/batches/${batchId}: ${response.status} ${await response.text()}`);
-    const batch = (await response.json()) as { images: ApiImage[]; done: number; errors: number; total: number };
+    const batch = (await response.json()) as Batch;
     for (const image of batch.images) {
       if (reported.has(image.id) || !labelOf.has(image.id)) continue;
       if (image.status !== 'done' && image.status !== 'error') continue;
       reported.add(image.id);
       const file = labelOf.get(image.id)!;
       if (image.status === 'error') failures++;
-      if (options.json) out(JSON.stringify({ file, id: image.id, status: image.status, attempts: image.attempts, ...image.result }));
-      else if (image.status === 'done') out(`${file}: ${image.result?.label} (${(image.result?.probability ?? 0).toFixed(3)})`);
-      else out(`${file}: error: ${image.result?.error} (after ${image.attempts} attempts)`);
+      const result = image.result;
+      if (options.json) out(JSON.stringify({ file, id: image.id, status: image.status, attempts: image.attempts, ...result }));
+      else if (result && 'label' in result) out(`${file}: ${result.label} (${result.probability.toFixed(3)})`);
+      else out(`${file}: error: ${result && 'error' in result ? result.error : 'no result'} (after ${image.attempts} attempts)`);
     }
     const seconds = (Date.now() - started) / 1000;
     progress(`classified ${reported.size}/${accepted.length} in ${seconds.toFixed(0)}s${failures ? `, ${failures} failed` : ''}`);
@@ -144,12 +138,8 @@ async function chunkFiles(files: string[], maxFiles: number): Promise<string[][]
   return chunks;
 }
 
-interface UploadResponse {
-  batchId?: string | null;
-  images?: { id: string; name: string }[];
-  rejected?: { name: string; reason: string }[];
-  error?: string;
-}
+/** An accepted upload, or one whose every file was rejected (400, each with its reason). */
+type UploadResponse = UploadAccepted | UploadRefused;
 
 async function postWithRetry(url: string, form: FormData, headers: Record<string, string>, progress: (line: string) => void): Promise<UploadResponse> {
   for (let attempt = 1; ; attempt++) {
@@ -167,7 +157,7 @@ async function postWithRetry(url: string, form: FormData, headers: Record<string
     }
     const body = (await response.json().catch(() => ({}))) as UploadResponse;
     // 400 with per-file rejections is a normal answer: every file in that request was refused.
-    if (!response.ok && !(response.status === 400 && body.rejected)) throw new Error(`upload failed: ${response.status} ${body.error ?? response.statusText}`);
-    return body;
+    if (response.ok || (response.status === 400 && body.rejected)) return body;
+    throw new Error(`upload failed: ${response.status} ${'error' in body ? body.error : response.statusText}`);
   }
 }

@@ -5,43 +5,11 @@
  * web tier reads it back.
  */
 import { z } from 'zod';
+import { loopHealthSchema, scalingStatusSchema, type LoopHealth, type ScalingStatus } from './api-schemas.js';
 import { QueueError } from './queue/port.js';
 
-export const loopHealthSchema = z.object({
-  /** The loop as users know it, e.g. "launch controller". */
-  loop: z.string().min(1).max(100),
-  ok: z.boolean(),
-  /** What is wrong and what to do about it, in the user's words. */
-  problem: z.string().max(2000).optional(),
-  /** The error as the code met it, for the operator. */
-  detail: z.string().max(4000).optional(),
-  /** When the current run of failures began (epoch milliseconds). */
-  since: z.number().optional(),
-  /** Failures in the current run. */
-  failures: z.number().int().min(0).optional(),
-});
-export type LoopHealth = z.infer<typeof loopHealthSchema>;
-
-/** Why the tier has the size it has: the launch policy's last decision and what it saw. */
-export const scalingStatusSchema = z.object({
-  policy: z.string().max(50),
-  /** Instances that can usefully run at once, and the hard maximum. */
-  capacity: z.number().int().min(0),
-  max: z.number().int().min(0),
-  backlog: z.number().int().min(0),
-  inFlight: z.number().int().min(0),
-  /** Instances after the last decision (not stopped). */
-  target: z.number().int().min(0),
-  /** Expected time to drain the backlog, in ms; null when nothing waits. */
-  drainMs: z.number().nullable(),
-  serviceMs: z.number().min(0),
-  startupMs: z.number().min(0),
-  /** Whether the times are measured, or still the priors. */
-  measured: z.object({ service: z.boolean(), startup: z.boolean() }),
-  reason: z.string().max(500),
-  at: z.number(),
-});
-export type ScalingStatus = z.infer<typeof scalingStatusSchema>;
+// Their shapes are part of the HTTP API (/api/status), so they are declared with it.
+export { loopHealthSchema, scalingStatusSchema, type LoopHealth, type ScalingStatus };
 
 /** What the controllers publish under CONTROLLER_HEALTH_KEY in the output bucket. */
 export const controllerHealthSchema = z.object({

@@ -6,6 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { UploadAccepted, UploadRefused } from '../src/api-schemas.js';
 import type { Queue } from '../src/queue/port.js';
 import { listeningUrl } from './log-capture.js';
 
@@ -101,7 +102,7 @@ export async function startWebProcess(args: string[]): Promise<WebProcess> {
  * Posts the files as ONE multipart request to `/api/images`, writing them in turn with the
  * socket's back-pressure, so the sender never holds more than one file in memory.
  */
-export function postFilesInOneRequest(url: string, files: Buffer[]): Promise<{ status: number; body: { images?: { size: number }[]; rejected?: unknown[]; error?: string } }> {
+export function postFilesInOneRequest(url: string, files: Buffer[]): Promise<{ status: number; body: Partial<UploadAccepted> & Partial<UploadRefused> }> {
   const boundary = `----icaas${randomBytes(8).toString('hex')}`;
   return new Promise((resolve, reject) => {
     const request = http.request(`${url}/api/images`, { method: 'POST', headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }, (response) => {

@@ -6,7 +6,7 @@
  */
 import { authHeaders, errorText, requestKey } from './api.js';
 import { CHUNK_FILES, fileProgress, looksLikeImage, nextChunkSize, retryAfterSeconds } from './plan.js';
-import type { ApiImage, Rejection, UploadOutcome } from './types.js';
+import type { ApiImage, Rejection, UploadAccepted, UploadRefused } from './types.js';
 
 export interface NamedFile {
   file: File;
@@ -110,10 +110,10 @@ export class Uploader {
         const { status, body } = answer;
         if (status === 202) {
           failures = 0;
-          const outcome = body as UploadOutcome;
+          const outcome = body as UploadAccepted;
           this.finish(chunk);
-          this.hooks.accepted(outcome.batchId!, outcome.images ?? []);
-          if (outcome.rejected?.length) this.hooks.rejected(outcome.rejected);
+          this.hooks.accepted(outcome.batchId, outcome.images);
+          if (outcome.rejected.length) this.hooks.rejected(outcome.rejected);
         } else if (status === 401) {
           this.reset(chunk);
           await requestKey(errorText(body, status));
@@ -131,7 +131,7 @@ export class Uploader {
           // Every file of the request was refused; the server says why, per file where it can.
           failures = 0;
           this.finish(chunk);
-          const rejected = (body as Partial<UploadOutcome> | undefined)?.rejected;
+          const rejected = (body as UploadRefused | undefined)?.rejected;
           const reason = errorText(body, status);
           this.hooks.rejected(rejected && rejected.length > 0 ? rejected : chunk.map((item) => ({ name: item.name, reason })));
         } else {

@@ -13,6 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Image } from '../api-schemas.js';
 import type { ImageView, IndexEvent, ResultsIndex } from './results.js';
 
 interface Recorded {
@@ -33,8 +34,6 @@ export interface EventHubOptions {
   maxBehindBytes?: number;
   /** How long a client may take no data at all before it is disconnected. Default 30 s. */
   maxBlockedMs?: number;
-  /** Extra response headers (security headers: the stream bypasses the framework's hooks). */
-  headers?: Record<string, string>;
 }
 
 /**
@@ -209,8 +208,8 @@ export class EventHub {
       response.destroy();
       return;
     }
+    // Headers already set on the response (the security headers) are kept.
     response.writeHead(200, {
-      ...this.options.headers,
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-store',
       connection: 'keep-alive',
@@ -269,7 +268,7 @@ function parseEventId(id: string | undefined, epoch: string): number | undefined
 }
 
 /** The status snapshot with image ids kept only for images of the given batch. */
-export function statusForBatch(status: unknown, index: ResultsIndex, batchId: string | undefined): unknown {
+export function statusForBatch<T>(status: T, index: ResultsIndex, batchId: string | undefined): T {
   const snapshot = status as { instances?: { imageId?: string }[] } | null;
   if (!snapshot || !Array.isArray(snapshot.instances)) return status;
   return {
@@ -280,11 +279,11 @@ export function statusForBatch(status: unknown, index: ResultsIndex, batchId: st
       const { imageId: _hidden, ...rest } = instance;
       return rest;
     }),
-  };
+  } as T;
 }
 
 /** The image as the API shows it. */
-export function publicImage(image: ImageView): Record<string, unknown> {
+export function publicImage(image: ImageView): Image {
   return {
     id: image.id,
     name: image.name,

@@ -10,7 +10,7 @@ import type { ObjectStore } from '../storage/port.js';
 import { finishInterruptedDeletions } from './deletion.js';
 import { outputTick, ResultsIndex } from './results.js';
 import { startSweeper, sweepExpiredBatches, sweepIntervalMs } from './retention.js';
-import { createWebServer, type WebServer } from './server.js';
+import { createWebServer, trustProxyOption, type WebServer } from './server.js';
 import { findPendingLaunches, relaunch } from './upload.js';
 
 export interface WebTier {
@@ -27,6 +27,8 @@ export interface WebTier {
 export async function startWebTier(runtime: Runtime, logger: Logger = silentLogger(), metrics = new ServiceMetrics()): Promise<WebTier> {
   const { config } = runtime;
   const log = logger.child({ component: 'web' });
+  // Refused before anything is opened: the setting would let clients name their own address.
+  trustProxyOption(config.trustProxy);
   await Promise.all([runtime.store.ensureBucket(config.inputBucket), runtime.store.ensureBucket(config.outputBucket)]);
   // Batches are read when first asked for; only the markers of unfinished work are read now.
   const index = new ResultsIndex(runtime.store, config.inputBucket, config.outputBucket, {
@@ -46,7 +48,7 @@ export async function startWebTier(runtime: Runtime, logger: Logger = silentLogg
   const scaling = async (): Promise<ScalingStatus | undefined> => (await controllers()).scaling;
   const events = new EventLog(config.data, (error) => logger.error({ component: 'events', data: config.data, err: error }, 'cannot write the event log'));
   events.record({ type: 'run', at: Date.now(), component: 'web' });
-  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), log, health, scaling, events, metrics });
+  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), logger, health, scaling, events, metrics });
   // A result for an image of a deleted batch is kept until the monitor has surely seen it.
   const orphanGraceSeconds = 2 * (config.deadlineSeconds + config.monitorCheckSeconds);
   const resultsLog = logger.child({ component: 'results' });

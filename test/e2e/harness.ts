@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
+import { batchSchema, statusSnapshotSchema, uploadAcceptedSchema, uploadRefusedSchema, type Batch, type ErrorResult, type Image, type OkResult, type StatusSnapshot } from '../../src/api-schemas.js';
 import Database from '../../src/sqlite-driver.js';
 import type { EmulatedDeployment } from '../cloud/deployment.js';
 import { cliPath, makeTempDir, serverSentEvents, sharedImagesDir, waitFor } from '../helpers.js';
@@ -77,7 +78,7 @@ export async function startService(options: ServiceOptions = {}): Promise<Servic
   const samples: number[] = [];
   const activeInstances = async () => {
     const response = await fetch(`${url}/api/status`);
-    const status = (await response.json()) as { instances: { state: string }[] };
+    const status = (await response.json()) as StatusSnapshot;
     return status.instances.filter((instance) => instance.state !== 'stopped').length;
   };
   let sampling = true;
@@ -163,29 +164,32 @@ export async function sharedImages(): Promise<LabelledImage[]> {
   return files.map((file) => ({ file, label: labels.get(file)! }));
 }
 
+/**
+ * Posts the files as one upload. The answer is checked against the API's schema (accepted
+ * or refused, by its status) before it is returned: a test that reads a field the schema
+ * does not promise fails here.
+ */
 export async function uploadForm(url: string, files: { name: string; body: Buffer }[], query = ''): Promise<{ status: number; body: any }> {
   const form = new FormData();
   for (const file of files) form.append('images', new Blob([file.body]), file.name);
   const response = await fetch(`${url}/api/images${query}`, { method: 'POST', body: form });
-  return { status: response.status, body: await response.json() };
+  const body: unknown = await response.json();
+  (response.status === 202 ? uploadAcceptedSchema : uploadRefusedSchema).strict().parse(body);
+  return { status: response.status, body };
 }
 
 export async function readShared(file: string): Promise<Buffer> {
   return readFile(path.join(sharedImagesDir, file));
 }
 
-export interface BatchResult {
-  batchId: string;
-  total: number;
-  done: number;
-  errors: number;
-  images: { id: string; name: string; status: string; attempts: number; result?: { label?: string; error?: string; instanceId?: string } }[];
-}
+/** A batch as the API shows it, with each result's fields readable whether it is a label or an error. */
+export type BatchResult = Omit<Batch, 'images'> & { images: (Omit<Image, 'result'> & { result?: Partial<OkResult & ErrorResult> })[] };
 
+/** The batch, checked against the API's schema. */
 export async function getBatch(url: string, batchId: string): Promise<BatchResult> {
   const response = await fetch(`${url}/api/batches/${batchId}`);
   if (!response.ok) throw new Error(`GET batch ${batchId}: ${response.status}`);
-  return (await response.json()) as BatchResult;
+  return batchSchema.strict().parse(await response.json());
 }
 
 export async function waitForBatch(url: string, batchId: string, timeoutMs = 120_000, intervalMs = 200): Promise<BatchResult> {
@@ -198,7 +202,7 @@ export async function waitForBatch(url: string, batchId: string, timeoutMs = 120
 /** Waits for an instance that holds an image of the batch, and kills its worker process. */
 export async function killBusyWorker(service: Service, batchId: string): Promise<{ id: string; imageId: string }> {
   const victim = await waitFor('an instance to hold an image', async () => {
-    const status = (await (await fetch(`${service.url}/api/status?batch=${batchId}`)).json()) as { instances: { id: string; state: string; imageId?: string }[] };
+    const status = statusSnapshotSchema.parse(await (await fetch(`${service.url}/api/status?batch=${batchId}`)).json());
     return status.instances.find((instance) => instance.state === 'busy' && instance.imageId);
   }, { timeoutMs: 60_000, intervalMs: 20 });
   const pid = service.pidOf(victim.id);
@@ -223,7 +227,7 @@ export function followEvents(url: string, batchId: string): { finals: Map<string
       if (!response.ok) throw new Error(`the event stream answered ${response.status}`);
       for await (const { event, data } of serverSentEvents(response.body!)) {
         if (event !== 'image') continue;
-        const image = JSON.parse(data) as { id: string; status: string };
+        const image = JSON.parse(data) as Image;
         if (image.status === 'done' || image.status === 'error') finals.set(image.id, (finals.get(image.id) ?? 0) + 1);
       }
       if (!controller.signal.aborted) throw new Error('the event stream ended while it was followed');

@@ -250,4 +250,15 @@ describe('web page against a simulated tier', { skip: browserMissing() }, () => 
     await waitFor('both batches in the recent list', async () => (await page.locator('#recent option').count()) === 3, { timeoutMs: 10_000 });
     assert.match(page.url(), /#batch=/);
   });
+
+  it('links to the API description, which opens as an OpenAPI document', async () => {
+    const { page } = await start();
+    const link = page.locator('footer a[href="/openapi.json"]');
+    await link.waitFor();
+    const [response] = await Promise.all([page.waitForResponse((answer) => answer.url().endsWith('/openapi.json')), link.click()]);
+    assert.equal(response.status(), 200);
+    const doc = (await response.json()) as { openapi: string; paths: Record<string, unknown> };
+    assert.match(doc.openapi, /^3\./);
+    assert.ok(doc.paths['/api/images'], 'uploads are described');
+  });
 });

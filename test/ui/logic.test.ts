@@ -1,13 +1,16 @@
 /** The page's pure parts: CSV export, the merge rule for live updates, upload planning. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { batchToCsv, csvCell } from '../../src/ui/csv.js';
 import { fileProgress, looksLikeImage, nextChunkSize, retryAfterSeconds } from '../../src/ui/plan.js';
 import { BatchState, filterIds, supersedes } from '../../src/ui/state.js';
-import type { ApiImage } from '../../src/ui/types.js';
+import type { Image } from '../../src/api-schemas.js';
+import { projectRoot } from '../helpers.js';
 
-const image = (overrides: Partial<ApiImage> = {}): ApiImage => ({ id: 'a', name: 'a.jpg', batchId: 'b', status: 'queued', attempts: 0, ...overrides });
-const done = (id: string, label: string, overrides: Partial<ApiImage> = {}): ApiImage =>
+const image = (overrides: Partial<Image> = {}): Image => ({ id: 'a', name: 'a.jpg', batchId: 'b', status: 'queued', attempts: 0, size: 1000, contentType: 'image/jpeg', ...overrides });
+const done = (id: string, label: string, overrides: Partial<Image> = {}): Image =>
   image({ id, name: `${id}.jpg`, status: 'done', attempts: 1, result: { label, probability: 0.9, top5: [{ label, probability: 0.9 }], instanceId: 'i-1' }, finishedAt: 2000, ...overrides });
 
 describe('CSV export', () => {
@@ -29,7 +32,7 @@ describe('CSV export', () => {
 
   it('writes one row per image with label, top 5 and errors', () => {
     const csv = batchToCsv({
-      batchId: 'b', total: 2, done: 1, errors: 1,
+      batchId: 'b', createdAt: 1000, total: 2, done: 1, errors: 1,
       images: [done('x', 'tench'), image({ id: 'y', name: '<img src=x>.jpg', status: 'error', attempts: 3, result: { error: 'hung, 3 attempts' } })],
     });
     assert.equal(csv, [
@@ -109,5 +112,14 @@ describe('upload planning', () => {
     assert.ok(looksLikeImage('scan', 'image/png'));
     assert.ok(!looksLikeImage('holiday/.DS_Store', ''));
     assert.ok(!looksLikeImage('holiday/notes.txt', 'text/plain'));
+  });
+});
+
+describe('the bundle', () => {
+  it('takes only types from the API schemas: none of the schema library reaches the browser', async () => {
+    const bundle = await readFile(path.join(projectRoot, 'dist', 'ui', 'app.js'), 'utf8');
+    assert.ok(bundle.length > 10_000, 'the page is built');
+    // Every zod schema object carries its internals under `_zod`; minifying keeps property names.
+    assert.ok(!bundle.includes('_zod'), 'zod is bundled');
   });
 });

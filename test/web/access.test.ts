@@ -25,6 +25,9 @@ const SECURITY_HEADERS = {
   'x-content-type-options': /^nosniff$/,
   'x-frame-options': /^DENY$/,
   'referrer-policy': /^no-referrer$/,
+  'cross-origin-opener-policy': /^same-origin$/,
+  'cross-origin-resource-policy': /^same-origin$/,
+  'permissions-policy': /^camera=\(\), microphone=\(\), geolocation=\(\)$/,
 };
 
 function assertSecurityHeaders(headers: Headers, what: string): void {
@@ -237,7 +240,7 @@ describe('access control and exposure', async () => {
     // key in the query. A new route is protected unless it is added here deliberately.
     const routes = web.server.routes;
     const named = (auth: string) => routes.filter((route) => route.auth === auth).map((route) => `${route.method} ${route.url}`).sort();
-    assert.deepEqual(named('public'), ['GET /', 'GET /assets/:file', 'GET /healthz', 'HEAD /', 'HEAD /assets/:file', 'HEAD /healthz']);
+    assert.deepEqual(named('public'), ['GET /', 'GET /assets/:file', 'GET /healthz', 'GET /openapi.json', 'HEAD /', 'HEAD /assets/:file', 'HEAD /healthz', 'HEAD /openapi.json']);
     assert.deepEqual(named('key-or-query'), ['GET /api/events', 'GET /api/images/:id/input', 'HEAD /api/events', 'HEAD /api/images/:id/input']);
     for (const route of routes) assert.ok(['public', 'key', 'key-or-query'].includes(route.auth), `${route.method} ${route.url}: ${route.auth}`);
     const guarded = routes.filter((route) => route.auth !== 'public');
@@ -314,6 +317,18 @@ describe('access control and exposure', async () => {
     assert.equal(page.status, 200);
     assert.match(page.headers.get('content-type') ?? '', /^text\/html/);
     assertSecurityHeaders(page.headers, 'page');
+    // The whole policy, directive by directive: nothing loosened, and nothing that breaks the
+    // page over plain HTTP (upgrade-insecure-requests) or binds other hosts (HSTS).
+    const policy = (page.headers.get('content-security-policy') ?? '').split(';').map((directive) => directive.trim()).filter(Boolean).sort();
+    assert.deepEqual(policy, [
+      "base-uri 'none'", "connect-src 'self'", "default-src 'self'", "form-action 'self'", "frame-ancestors 'none'",
+      "img-src 'self' blob: data:", "object-src 'none'", "script-src 'self'", "style-src 'self'",
+    ]);
+    assert.equal(page.headers.get('strict-transport-security'), null);
+    const asset = await fetch(`${url}/assets/app.js`);
+    assert.equal(asset.status, 200);
+    assert.match(asset.headers.get('content-type') ?? '', /javascript/);
+    assertSecurityHeaders(asset.headers, 'asset');
   });
 
   it('puts security headers on errors too, and no path of the machine in any answer', async () => {

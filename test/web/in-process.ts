@@ -15,7 +15,10 @@ export interface InProcessWebTier {
 export async function startInProcessWebTier(dataDir: string, flags: string[] = [], log: Logger = silentLogger()): Promise<InProcessWebTier> {
   const { config } = loadConfig({ argv: ['--host', '127.0.0.1', '--port', '0', '--data', dataDir, ...flags], env: {} });
   const runtime = await openRuntime(config);
-  const web = await startWebTier(runtime, log);
+  const web = await startWebTier(runtime, log).catch(async (error: unknown) => {
+    await runtime.close();
+    throw error;
+  });
   return {
     runtime,
     web,
