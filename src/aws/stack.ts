@@ -64,11 +64,13 @@ const STUCK: Record<string, string> = {
   IMPORT_ROLLBACK_FAILED: 'an import failed and so did its rollback; see its events in the CloudFormation console',
 };
 const FAILURE_HINTS: Record<string, string> = {
+  ...STUCK,
   ROLLBACK_COMPLETE: 'CloudFormation rolled the creation back; the stack holds nothing. Fix the cause and run provision again (it deletes the empty stack first)',
   UPDATE_ROLLBACK_COMPLETE: 'CloudFormation rolled the update back; the deployment is as it was before',
   DELETE_FAILED: 'the stack and what could not be deleted remain; fix the cause and run teardown again',
-  ...STUCK,
 };
+/** What CloudFormation reports for the resources it stopped because another failed. */
+const CANCELLED = /^Resource (creation|update) cancelled$/;
 const NO_CHANGES = /didn't contain changes|No updates are to be performed/i;
 
 export function isOurs(stack: Stack, deployment: string): boolean {
@@ -188,7 +190,8 @@ async function waitForStack(cfn: CloudFormationClient, stackId: string, success:
     if (status === success) return stack;
     if (!BUSY.test(status)) {
       await events.update(watcher);
-      const reasons = events.failures.map((event) => `  ${event.LogicalResourceId} (${event.ResourceType}) ${event.ResourceStatus}: ${event.ResourceStatusReason ?? 'no reason given'}`);
+      const causes = events.failures.filter((event) => !CANCELLED.test(event.ResourceStatusReason ?? ''));
+      const reasons = (causes.length ? causes : events.failures).map((event) => `  ${event.LogicalResourceId} (${event.ResourceType}) ${event.ResourceStatus}: ${event.ResourceStatusReason ?? 'no reason given'}`);
       const hint = FAILURE_HINTS[status] ?? 'see its events in the CloudFormation console';
       throw new AwsProvisionError(
         [`stack ${options.stackName} ended in ${status}${stack?.StackStatusReason ? ` (${stack.StackStatusReason})` : ''}; ${hint}.`, ...(reasons.length ? ['failed:', ...reasons] : [])].join('\n'),
