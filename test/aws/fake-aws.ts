@@ -177,10 +177,12 @@ export class FakeAws {
     return stack;
   }
 
-  putObject(bucket: string, key: string, versions = 1): void {
+  /** Versions of an object; `deleteMarker` ends them with one, as deleting it in a versioned bucket does. */
+  putObject(bucket: string, key: string, versions = 1, deleteMarker = false): void {
     const found = this.buckets.get(bucket);
     if (!found) throw new Error(`no bucket ${bucket}`);
     for (let i = 0; i < versions; i++) found.versions.push({ key, versionId: randomUUID().replace(/-/g, ''), deleteMarker: false });
+    if (deleteMarker) found.versions.push({ key, versionId: randomUUID().replace(/-/g, ''), deleteMarker: true });
   }
 
   private stackId(name: string): string {

@@ -179,7 +179,7 @@ describe('icaas aws on CloudFormation', () => {
     assert.equal(aws.calls.length, 2, 'one request and the SDK\'s one retry');
   });
 
-  it('keeps waiting through a throttled look at a running operation, and says the operation goes on when throttling persists', async () => {
+  it('keeps waiting through a throttled look at a running operation, and says the operation goes on when throttling persists', { timeout: 60_000 }, async () => {
     aws.throttle = (action) => action === 'DescribeStacks' && aws.calls.includes('ExecuteChangeSet');
     assert.equal(await run('provision'), 1);
     assert.match(output(), /failed: Throttling: Rate exceeded.*; the stack operation may still be running: see stack prod in the CloudFormation console/s);
@@ -192,6 +192,8 @@ describe('icaas aws on CloudFormation', () => {
     assert.equal(await run('provision'), 0, output());
     aws.putObject('acme-in', 'batches/b1/cat.jpg', 3);
     aws.putObject('acme-out', 'results/i1.json');
+    // Only old versions and a delete marker: the bucket looks empty to a plain listing.
+    aws.putObject('acme-out', 'results/i2.json', 1, true);
     lines = [];
     assert.equal(await run('teardown'), 1);
     assert.match(output(), /teardown refused, nothing was deleted:\n {2}- S3 bucket acme-in holds objects .*\n {2}- S3 bucket acme-out holds objects/);
@@ -208,6 +210,7 @@ describe('icaas aws on CloudFormation', () => {
     lines = [];
     assert.equal(await run('teardown', { force: true }), 0, output());
     assert.match(output(), /emptied S3 bucket acme-in: 3 objects and versions deleted/);
+    assert.match(output(), /emptied S3 bucket acme-out: 3 objects and versions deleted/);
     assert.match(output(), /prod \(AWS::CloudFormation::Stack\) DELETE_COMPLETE/);
     assert.match(output(), /stack prod deleted/);
     assert.equal(aws.stack('prod'), undefined);
@@ -218,7 +221,7 @@ describe('icaas aws on CloudFormation', () => {
     assert.match(output(), /there is no stack prod in eu-west-1: nothing to delete/);
   });
 
-  it('teardown stops at a bucket that cannot be emptied, naming what stayed, and does not delete the stack', async () => {
+  it('teardown stops at a bucket that cannot be emptied, naming what stayed, and does not delete the stack', { timeout: 30_000 }, async () => {
     assert.equal(await run('provision'), 0, output());
     aws.putObject('acme-out', 'results/a.json');
     aws.putObject('acme-out', 'results/locked.json');
