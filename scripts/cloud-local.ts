@@ -4,7 +4,8 @@
  *   npm run cloud:local [-- --emulator-port 4566 --port 3000 <icaas start options>]
  *
  * Starts the S3 and SQS protocol emulator (fauxqs) on loopback, provisions the buckets and
- * queues on it with `icaas aws provision`'s own code, then runs `icaas start --store s3
+ * queues on it with `icaas aws provision`'s own code (which, the emulator having no
+ * CloudFormation, makes the stack template's buckets and queues directly), then runs `icaas start --store s3
  * --queue sqs` against it with local worker processes. Every request the service makes
  * goes through the AWS SDK and over the wire, as it would to AWS. The emulator keeps
  * everything in memory: stopping this command (Ctrl-C) ends the service, then the emulator,
@@ -15,7 +16,7 @@ import path from 'node:path';
 import { cliScript, projectRoot } from '../src/runtime.js';
 import { deploymentArgs, emulatedSettings, emulatorEnv, withClients } from '../test/cloud/deployment.js';
 import { startEmulator } from '../test/cloud/emulator.js';
-import { provision } from '../src/aws/provision.js';
+import { provision } from '../src/aws/index.js';
 
 const DEFAULT_EMULATOR_PORT = 4566;
 

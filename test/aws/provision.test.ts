@@ -1,687 +1,299 @@
+/**
+ * `icaas aws provision|teardown` through the real SDK clients over the wire: on the stack
+ * path against a fake CloudFormation and S3 (fake-aws.ts) and a fake EC2, with their
+ * failures (rolled-back and stuck stacks, persistent throttling, buckets that will not
+ * empty); on the direct path against the S3 and SQS emulator.
+ */
 import assert from 'node:assert/strict';
-import { after, before, beforeEach, describe, it } from 'node:test';
-import {
-  CreateBucketCommand,
-  DeleteBucketCommand,
-  DeleteObjectsCommand,
-  GetBucketEncryptionCommand,
-  GetBucketTaggingCommand,
-  GetPublicAccessBlockCommand,
-  HeadBucketCommand,
-  ListBucketsCommand,
-  ListObjectsV2Command,
-  PutBucketEncryptionCommand,
-  PutBucketTaggingCommand,
-  PutObjectCommand,
-  PutPublicAccessBlockCommand,
-  S3Client,
-  S3ServiceException,
-  type PublicAccessBlockConfiguration,
-  type ServerSideEncryptionConfiguration,
-} from '@aws-sdk/client-s3';
-import {
-  CreateQueueCommand,
-  DeleteQueueCommand,
-  GetQueueAttributesCommand,
-  GetQueueUrlCommand,
-  ListQueuesCommand,
-  ListQueueTagsCommand,
-  QueueDoesNotExist,
-  SetQueueAttributesCommand,
-  SQSClient,
-} from '@aws-sdk/client-sqs';
-import {
-  AddRoleToInstanceProfileCommand,
-  CreateInstanceProfileCommand,
-  CreateRoleCommand,
-  DeleteInstanceProfileCommand,
-  DeleteRoleCommand,
-  DeleteRolePolicyCommand,
-  GetInstanceProfileCommand,
-  GetRoleCommand,
-  GetRolePolicyCommand,
-  IAMClient,
-  ListAttachedRolePoliciesCommand,
-  ListRolePoliciesCommand,
-  NoSuchEntityException,
-  PutRolePolicyCommand,
-  RemoveRoleFromInstanceProfileCommand,
-  type Tag as IamTag,
-} from '@aws-sdk/client-iam';
-import {
-  CreateLaunchTemplateCommand,
-  CreateLaunchTemplateVersionCommand,
-  DeleteLaunchTemplateCommand,
-  DescribeInstancesCommand,
-  DescribeLaunchTemplatesCommand,
-  DescribeLaunchTemplateVersionsCommand,
-  EC2Client,
-  EC2ServiceException,
-  ModifyLaunchTemplateCommand,
-  TerminateInstancesCommand,
-  type Instance,
-  type RequestLaunchTemplateData,
-} from '@aws-sdk/client-ec2';
-import { mockClient, type AwsClientStub } from 'aws-sdk-client-mock';
+import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+import { CloudFormationClient } from '@aws-sdk/client-cloudformation';
+import { EC2Client, RunInstancesCommand } from '@aws-sdk/client-ec2';
+import { GetBucketTaggingCommand, GetPublicAccessBlockCommand, ListBucketsCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetQueueAttributesCommand, GetQueueUrlCommand, ListQueuesCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { loadConfig } from '../../src/config.js';
-import { runAwsCommand } from '../../src/aws/index.js';
-import { provision, teardown, TeardownRefusedError, type AwsCommandOptions } from '../../src/aws/provision.js';
+import { runAwsCommand, type AwsClients } from '../../src/aws/index.js';
 import { withClients } from '../cloud/deployment.js';
 import { startEmulator, type InProcessEmulator } from '../cloud/emulator.js';
+import { FakeEc2 } from '../compute/fake-ec2.js';
+import { FakeAws } from './fake-aws.js';
 
-const ACCOUNT = '123456789012';
 const REGION = 'eu-west-1';
+const CREDENTIALS = { accessKeyId: 'test', secretAccessKey: 'test' };
 
-function s3Error(name: string, status: number): S3ServiceException {
-  return new S3ServiceException({ name, $fault: 'client', $metadata: { httpStatusCode: status }, message: name });
-}
-function ec2Error(name: string): EC2ServiceException {
-  return new EC2ServiceException({ name, $fault: 'client', $metadata: { httpStatusCode: 400 }, message: name });
-}
-const noSuchEntity = () => new NoSuchEntityException({ message: 'The role cannot be found.', $metadata: { httpStatusCode: 404 } });
+const config = (env: Record<string, string> = {}) =>
+  loadConfig({
+    argv: [],
+    cwd: '/nonexistent-icaas-test-dir',
+    env: {
+      AWS_REGION: REGION,
+      ICAAS_DEPLOYMENT: 'prod',
+      ICAAS_QUEUE_PREFIX: 'prod-',
+      ICAAS_INPUT_BUCKET: 'acme-in',
+      ICAAS_OUTPUT_BUCKET: 'acme-out',
+      ICAAS_EC2_IMAGE_ID: 'ami-0123456789abcdef0',
+      ...env,
+    },
+  }).config;
 
-interface Bucket {
-  tags?: { Key: string; Value: string }[];
-  publicAccessBlock?: PublicAccessBlockConfiguration;
-  encryption?: ServerSideEncryptionConfiguration;
-  objects: Set<string>;
-}
-
-/**
- * Just enough of S3, SQS, IAM and EC2, with state, to tell what provisioning and teardown
- * did and whether a second run finds everything as it left it.
- */
-class FakeAws {
-  readonly s3 = new S3Client({ region: REGION, credentials: { accessKeyId: 'k', secretAccessKey: 's' } });
-  readonly sqs = new SQSClient({ region: REGION, credentials: { accessKeyId: 'k', secretAccessKey: 's' } });
-  readonly iam = new IAMClient({ region: REGION, credentials: { accessKeyId: 'k', secretAccessKey: 's' } });
-  readonly ec2 = new EC2Client({ region: REGION, credentials: { accessKeyId: 'k', secretAccessKey: 's' } });
-  readonly mocks: { s3: AwsClientStub<S3Client>; sqs: AwsClientStub<SQSClient>; iam: AwsClientStub<IAMClient>; ec2: AwsClientStub<EC2Client> };
-
-  readonly buckets = new Map<string, Bucket>();
-  readonly queues = new Map<string, { attributes: Record<string, string>; tags: Record<string, string> }>();
-  readonly roles = new Map<string, { tags: IamTag[]; trust: string; policies: Map<string, string> }>();
-  readonly profiles = new Map<string, { tags: IamTag[]; roles: string[] }>();
-  readonly templates = new Map<string, { tags: { Key?: string; Value?: string }[]; versions: RequestLaunchTemplateData[]; defaultVersion: number }>();
-  instances: Instance[] = [];
-
-  constructor() {
-    this.mocks = { s3: mockClient(this.s3), sqs: mockClient(this.sqs), iam: mockClient(this.iam), ec2: mockClient(this.ec2) };
-    this.wireS3();
-    this.wireSqs();
-    this.wireIam();
-    this.wireEc2();
-  }
-
-  get clients() {
-    return { s3: this.s3, sqs: this.sqs, iam: this.iam, ec2: this.ec2 };
-  }
-
-  /** Every request made, as `Service Operation`. */
-  calls(): string[] {
-    // Sinon numbers calls across all stubs, which gives the order across the four clients.
-    return Object.entries(this.mocks)
-      .flatMap(([service, mock]) => mock.calls().map((call) => ({ order: (call as unknown as { callId: number }).callId, name: `${service} ${(call.args[0] as object).constructor.name.replace(/Command$/, '')}` })))
-      .sort((a, b) => a.order - b.order)
-      .map((call) => call.name);
-  }
-
-  writes(): string[] {
-    return this.calls().filter((call) => !/ (Head|Get|List|Describe)/.test(call));
-  }
-
-  resetHistory(): void {
-    for (const mock of Object.values(this.mocks)) mock.resetHistory();
-  }
-
-  private bucket(name: string): Bucket {
-    const bucket = this.buckets.get(name);
-    if (!bucket) throw s3Error('NoSuchBucket', 404);
-    return bucket;
-  }
-
-  private wireS3(): void {
-    const s3 = this.mocks.s3;
-    s3.on(HeadBucketCommand).callsFake(({ Bucket }) => {
-      if (!this.buckets.has(Bucket)) throw s3Error('NotFound', 404);
-      return {};
-    });
-    s3.on(CreateBucketCommand).callsFake(({ Bucket }) => {
-      if (this.buckets.has(Bucket)) throw s3Error('BucketAlreadyOwnedByYou', 409);
-      this.buckets.set(Bucket, { objects: new Set(), encryption: { Rules: [{ ApplyServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }] } });
-      return {};
-    });
-    s3.on(GetBucketTaggingCommand).callsFake(({ Bucket }) => {
-      const tags = this.bucket(Bucket).tags;
-      if (!tags) throw s3Error('NoSuchTagSet', 404);
-      return { TagSet: tags };
-    });
-    s3.on(PutBucketTaggingCommand).callsFake(({ Bucket, Tagging }) => {
-      this.bucket(Bucket).tags = Tagging.TagSet;
-      return {};
-    });
-    s3.on(GetPublicAccessBlockCommand).callsFake(({ Bucket }) => {
-      const block = this.bucket(Bucket).publicAccessBlock;
-      if (!block) throw s3Error('NoSuchPublicAccessBlockConfiguration', 404);
-      return { PublicAccessBlockConfiguration: block };
-    });
-    s3.on(PutPublicAccessBlockCommand).callsFake(({ Bucket, PublicAccessBlockConfiguration }) => {
-      this.bucket(Bucket).publicAccessBlock = PublicAccessBlockConfiguration;
-      return {};
-    });
-    s3.on(GetBucketEncryptionCommand).callsFake(({ Bucket }) => {
-      const encryption = this.bucket(Bucket).encryption;
-      if (!encryption) throw s3Error('ServerSideEncryptionConfigurationNotFoundError', 404);
-      return { ServerSideEncryptionConfiguration: encryption };
-    });
-    s3.on(PutBucketEncryptionCommand).callsFake(({ Bucket, ServerSideEncryptionConfiguration }) => {
-      this.bucket(Bucket).encryption = ServerSideEncryptionConfiguration;
-      return {};
-    });
-    s3.on(ListObjectsV2Command).callsFake(({ Bucket, MaxKeys }) => {
-      const keys = [...this.bucket(Bucket).objects].sort().slice(0, MaxKeys ?? 1000);
-      return { KeyCount: keys.length, Contents: keys.map((Key) => ({ Key })), IsTruncated: keys.length < this.bucket(Bucket).objects.size };
-    });
-    s3.on(DeleteObjectsCommand).callsFake(({ Bucket, Delete }) => {
-      for (const object of Delete.Objects) this.bucket(Bucket).objects.delete(object.Key);
-      return { Errors: [] };
-    });
-    s3.on(DeleteBucketCommand).callsFake(({ Bucket }) => {
-      if (this.bucket(Bucket).objects.size > 0) throw s3Error('BucketNotEmpty', 409);
-      this.buckets.delete(Bucket);
-      return {};
-    });
-  }
-
-  private queueName(url: string): string {
-    const name = url.split('/').pop()!;
-    if (!this.queues.has(name)) throw new QueueDoesNotExist({ message: 'The specified queue does not exist.', $metadata: {} });
-    return name;
-  }
-
-  private wireSqs(): void {
-    const sqs = this.mocks.sqs;
-    const urlOf = (name: string) => `https://sqs.${REGION}.amazonaws.com/${ACCOUNT}/${name}`;
-    sqs.on(GetQueueUrlCommand).callsFake(({ QueueName }) => {
-      if (!this.queues.has(QueueName)) throw new QueueDoesNotExist({ message: 'The specified queue does not exist.', $metadata: {} });
-      return { QueueUrl: urlOf(QueueName) };
-    });
-    sqs.on(CreateQueueCommand).callsFake(({ QueueName, Attributes, tags }) => {
-      this.queues.set(QueueName, { attributes: { ...Attributes }, tags: { ...tags } });
-      return { QueueUrl: urlOf(QueueName) };
-    });
-    sqs.on(ListQueueTagsCommand).callsFake(({ QueueUrl }) => ({ Tags: this.queues.get(this.queueName(QueueUrl))!.tags }));
-    sqs.on(GetQueueAttributesCommand).callsFake(({ QueueUrl, AttributeNames }) => {
-      const attributes = this.queues.get(this.queueName(QueueUrl))!.attributes;
-      return { Attributes: Object.fromEntries((AttributeNames as string[]).filter((name) => name in attributes).map((name) => [name, attributes[name]])) };
-    });
-    sqs.on(SetQueueAttributesCommand).callsFake(({ QueueUrl, Attributes }) => {
-      Object.assign(this.queues.get(this.queueName(QueueUrl))!.attributes, Attributes);
-      return {};
-    });
-    sqs.on(DeleteQueueCommand).callsFake(({ QueueUrl }) => {
-      this.queues.delete(this.queueName(QueueUrl));
-      return {};
-    });
-  }
-
-  private wireIam(): void {
-    const iam = this.mocks.iam;
-    const role = (name: string) => {
-      const found = this.roles.get(name);
-      if (!found) throw noSuchEntity();
-      return found;
-    };
-    const profile = (name: string) => {
-      const found = this.profiles.get(name);
-      if (!found) throw noSuchEntity();
-      return found;
-    };
-    iam.on(GetRoleCommand).callsFake(({ RoleName }) => ({ Role: { RoleName, Tags: role(RoleName).tags } }));
-    iam.on(CreateRoleCommand).callsFake(({ RoleName, Tags, AssumeRolePolicyDocument }) => {
-      this.roles.set(RoleName, { tags: Tags ?? [], trust: AssumeRolePolicyDocument, policies: new Map() });
-      return { Role: { RoleName } };
-    });
-    iam.on(GetRolePolicyCommand).callsFake(({ RoleName, PolicyName }) => {
-      const document = role(RoleName).policies.get(PolicyName);
-      if (!document) throw noSuchEntity();
-      // IAM answers with the document URL-encoded.
-      return { RoleName, PolicyName, PolicyDocument: encodeURIComponent(document) };
-    });
-    iam.on(PutRolePolicyCommand).callsFake(({ RoleName, PolicyName, PolicyDocument }) => {
-      role(RoleName).policies.set(PolicyName, PolicyDocument);
-      return {};
-    });
-    iam.on(ListRolePoliciesCommand).callsFake(({ RoleName }) => ({ PolicyNames: [...role(RoleName).policies.keys()] }));
-    iam.on(ListAttachedRolePoliciesCommand).callsFake(({ RoleName }) => (role(RoleName), { AttachedPolicies: [] }));
-    iam.on(DeleteRolePolicyCommand).callsFake(({ RoleName, PolicyName }) => {
-      role(RoleName).policies.delete(PolicyName);
-      return {};
-    });
-    iam.on(DeleteRoleCommand).callsFake(({ RoleName }) => {
-      if (role(RoleName).policies.size > 0) throw new Error('DeleteConflict');
-      if ([...this.profiles.values()].some((entry) => entry.roles.includes(RoleName))) throw new Error('DeleteConflict: in a profile');
-      this.roles.delete(RoleName);
-      return {};
-    });
-    iam.on(GetInstanceProfileCommand).callsFake(({ InstanceProfileName }) => {
-      const found = profile(InstanceProfileName);
-      return { InstanceProfile: { InstanceProfileName, Tags: found.tags, Roles: found.roles.map((RoleName) => ({ RoleName })) } };
-    });
-    iam.on(CreateInstanceProfileCommand).callsFake(({ InstanceProfileName, Tags }) => {
-      this.profiles.set(InstanceProfileName, { tags: Tags ?? [], roles: [] });
-      return {};
-    });
-    iam.on(AddRoleToInstanceProfileCommand).callsFake(({ InstanceProfileName, RoleName }) => {
-      role(RoleName);
-      profile(InstanceProfileName).roles.push(RoleName);
-      return {};
-    });
-    iam.on(RemoveRoleFromInstanceProfileCommand).callsFake(({ InstanceProfileName, RoleName }) => {
-      const found = profile(InstanceProfileName);
-      found.roles = found.roles.filter((name) => name !== RoleName);
-      return {};
-    });
-    iam.on(DeleteInstanceProfileCommand).callsFake(({ InstanceProfileName }) => {
-      profile(InstanceProfileName);
-      this.profiles.delete(InstanceProfileName);
-      return {};
-    });
-  }
-
-  private wireEc2(): void {
-    const ec2 = this.mocks.ec2;
-    const template = (name: string) => {
-      const found = this.templates.get(name);
-      if (!found) throw ec2Error('InvalidLaunchTemplateName.NotFoundException');
-      return found;
-    };
-    ec2.on(DescribeLaunchTemplatesCommand).callsFake(({ LaunchTemplateNames }) => {
-      const name = LaunchTemplateNames[0];
-      return { LaunchTemplates: [{ LaunchTemplateName: name, Tags: template(name).tags }] };
-    });
-    ec2.on(CreateLaunchTemplateCommand).callsFake(({ LaunchTemplateName, LaunchTemplateData, TagSpecifications }) => {
-      if (this.templates.has(LaunchTemplateName)) throw ec2Error('InvalidLaunchTemplateName.AlreadyExistsException');
-      this.templates.set(LaunchTemplateName, { tags: TagSpecifications?.[0]?.Tags ?? [], versions: [LaunchTemplateData], defaultVersion: 1 });
-      return {};
-    });
-    ec2.on(DescribeLaunchTemplateVersionsCommand).callsFake(({ LaunchTemplateName }) => {
-      const found = template(LaunchTemplateName);
-      return { LaunchTemplateVersions: [{ VersionNumber: found.defaultVersion, LaunchTemplateData: found.versions[found.defaultVersion - 1] }] };
-    });
-    ec2.on(CreateLaunchTemplateVersionCommand).callsFake(({ LaunchTemplateName, LaunchTemplateData }) => {
-      const found = template(LaunchTemplateName);
-      found.versions.push(LaunchTemplateData);
-      return { LaunchTemplateVersion: { VersionNumber: found.versions.length } };
-    });
-    ec2.on(ModifyLaunchTemplateCommand).callsFake(({ LaunchTemplateName, DefaultVersion }) => {
-      template(LaunchTemplateName).defaultVersion = Number(DefaultVersion);
-      return {};
-    });
-    ec2.on(DeleteLaunchTemplateCommand).callsFake(({ LaunchTemplateName }) => {
-      template(LaunchTemplateName);
-      this.templates.delete(LaunchTemplateName);
-      return {};
-    });
-    ec2.on(DescribeInstancesCommand).callsFake(() => ({ Reservations: [{ Instances: this.instances }] }));
-    ec2.on(TerminateInstancesCommand).callsFake(({ InstanceIds }) => {
-      this.instances = this.instances.filter((instance) => !InstanceIds.includes(instance.InstanceId));
-      return {};
-    });
-  }
-}
-
-const SETTINGS = {
-  region: REGION,
-  deployment: 'prod',
-  queuePrefix: 'prod-',
-  inputBucket: 'acme-icaas-in',
-  outputBucket: 'acme-icaas-out',
-  deadlineSeconds: 90,
-  imageId: 'ami-0123456789abcdef0',
-  instanceType: 't3.small',
-  workerEnv: { ICAAS_MAX_ATTEMPTS: '3', ICAAS_API_KEYS: 'secret' },
-};
-
-describe('provision and teardown', () => {
+describe('icaas aws on CloudFormation', () => {
   let aws: FakeAws;
+  let ec2: FakeEc2;
+  let clients: Pick<AwsClients, 'cfn' | 's3' | 'ec2'>;
   let lines: string[];
-  const options = (extra: Partial<AwsCommandOptions> = {}): AwsCommandOptions => ({ ...SETTINGS, clients: aws.clients, log: (line) => lines.push(line), ...extra });
 
-  beforeEach(() => {
-    aws = new FakeAws();
+  beforeEach(async () => {
+    aws = await new FakeAws().listen();
+    ec2 = await new FakeEc2().listen();
+    clients = {
+      // Two attempts: a persistent fault shows after one SDK retry.
+      cfn: new CloudFormationClient({ region: REGION, endpoint: aws.endpoint, credentials: CREDENTIALS, maxAttempts: 2 }),
+      s3: new S3Client({ region: REGION, endpoint: aws.endpoint, forcePathStyle: true, credentials: CREDENTIALS }),
+      ec2: new EC2Client({ region: REGION, endpoint: ec2.endpoint, credentials: CREDENTIALS }),
+    };
     lines = [];
   });
+  afterEach(async () => {
+    for (const client of Object.values(clients)) client.destroy();
+    await aws.close();
+    await ec2.close();
+  });
 
-  it('creates every resource of an empty account with the right parameters', async () => {
-    const result = await provision(options());
-    assert.deepEqual(aws.writes(), [
-      ...['acme-icaas-in', 'acme-icaas-out'].flatMap(() => ['s3 CreateBucket', 's3 PutBucketTagging', 's3 PutPublicAccessBlock', 's3 PutBucketEncryption']),
-      'sqs CreateQueue',
-      'sqs CreateQueue',
-      'sqs CreateQueue',
-      'iam CreateRole',
-      'iam PutRolePolicy',
-      'iam CreateInstanceProfile',
-      'iam AddRoleToInstanceProfile',
-      'ec2 CreateLaunchTemplate',
-    ]);
-    assert.equal(result.changed.length, 2 + 3 + 2 + 1 + 1);
+  const run = (sub: 'provision' | 'teardown', options: { env?: Record<string, string>; dryRun?: boolean; force?: boolean; skipEc2?: boolean } = {}) =>
+    runAwsCommand(sub, { config: config(options.env), clients, pollMs: 5, dryRun: options.dryRun ?? false, force: options.force ?? false, skipEc2: options.skipEc2 ?? false }, (line) => lines.push(line));
+  const output = () => lines.join('\n');
+  const executes = () => aws.calls.filter((call) => call === 'ExecuteChangeSet').length;
 
-    const s3 = aws.mocks.s3;
-    assert.deepEqual(s3.commandCalls(CreateBucketCommand)[0]!.args[0].input, { Bucket: 'acme-icaas-in', CreateBucketConfiguration: { LocationConstraint: REGION } });
-    assert.deepEqual(s3.commandCalls(PutPublicAccessBlockCommand)[0]!.args[0].input, {
-      Bucket: 'acme-icaas-in',
-      PublicAccessBlockConfiguration: { BlockPublicAcls: true, IgnorePublicAcls: true, BlockPublicPolicy: true, RestrictPublicBuckets: true },
-    });
-    assert.deepEqual(s3.commandCalls(PutBucketEncryptionCommand)[1]!.args[0].input, {
-      Bucket: 'acme-icaas-out',
-      ServerSideEncryptionConfiguration: { Rules: [{ ApplyServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }] },
-    });
-    assert.deepEqual(aws.buckets.get('acme-icaas-out')!.tags, [{ Key: 'icaas:deployment', Value: 'prod' }]);
+  it('creates the stack through a change set, shows its progress, and prints how to start on it', async () => {
+    assert.equal(await run('provision'), 0, output());
+    const stack = aws.stack('prod')!;
+    assert.equal(stack.status, 'CREATE_COMPLETE');
+    assert.deepEqual(stack.tags, [{ Key: 'icaas:deployment', Value: 'prod' }]);
+    assert.deepEqual([...stack.resources.keys()].sort(), ['InputBucket', 'InputBucketPolicy', 'LaunchQueue', 'MonitorQueue', 'OutputBucket', 'OutputBucketPolicy', 'OutputQueue', 'WorkerInstanceProfile', 'WorkerLaunchTemplate', 'WorkerRole']);
+    assert.match(output(), /changes in stack prod \(new stack\):\n {2}add +InputBucket \(AWS::S3::Bucket\)/);
+    assert.match(output(), / {2}WorkerRole \(AWS::IAM::Role\) CREATE_IN_PROGRESS\n {2}WorkerRole \(AWS::IAM::Role\) CREATE_COMPLETE/);
+    assert.match(output(), / {2}prod \(AWS::CloudFormation::Stack\) CREATE_COMPLETE/);
+    // Each event is printed once.
+    assert.equal(output().match(/InputBucket \(AWS::S3::Bucket\) CREATE_COMPLETE/g)?.length, 1);
+    assert.match(output(), /ICAAS_STORE=s3 ICAAS_QUEUE=sqs ICAAS_COMPUTE=ec2 ICAAS_EC2_LAUNCH_TEMPLATE=prod-worker AWS_REGION=eu-west-1 ICAAS_DEPLOYMENT=prod ICAAS_QUEUE_PREFIX=prod- ICAAS_INPUT_BUCKET=acme-in ICAAS_OUTPUT_BUCKET=acme-out icaas start/);
+  });
 
-    const queues = aws.mocks.sqs.commandCalls(CreateQueueCommand).map((call) => call.args[0].input);
-    assert.deepEqual(queues.map((queue) => queue.QueueName), ['prod-launch', 'prod-monitor', 'prod-output']);
-    assert.deepEqual(queues[0], {
-      QueueName: 'prod-launch',
-      Attributes: { VisibilityTimeout: '60', ReceiveMessageWaitTimeSeconds: '20', MessageRetentionPeriod: '1209600', SqsManagedSseEnabled: 'true' },
-      tags: { 'icaas:deployment': 'prod' },
-    });
-    assert.equal(queues[1]!.Attributes!.VisibilityTimeout, '90', 'the monitor queue keeps a notice hidden for the whole deadline');
+  it('changes nothing on a second run, and says so', async () => {
+    assert.equal(await run('provision'), 0, output());
+    lines = [];
+    assert.equal(await run('provision'), 0, output());
+    assert.match(output(), /stack prod is up to date: nothing to change/);
+    assert.equal(executes(), 1);
+    assert.equal(aws.changeSets.size, 0, 'the empty change set was deleted');
+    assert.equal(aws.stack('prod')!.status, 'CREATE_COMPLETE');
+  });
 
-    const role = aws.mocks.iam.commandCalls(CreateRoleCommand)[0]!.args[0].input;
-    assert.equal(role.RoleName, 'prod-worker');
-    assert.deepEqual(JSON.parse(role.AssumeRolePolicyDocument!), {
-      Version: '2012-10-17',
-      Statement: [{ Effect: 'Allow', Principal: { Service: 'ec2.amazonaws.com' }, Action: 'sts:AssumeRole' }],
-    });
-    const policy = JSON.parse(aws.mocks.iam.commandCalls(PutRolePolicyCommand)[0]!.args[0].input.PolicyDocument!) as unknown;
-    // Exactly these statements: anything more is a permission a compromised worker would have.
-    assert.deepEqual(policy, {
-      Version: '2012-10-17',
-      Statement: [
-        { Sid: 'ReadInputImages', Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::acme-icaas-in/*'] },
-        { Sid: 'WriteAndCheckResults', Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'], Resource: ['arn:aws:s3:::acme-icaas-out/results/*'] },
-        { Sid: 'CheckRetryClaims', Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::acme-icaas-out/attempts/*'] },
-        { Sid: 'WriteHeartbeat', Effect: 'Allow', Action: ['s3:PutObject'], Resource: ['arn:aws:s3:::acme-icaas-out/instances/*'] },
-        { Sid: 'MissingResultsAnswer404', Effect: 'Allow', Action: ['s3:ListBucket'], Resource: ['arn:aws:s3:::acme-icaas-out'] },
-        { Sid: 'TakeWork', Effect: 'Allow', Action: ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:GetQueueUrl'], Resource: [`arn:aws:sqs:${REGION}:${ACCOUNT}:prod-launch`] },
-        {
-          Sid: 'ReportProgress',
-          Effect: 'Allow',
-          Action: ['sqs:SendMessage', 'sqs:GetQueueUrl'],
-          Resource: [`arn:aws:sqs:${REGION}:${ACCOUNT}:prod-monitor`, `arn:aws:sqs:${REGION}:${ACCOUNT}:prod-output`],
-        },
-      ],
-    });
-    assert.deepEqual(aws.profiles.get('prod-worker')!.roles, ['prod-worker']);
+  it('updates only what changed', async () => {
+    assert.equal(await run('provision'), 0, output());
+    lines = [];
+    assert.equal(await run('provision', { env: { ICAAS_DEADLINE: '600' } }), 0, output());
+    assert.match(output(), /changes in stack prod \(update\):\n {2}modify MonitorQueue \(AWS::SQS::Queue https:\/\/sqs\.eu-west-1\.amazonaws\.com\/123456789012\/prod-monitor\)/);
+    assert.equal(aws.stack('prod')!.status, 'UPDATE_COMPLETE');
+    // The deadline also reaches the workers' user data, so the launch template changes with it.
+    assert.deepEqual(lines.filter((line) => /^ {2}(add|modify|remove) /.test(line)).map((line) => line.trim().split(/\s+/).slice(0, 2).join(' ')), ['modify MonitorQueue', 'modify WorkerLaunchTemplate']);
+  });
 
-    const template = aws.mocks.ec2.commandCalls(CreateLaunchTemplateCommand)[0]!.args[0].input;
-    assert.equal(template.LaunchTemplateName, 'prod-worker');
-    assert.deepEqual(template.TagSpecifications, [{ ResourceType: 'launch-template', Tags: [{ Key: 'icaas:deployment', Value: 'prod' }] }]);
-    const data = template.LaunchTemplateData!;
-    assert.equal(data.ImageId, 'ami-0123456789abcdef0');
-    assert.equal(data.InstanceType, 't3.small');
-    assert.deepEqual(data.IamInstanceProfile, { Name: 'prod-worker' });
-    assert.equal(data.InstanceInitiatedShutdownBehavior, 'terminate');
-    assert.equal(data.MetadataOptions?.HttpTokens, 'required');
-    assert.deepEqual(data.TagSpecifications?.[0], {
-      ResourceType: 'instance',
-      Tags: [
-        { Key: 'icaas:deployment', Value: 'prod' },
-        { Key: 'icaas:role', Value: 'worker' },
-        { Key: 'Name', Value: 'prod-worker' },
-      ],
-    });
-    const script = Buffer.from(data.UserData!, 'base64').toString();
-    assert.match(script, /icaas worker/);
-    for (const line of ["export ICAAS_STORE='s3'", "export ICAAS_QUEUE='sqs'", "export ICAAS_COMPUTE='ec2'", `export AWS_REGION='${REGION}'`, "export ICAAS_MAX_ATTEMPTS='3'"]) {
-      assert.ok(script.includes(line), `user data has ${line}`);
+  it('a dry run of a new stack prints every resource it would add and leaves nothing behind', async () => {
+    assert.equal(await run('provision', { dryRun: true }), 0, output());
+    assert.match(output(), /would change in stack prod \(new stack\):/);
+    for (const id of ['InputBucket', 'OutputBucket', 'LaunchQueue', 'MonitorQueue', 'OutputQueue', 'WorkerRole', 'WorkerInstanceProfile', 'WorkerLaunchTemplate']) {
+      assert.match(output(), new RegExp(`^ {2}add +${id} \\(`, 'm'));
     }
-    assert.doesNotMatch(script, /secret/);
+    assert.equal(executes(), 0);
+    assert.equal(aws.changeSets.size, 0);
+    assert.equal(aws.stack('prod'), undefined, 'the REVIEW_IN_PROGRESS stack that held the change set is deleted');
+    assert.doesNotMatch(output(), /start the service/);
   });
 
-  it('creates nothing on a second run, and says so', async () => {
-    await provision(options());
-    aws.resetHistory();
+  it('a dry run of --skip-ec2 on a full stack shows the EC2 part removed, and changes nothing', async () => {
+    assert.equal(await run('provision'), 0, output());
     lines = [];
-    const result = await provision(options());
-    assert.deepEqual(aws.writes(), []);
-    assert.deepEqual(result.changed, []);
-    assert.equal(result.unchanged.length, 2 + 3 + 2 + 1 + 1);
-    assert.ok(lines.some((line) => /S3 bucket acme-icaas-in: exists, private and encrypted/.test(line)), lines.join('\n'));
-    assert.ok(lines.some((line) => /EC2 launch template prod-worker: default version as wanted/.test(line)), lines.join('\n'));
-  });
-
-  it('corrects only what changed: queue attributes and a new launch template version', async () => {
-    await provision(options());
-    aws.resetHistory();
-    await provision(options({ deadlineSeconds: 300, imageId: 'ami-0fedcba9876543210' }));
-    assert.deepEqual(aws.writes(), ['sqs SetQueueAttributes', 'ec2 CreateLaunchTemplateVersion', 'ec2 ModifyLaunchTemplate']);
-    assert.deepEqual(aws.mocks.sqs.commandCalls(SetQueueAttributesCommand)[0]!.args[0].input, {
-      QueueUrl: `https://sqs.${REGION}.amazonaws.com/${ACCOUNT}/prod-monitor`,
-      Attributes: { VisibilityTimeout: '300' },
-    });
-    assert.deepEqual(aws.mocks.ec2.commandCalls(ModifyLaunchTemplateCommand)[0]!.args[0].input, { LaunchTemplateName: 'prod-worker', DefaultVersion: '2' });
-    aws.resetHistory();
-    await provision(options({ deadlineSeconds: 300, imageId: 'ami-0fedcba9876543210' }));
-    assert.deepEqual(aws.writes(), []);
-  });
-
-  it('repairs an own bucket that lost its settings, and leaves a foreign bucket alone', async () => {
-    await provision(options());
-    aws.buckets.get('acme-icaas-in')!.publicAccessBlock = { BlockPublicAcls: false, IgnorePublicAcls: true, BlockPublicPolicy: true, RestrictPublicBuckets: true };
-    aws.buckets.set('shared-bucket', { objects: new Set(['keep-me']) });
-    aws.resetHistory();
-    await provision(options({ outputBucket: 'shared-bucket' }));
-    // The policy and the workers' configuration name the bucket, so both follow it.
-    assert.deepEqual(aws.writes(), ['s3 PutPublicAccessBlock', 'iam PutRolePolicy', 'ec2 CreateLaunchTemplateVersion', 'ec2 ModifyLaunchTemplate']);
-    assert.deepEqual(aws.buckets.get('shared-bucket'), { objects: new Set(['keep-me']) });
-    assert.ok(lines.some((line) => /S3 bucket shared-bucket: exists without the tag icaas:deployment=prod, so it is used as it is/.test(line)));
-  });
-
-  it('skips the launch template, with a pointer, when no worker image is given', async () => {
-    const result = await provision(options({ imageId: undefined }));
-    assert.equal(aws.mocks.ec2.calls().length, 0);
-    assert.deepEqual(result.skipped, ['EC2 launch template prod-worker']);
-    assert.ok(lines.some((line) => /no worker image was given \(--ec2-image-id\); see docs\/aws\.md/.test(line)));
-  });
-
-  it('explains a bucket name taken by another account', async () => {
-    aws.mocks.s3.on(HeadBucketCommand).rejects(s3Error('Forbidden', 403));
-    await assert.rejects(provision(options()), /S3 bucket acme-icaas-in exists but these credentials may not use it.*--input-bucket/);
-  });
-
-  it('a dry run makes no calls and prints each one it would make', async () => {
-    const result = await provision(options({ dryRun: true }));
-    assert.deepEqual(aws.calls(), []);
-    const printed = lines.map((line) => line.replace(/^\[dry run\] (\S+ \S+) .*$/, '$1'));
-    assert.deepEqual(printed, [
-      ...['acme-icaas-in', 'acme-icaas-out'].flatMap(() => ['S3 HeadBucket', 'S3 CreateBucket', 'S3 PutBucketTagging', 'S3 PutPublicAccessBlock', 'S3 PutBucketEncryption']),
-      ...['launch', 'monitor', 'output'].flatMap(() => ['SQS GetQueueUrl', 'SQS CreateQueue']),
-      'IAM GetRole',
-      'IAM CreateRole',
-      'IAM PutRolePolicy',
-      'IAM GetInstanceProfile',
-      'IAM CreateInstanceProfile',
-      'IAM AddRoleToInstanceProfile',
-      'EC2 DescribeLaunchTemplates',
-      'EC2 CreateLaunchTemplate',
-    ]);
-    assert.ok(lines.every((line) => line.startsWith('[dry run] ')));
-    assert.ok(lines.some((line) => line.includes('"QueueName":"prod-monitor"') && line.includes('"VisibilityTimeout":"90"')));
-    assert.ok(lines.some((line) => line.includes('CreateLaunchTemplate') && /<\d+ bytes of user data>/.test(line)));
-    assert.ok(lines.some((line) => line.includes('PutRolePolicy') && line.includes('<account-id>')), 'the policy is printed in full');
-    assert.equal(result.changed.length, 9, 'the result lists what would be created');
-    aws.resetHistory();
+    assert.equal(await run('provision', { dryRun: true, skipEc2: true }), 0, output());
+    const changes = lines.filter((line) => /^ {2}(add|modify|remove) /.test(line)).map((line) => line.trim().split(/\s+/).slice(0, 2).join(' '));
+    assert.deepEqual(changes.sort(), ['remove WorkerInstanceProfile', 'remove WorkerLaunchTemplate', 'remove WorkerRole']);
+    assert.equal(executes(), 1);
+    assert.equal(aws.stack('prod')!.resources.size, 10);
     lines = [];
-    await teardown(options({ dryRun: true, force: true }));
-    assert.deepEqual(aws.calls(), []);
-    const deletes = lines.filter((line) => / (Delete|Remove|Terminate)/.test(line)).map((line) => line.replace(/^\[dry run\] (\S+ \S+) .*$/, '$1'));
-    assert.deepEqual(deletes, [
-      'EC2 DeleteLaunchTemplate',
-      'IAM RemoveRoleFromInstanceProfile',
-      'IAM DeleteInstanceProfile',
-      'IAM DeleteRolePolicy',
-      'IAM DeleteRole',
-      'SQS DeleteQueue',
-      'SQS DeleteQueue',
-      'SQS DeleteQueue',
-      'S3 ListObjectsV2',
-      'S3 DeleteBucket',
-      'S3 ListObjectsV2',
-      'S3 DeleteBucket',
-    ]);
-    assert.ok(lines.includes('[dry run] S3 ListObjectsV2 + DeleteObjects {"Bucket":"acme-icaas-out"} for every page of up to 1000 objects'));
+    assert.equal(await run('provision', { skipEc2: true }), 0, output());
+    assert.equal(aws.stack('prod')!.resources.size, 7);
+    assert.match(output(), /\(workers run as local processes\)/);
   });
 
-  it('teardown removes everything provision made, in reverse order', async () => {
-    await provision(options());
-    aws.resetHistory();
-    const result = await teardown(options());
-    assert.deepEqual(aws.writes(), [
-      'ec2 DeleteLaunchTemplate',
-      'iam RemoveRoleFromInstanceProfile',
-      'iam DeleteInstanceProfile',
-      'iam DeleteRolePolicy',
-      'iam DeleteRole',
-      'sqs DeleteQueue',
-      'sqs DeleteQueue',
-      'sqs DeleteQueue',
-      's3 DeleteBucket',
-      's3 DeleteBucket',
-    ]);
-    assert.equal(result.changed.length, 8);
-    assert.equal(aws.buckets.size + aws.queues.size + aws.roles.size + aws.profiles.size + aws.templates.size, 0);
-    aws.resetHistory();
-    const again = await teardown(options());
-    assert.deepEqual(aws.writes(), []);
-    assert.equal(again.unchanged.length, 8);
+  it('a failed creation ends with the failed resource and its reason; the next run starts over from the rolled-back stack', async () => {
+    aws.takenBuckets.add('acme-out');
+    assert.equal(await run('provision'), 1);
+    assert.match(output(), /stack prod ended in ROLLBACK_COMPLETE; CloudFormation rolled the creation back; the stack holds nothing/);
+    // The cause alone: not the resources CloudFormation cancelled because of it.
+    assert.match(output(), /failed:\n {2}OutputBucket \(AWS::S3::Bucket\) CREATE_FAILED: acme-out already exists$/);
+    assert.doesNotMatch(output(), /start the service/);
+    assert.deepEqual([...aws.buckets.keys()], [], 'the rollback removed the input bucket');
+
+    aws.takenBuckets.clear();
+    lines = [];
+    assert.equal(await run('provision'), 0, output());
+    assert.match(output(), /stack prod is in ROLLBACK_COMPLETE: its creation failed and was rolled back, so it holds nothing; deleting it to create it again/);
+    assert.equal(aws.stack('prod')!.status, 'CREATE_COMPLETE');
   });
 
-  it('teardown refuses a bucket with objects, deleting nothing, and empties it when forced', async () => {
-    await provision(options());
-    for (let i = 0; i < 2500; i++) aws.buckets.get('acme-icaas-out')!.objects.add(`results/${i}.json`);
-    aws.resetHistory();
-    await assert.rejects(teardown(options()), (error: unknown) => {
-      assert.ok(error instanceof TeardownRefusedError);
-      assert.equal(error.reasons.length, 1);
-      assert.match(error.reasons[0]!, /S3 bucket acme-icaas-out holds objects .*--force/);
-      return true;
-    });
-    assert.deepEqual(aws.writes(), []);
-    assert.equal(aws.queues.size, 3);
-
-    await teardown(options({ force: true }));
-    assert.equal(aws.buckets.size, 0);
-    assert.equal(aws.mocks.s3.commandCalls(DeleteObjectsCommand).length, 3, '1000 keys per DeleteObjects');
-    assert.ok(lines.some((line) => /S3 bucket acme-icaas-out: deleted with its 2500 objects/.test(line)));
+  it('a failed update is rolled back and reported', async () => {
+    assert.equal(await run('provision', { skipEc2: true }), 0, output());
+    aws.failCreate = { logicalId: 'WorkerLaunchTemplate', reason: 'The specified AMI does not exist' };
+    lines = [];
+    assert.equal(await run('provision'), 1, output());
+    assert.match(output(), /stack prod ended in UPDATE_ROLLBACK_COMPLETE.*the deployment is as it was before/);
+    assert.match(output(), /WorkerLaunchTemplate \(AWS::EC2::LaunchTemplate\) CREATE_FAILED: The specified AMI does not exist/);
+    assert.equal(aws.stack('prod')!.status, 'UPDATE_ROLLBACK_COMPLETE');
+    assert.equal(aws.stack('prod')!.resources.size, 7);
   });
 
-  it('teardown refuses while workers run, and terminates them when forced', async () => {
-    await provision(options());
-    aws.instances = [{ InstanceId: 'i-0123456789abcdef0', State: { Name: 'running' } }];
-    await assert.rejects(teardown(options()), /1 worker instance\(s\) of deployment prod still exist \(i-0123456789abcdef0\)/);
-    aws.resetHistory();
-    await teardown(options({ force: true }));
-    assert.deepEqual(aws.mocks.ec2.commandCalls(TerminateInstancesCommand)[0]!.args[0].input, { InstanceIds: ['i-0123456789abcdef0'] });
-    const filters = aws.mocks.ec2.commandCalls(DescribeInstancesCommand)[0]!.args[0].input.Filters;
-    assert.deepEqual(filters?.slice(0, 2), [
-      { Name: 'tag:icaas:deployment', Values: ['prod'] },
-      { Name: 'tag:icaas:role', Values: ['worker'] },
-    ]);
+  it('refuses a stack stuck in a failed rollback, or busy, saying what to do, and changes nothing', async () => {
+    aws.addStack('prod', 'UPDATE_ROLLBACK_FAILED', [{ Key: 'icaas:deployment', Value: 'prod' }]);
+    assert.equal(await run('provision'), 1);
+    assert.match(output(), /stack prod is in UPDATE_ROLLBACK_FAILED: an update failed and so did its rollback; .*continue-update-rollback/);
+    aws.stack('prod')!.status = 'UPDATE_IN_PROGRESS';
+    lines = [];
+    assert.equal(await run('provision'), 1);
+    assert.match(output(), /stack prod is busy \(UPDATE_IN_PROGRESS\)/);
+    lines = [];
+    assert.equal(await run('teardown', { force: true }), 1);
+    assert.match(output(), /stack prod is busy \(UPDATE_IN_PROGRESS\)/);
+    assert.deepEqual(aws.calls.filter((call) => call !== 'DescribeStacks'), []);
   });
 
-  it('teardown keeps resources that were not made for this deployment', async () => {
-    aws.buckets.set('acme-icaas-in', { objects: new Set(['precious']) });
-    aws.queues.set('prod-launch', { attributes: {}, tags: { 'icaas:deployment': 'other' } });
-    const result = await teardown(options());
-    assert.ok(aws.buckets.has('acme-icaas-in'));
-    assert.ok(aws.queues.has('prod-launch'));
-    assert.deepEqual(result.skipped.sort(), ['S3 bucket acme-icaas-in', 'SQS queue prod-launch']);
-    assert.deepEqual(aws.writes(), []);
-  });
-});
-
-describe('runAwsCommand', () => {
-  const config = (env: Record<string, string> = {}) =>
-    loadConfig({
-      argv: [],
-      cwd: '/nonexistent-icaas-test-dir',
-      env: {
-        AWS_REGION: REGION,
-        ICAAS_DEPLOYMENT: 'prod',
-        ICAAS_QUEUE_PREFIX: 'prod-',
-        ICAAS_INPUT_BUCKET: 'acme-icaas-in',
-        ICAAS_OUTPUT_BUCKET: 'acme-icaas-out',
-        ICAAS_EC2_IMAGE_ID: 'ami-0123456789abcdef0',
-        ...env,
-      },
-    }).config;
-
-  it('provisions from the configuration and prints how to start on it', async () => {
-    const aws = new FakeAws();
-    const lines: string[] = [];
-    assert.equal(await runAwsCommand('provision', { config: config(), clients: aws.clients }, (line) => lines.push(line)), 0);
-    assert.equal(aws.templates.size, 1);
-    assert.match(lines[0]!, /provisioning deployment "prod" in eu-west-1/);
-    const hint = lines.find((line) => line.startsWith('start the service'));
-    assert.ok(hint, lines.join('\n'));
-    assert.match(hint, /ICAAS_STORE=s3 ICAAS_QUEUE=sqs ICAAS_COMPUTE=ec2 ICAAS_EC2_LAUNCH_TEMPLATE=prod-worker AWS_REGION=eu-west-1/);
+  it('neither updates nor deletes a stack of that name that was not made for this deployment', async () => {
+    aws.addStack('prod', 'CREATE_COMPLETE', [{ Key: 'team', Value: 'billing' }]);
+    assert.equal(await run('provision'), 1);
+    assert.match(output(), /a stack named prod exists but was not made for deployment prod \(it lacks the tag icaas:deployment=prod\)/);
+    assert.equal(await run('teardown', { force: true }), 1);
+    assert.deepEqual(aws.calls.filter((call) => call !== 'DescribeStacks'), []);
   });
 
-  it('with --skip-ec2 and endpoints, makes buckets and queues only and prints how to start on those endpoints', async () => {
-    const aws = new FakeAws();
-    const lines: string[] = [];
-    const local = config({ ICAAS_S3_ENDPOINT: 'http://127.0.0.1:4566', ICAAS_S3_PATH_STYLE: 'true', ICAAS_SQS_ENDPOINT: 'http://127.0.0.1:4566' });
-    assert.equal(await runAwsCommand('provision', { config: local, clients: aws.clients, skipEc2: true }, (line) => lines.push(line)), 0);
-    assert.equal(aws.templates.size + aws.roles.size + aws.profiles.size, 0);
-    assert.deepEqual(aws.calls().filter((call) => /^(iam|ec2) /.test(call)), []);
-    const hint = lines.find((line) => line.startsWith('start the service'));
-    assert.match(hint ?? '', /ICAAS_STORE=s3 ICAAS_QUEUE=sqs ICAAS_S3_ENDPOINT=http:\/\/127\.0\.0\.1:4566 ICAAS_S3_PATH_STYLE=true ICAAS_SQS_ENDPOINT=http:\/\/127\.0\.0\.1:4566 AWS_REGION=/);
-    assert.doesNotMatch(hint ?? '', /ICAAS_COMPUTE=ec2/);
+  it('gives up clearly when CloudFormation keeps throttling, without retrying forever', async () => {
+    aws.throttle = () => true;
+    assert.equal(await run('provision'), 1);
+    assert.match(output(), /cloudformation:DescribeStacks prod failed: Throttling: Rate exceeded \(AWS kept throttling these requests after retries; wait a minute and run the command again\)/);
+    assert.equal(aws.calls.length, 2, 'one request and the SDK\'s one retry');
   });
 
-  it('returns 1 with the reasons when teardown is refused, and 0 for a dry run', async () => {
-    const aws = new FakeAws();
-    await runAwsCommand('provision', { config: config(), clients: aws.clients }, () => {});
-    aws.buckets.get('acme-icaas-in')!.objects.add('batches/x/y.jpg');
-    const lines: string[] = [];
-    assert.equal(await runAwsCommand('teardown', { config: config(), clients: aws.clients }, (line) => lines.push(line)), 1);
-    assert.match(lines.join('\n'), /teardown refused, nothing was deleted:\n {2}- S3 bucket acme-icaas-in holds objects/);
-    aws.resetHistory();
-    assert.equal(await runAwsCommand('teardown', { config: config(), clients: aws.clients, dryRun: true, force: true }, () => {}), 0);
-    assert.deepEqual(aws.calls(), []);
+  it('keeps waiting through a throttled look at a running operation, and says the operation goes on when throttling persists', { timeout: 60_000 }, async () => {
+    aws.throttle = (action) => action === 'DescribeStacks' && aws.calls.includes('ExecuteChangeSet');
+    assert.equal(await run('provision'), 1);
+    assert.match(output(), /failed: Throttling: Rate exceeded.*; the stack operation may still be running: see stack prod in the CloudFormation console/s);
+    assert.equal(executes(), 1);
+    // Five looks in a row, each with the SDK's retry, then it stops.
+    assert.equal(aws.calls.filter((call) => call === 'DescribeStacks').length, 1 + 5 * 2);
+  });
+
+  it('teardown refuses buckets holding objects, naming them and deleting nothing; --force empties every version and deletes the stack', async () => {
+    assert.equal(await run('provision'), 0, output());
+    aws.putObject('acme-in', 'batches/b1/cat.jpg', 3);
+    aws.putObject('acme-out', 'results/i1.json');
+    // Only old versions and a delete marker: the bucket looks empty to a plain listing.
+    aws.putObject('acme-out', 'results/i2.json', 1, true);
+    lines = [];
+    assert.equal(await run('teardown'), 1);
+    assert.match(output(), /teardown refused, nothing was deleted:\n {2}- S3 bucket acme-in holds objects .*\n {2}- S3 bucket acme-out holds objects/);
+    assert.ok(!aws.calls.includes('DeleteStack'));
+    assert.equal(aws.buckets.get('acme-in')!.versions.length, 3);
+
+    lines = [];
+    assert.equal(await run('teardown', { dryRun: true, force: true }), 0, output());
+    assert.match(output(), /would delete stack prod \(CREATE_COMPLETE\) and its resources:/);
+    assert.match(output(), /would first empty S3 bucket acme-in \(--force\)/);
+    assert.ok(!aws.calls.includes('DeleteStack'));
+    assert.equal(aws.buckets.get('acme-in')!.versions.length, 3);
+
+    lines = [];
+    assert.equal(await run('teardown', { force: true }), 0, output());
+    assert.match(output(), /emptied S3 bucket acme-in: 3 objects and versions deleted/);
+    assert.match(output(), /emptied S3 bucket acme-out: 3 objects and versions deleted/);
+    assert.match(output(), /prod \(AWS::CloudFormation::Stack\) DELETE_COMPLETE/);
+    assert.match(output(), /stack prod deleted/);
+    assert.equal(aws.stack('prod'), undefined);
+    assert.deepEqual([...aws.buckets.keys()], []);
+
+    lines = [];
+    assert.equal(await run('teardown'), 0);
+    assert.match(output(), /there is no stack prod in eu-west-1: nothing to delete/);
+  });
+
+  it('teardown stops at a bucket that cannot be emptied, naming what stayed, and does not delete the stack', { timeout: 30_000 }, async () => {
+    assert.equal(await run('provision'), 0, output());
+    aws.putObject('acme-out', 'results/a.json');
+    aws.putObject('acme-out', 'results/locked.json');
+    aws.lockedKeys.add('acme-out/results/locked.json');
+    lines = [];
+    assert.equal(await run('teardown', { force: true }), 1);
+    assert.match(output(), /could not empty S3 bucket acme-out: 1 of 2 objects were not deleted, e\.g\. results\/locked\.json \(version \w+\): AccessDenied .*; 1 were deleted\. Nothing else was deleted/);
+    assert.ok(!aws.calls.includes('DeleteStack'));
+    assert.equal(aws.stack('prod')!.status, 'CREATE_COMPLETE');
+  });
+
+  it('teardown reports a stack deletion that fails with the reason, and a second teardown finishes it', async () => {
+    assert.equal(await run('provision'), 0, output());
+    // An upload lands after the check: CloudFormation cannot delete the bucket.
+    aws.onCall = (action) => {
+      if (action === 'DeleteStack') aws.putObject('acme-in', 'batches/late.jpg');
+    };
+    assert.equal(await run('teardown'), 1);
+    assert.match(output(), /stack prod ended in DELETE_FAILED .*; the stack and what could not be deleted remain/);
+    assert.match(output(), /InputBucket \(AWS::S3::Bucket\) DELETE_FAILED: The bucket you tried to delete is not empty/);
+    aws.onCall = undefined;
+    lines = [];
+    assert.equal(await run('teardown', { force: true }), 0, output());
+    assert.equal(aws.stack('prod'), undefined);
+  });
+
+  it('teardown refuses while worker instances exist, and terminates them when forced', async () => {
+    assert.equal(await run('provision'), 0, output());
+    await clients.ec2.send(new RunInstancesCommand({
+      ImageId: 'ami-0123456789abcdef0', MinCount: 2, MaxCount: 2,
+      TagSpecifications: [{ ResourceType: 'instance', Tags: [{ Key: 'icaas:deployment', Value: 'prod' }, { Key: 'icaas:role', Value: 'worker' }] }],
+    }));
+    assert.equal(await run('teardown'), 1);
+    assert.match(output(), /2 worker instance\(s\) of deployment prod still exist/);
+    assert.ok(!aws.calls.includes('DeleteStack'));
+    lines = [];
+    assert.equal(await run('teardown', { force: true }), 0, output());
+    assert.match(output(), /terminated 2 worker instance\(s\)/);
+    assert.ok(ec2.calls.some((call) => call.action === 'TerminateInstances'));
+  });
+
+  it('refuses one non-AWS endpoint without the other, before any call', async () => {
+    assert.equal(await run('provision', { env: { ICAAS_S3_ENDPOINT: 'http://127.0.0.1:9000' } }), 1);
+    assert.match(output(), /only one of --s3-endpoint and --sqs-endpoint is set/);
+    assert.deepEqual(aws.calls, []);
   });
 
   it('fails clearly without a region', async () => {
-    const aws = new FakeAws();
-    const lines: string[] = [];
     const noRegion = { ...config(), region: '' };
-    // The mocked client has a region, so it must not be asked: use a client-less run.
     const saved = { AWS_REGION: process.env.AWS_REGION, AWS_DEFAULT_REGION: process.env.AWS_DEFAULT_REGION, AWS_CONFIG_FILE: process.env.AWS_CONFIG_FILE, AWS_PROFILE: process.env.AWS_PROFILE };
     delete process.env.AWS_REGION;
     delete process.env.AWS_DEFAULT_REGION;
     delete process.env.AWS_PROFILE;
     process.env.AWS_CONFIG_FILE = '/nonexistent-icaas-aws-config';
     try {
-      assert.equal(await runAwsCommand('provision', { config: noRegion, clients: { s3: aws.s3 } }, (line) => lines.push(line)), 1);
+      assert.equal(await runAwsCommand('provision', { config: noRegion }, (line) => lines.push(line)), 1);
     } finally {
       for (const [key, value] of Object.entries(saved)) {
         if (value === undefined) delete process.env[key];
         else process.env[key] = value;
       }
     }
-    assert.match(lines.join('\n'), /no AWS region/);
-    assert.deepEqual(aws.calls(), []);
+    assert.match(output(), /no AWS region/);
+    assert.deepEqual(aws.calls, []);
   });
 });
 
 /**
- * The S3 and SQS halves of provisioning on the protocol emulator, through the real SDK
- * clients and the wire; IAM and EC2 stay on the stateful fakes above (no emulator for them).
+ * The emulator has no CloudFormation: on its endpoints provision makes the template's
+ * buckets and queues directly, through the real SDK clients and the wire.
  */
-describe('provision and teardown on the S3 and SQS emulator', () => {
+describe('icaas aws on S3 and SQS endpoints that are not AWS', () => {
   let emulator: InProcessEmulator;
   before(async () => {
     emulator = await startEmulator();
@@ -690,59 +302,60 @@ describe('provision and teardown on the S3 and SQS emulator', () => {
     await emulator.stop();
   });
 
-  async function ownResources(s3: S3Client, sqs: SQSClient, prefix: string): Promise<string[]> {
-    const { Buckets = [] } = await s3.send(new ListBucketsCommand({}));
-    const { QueueUrls = [] } = await sqs.send(new ListQueuesCommand({ QueueNamePrefix: prefix }));
-    return [...Buckets.map((bucket) => `bucket ${bucket.Name}`).filter((name) => name.includes(prefix)), ...QueueUrls.map((url) => `queue ${url.split('/').pop()}`)];
+  const localConfig = (name: string, env: Record<string, string> = {}) =>
+    config({
+      AWS_REGION: emulator.region,
+      ICAAS_DEPLOYMENT: name,
+      ICAAS_QUEUE_PREFIX: `${name}-`,
+      ICAAS_INPUT_BUCKET: `${name}-in`,
+      ICAAS_OUTPUT_BUCKET: `${name}-out`,
+      ICAAS_S3_ENDPOINT: emulator.endpoint,
+      ICAAS_S3_PATH_STYLE: 'true',
+      ICAAS_SQS_ENDPOINT: emulator.endpoint,
+      ...env,
+    });
+
+  async function ownResources(clients: { s3: S3Client; sqs: SQSClient }, name: string): Promise<string[]> {
+    const { Buckets = [] } = await clients.s3.send(new ListBucketsCommand({}));
+    const { QueueUrls = [] } = await clients.sqs.send(new ListQueuesCommand({ QueueNamePrefix: name }));
+    return [...Buckets.flatMap((bucket) => (bucket.Name?.startsWith(name) ? [`bucket ${bucket.Name}`] : [])), ...QueueUrls.map((url) => `queue ${url.split('/').pop()}`)].sort();
   }
 
-  it('creates buckets and queues once, changes nothing on a second run, and teardown leaves nothing', async () => {
-    const aws = new FakeAws();
-    const settings = { ...SETTINGS, region: emulator.region, deployment: 'emu', queuePrefix: 'emu-', inputBucket: 'emu-input', outputBucket: 'emu-output' };
-    await withClients(emulator, async ({ s3, sqs }) => {
+  it('makes the template\'s buckets and queues, changes nothing on a second run, and teardown refuses data unless forced', async () => {
+    await withClients(emulator, async (clients) => {
       const lines: string[] = [];
-      const options = (extra: Partial<AwsCommandOptions> = {}): AwsCommandOptions => ({ ...settings, clients: { ...aws.clients, s3, sqs }, log: (line) => lines.push(line), ...extra });
-      const first = await provision(options());
-      assert.deepEqual(first.changed.filter((what) => /^(S3|SQS)/.test(what)).sort(), ['S3 bucket emu-input', 'S3 bucket emu-output', 'SQS queue emu-launch', 'SQS queue emu-monitor', 'SQS queue emu-output']);
-      assert.deepEqual((await ownResources(s3, sqs, 'emu-')).sort(), ['bucket emu-input', 'bucket emu-output', 'queue emu-launch', 'queue emu-monitor', 'queue emu-output']);
-      const tags = await s3.send(new GetBucketTaggingCommand({ Bucket: 'emu-input' }));
-      assert.deepEqual(tags.TagSet, [{ Key: 'icaas:deployment', Value: 'emu' }]);
-      const { QueueUrl } = await sqs.send(new GetQueueUrlCommand({ QueueName: 'emu-monitor' }));
-      const { Attributes } = await sqs.send(new GetQueueAttributesCommand({ QueueUrl, AttributeNames: ['VisibilityTimeout', 'MessageRetentionPeriod'] }));
-      assert.deepEqual(Attributes, { VisibilityTimeout: '90', MessageRetentionPeriod: '1209600' });
+      const run = (sub: 'provision' | 'teardown', options: { force?: boolean; env?: Record<string, string> } = {}) =>
+        runAwsCommand(sub, { config: localConfig('direct', options.env), clients, force: options.force ?? false }, (line) => lines.push(line));
+      assert.equal(await run('provision'), 0, lines.join('\n'));
+      assert.match(lines.join('\n'), /not AWS and have no CloudFormation: making the stack's buckets and queues there directly/);
+      assert.match(lines.join('\n'), /SQS queue direct-launch: created/);
+      assert.deepEqual(await ownResources(clients, 'direct'), ['bucket direct-in', 'bucket direct-out', 'queue direct-launch', 'queue direct-monitor', 'queue direct-output']);
+      const tags = await clients.s3.send(new GetBucketTaggingCommand({ Bucket: 'direct-in' }));
+      assert.deepEqual(tags.TagSet, [{ Key: 'icaas:deployment', Value: 'direct' }]);
+      const block = await clients.s3.send(new GetPublicAccessBlockCommand({ Bucket: 'direct-out' }));
+      assert.deepEqual(block.PublicAccessBlockConfiguration, { BlockPublicAcls: true, IgnorePublicAcls: true, BlockPublicPolicy: true, RestrictPublicBuckets: true });
+      const { QueueUrl } = await clients.sqs.send(new GetQueueUrlCommand({ QueueName: 'direct-monitor' }));
+      const { Attributes } = await clients.sqs.send(new GetQueueAttributesCommand({ QueueUrl, AttributeNames: ['VisibilityTimeout'] }));
+      assert.equal(Attributes?.VisibilityTimeout, '60');
+      assert.match(lines.join('\n'), /ICAAS_STORE=s3 ICAAS_QUEUE=sqs ICAAS_S3_ENDPOINT=http:\/\/127\.0\.0\.1:\d+ ICAAS_S3_PATH_STYLE=true ICAAS_SQS_ENDPOINT=/);
+      assert.doesNotMatch(lines.join('\n'), /ICAAS_COMPUTE=ec2/);
 
-      // The second run reads and writes nothing: no SQS write reaches the wire either.
-      emulator.sqsRequests.length = 0;
-      aws.resetHistory();
-      const second = await provision(options());
-      assert.deepEqual(second.changed, []);
-      assert.deepEqual(aws.writes(), []);
-      assert.deepEqual(emulator.sqsRequests.map((request) => request.operation).filter((operation) => !/^(Get|List)/.test(operation)), []);
+      lines.length = 0;
+      assert.equal(await run('provision'), 0, lines.join('\n'));
+      assert.match(lines.join('\n'), /SQS queue direct-launch: unchanged/);
+      lines.length = 0;
+      assert.equal(await run('provision', { env: { ICAAS_DEADLINE: '120' } }), 0, lines.join('\n'));
+      assert.match(lines.join('\n'), /SQS queue direct-monitor: attributes updated \(VisibilityTimeout\)/);
 
-      // Objects in a bucket refuse a plain teardown; forced, it deletes them with everything else.
-      await s3.send(new PutObjectCommand({ Bucket: 'emu-input', Key: 'batches/b/i', Body: 'x' }));
-      await assert.rejects(teardown(options()), TeardownRefusedError);
-      assert.equal((await ownResources(s3, sqs, 'emu-')).length, 5, 'a refused teardown deleted something');
-      await teardown(options({ force: true }));
-      assert.deepEqual(await ownResources(s3, sqs, 'emu-'), []);
-      assert.equal(aws.roles.size + aws.profiles.size + aws.templates.size, 0);
-      // And once more: nothing left to delete, nothing fails.
-      const again = await teardown(options());
-      assert.deepEqual(again.changed, []);
-    });
-  });
-
-  it('with --skip-ec2 makes and removes only buckets and queues, never calling IAM or EC2', async () => {
-    const aws = new FakeAws();
-    const settings = { ...SETTINGS, region: emulator.region, deployment: 'loc', queuePrefix: 'loc-', inputBucket: 'loc-input', outputBucket: 'loc-output', skipEc2: true };
-    await withClients(emulator, async ({ s3, sqs }) => {
-      const options = { ...settings, clients: { ...aws.clients, s3, sqs }, log: () => {} };
-      const result = await provision(options);
-      assert.equal(result.changed.length, 5);
-      assert.deepEqual(result.skipped, ['IAM role loc-worker, instance profile loc-worker and EC2 launch template loc-worker']);
-      await teardown(options);
-      assert.deepEqual(await ownResources(s3, sqs, 'loc-'), []);
-      assert.deepEqual(aws.calls().filter((call) => /^(iam|ec2) /.test(call)), []);
+      await clients.s3.send(new PutObjectCommand({ Bucket: 'direct-in', Key: 'batches/b/x.jpg', Body: 'x' }));
+      lines.length = 0;
+      assert.equal(await run('teardown'), 1);
+      assert.match(lines.join('\n'), /teardown refused, nothing was deleted:\n {2}- S3 bucket direct-in holds objects/);
+      assert.equal((await ownResources(clients, 'direct')).length, 5);
+      lines.length = 0;
+      assert.equal(await run('teardown', { force: true }), 0, lines.join('\n'));
+      assert.match(lines.join('\n'), /S3 bucket direct-in: deleted with its 1 objects/);
+      assert.deepEqual(await ownResources(clients, 'direct'), []);
     });
   });
 });

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { DeleteMessageCommand, GetQueueUrlCommand, ReceiveMessageCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
 import { mockClient } from 'aws-sdk-client-mock';
-import { workerPolicy } from '../../src/aws/provision.js';
+import { workerPolicy } from '../../src/aws/template.js';
 import type { Classifier } from '../../src/classifier/port.js';
 import { Ec2Compute } from '../../src/compute/ec2.js';
 import { inputKey, type LaunchMessage } from '../../src/messages.js';
@@ -34,7 +34,7 @@ interface Call {
 /** Whether the policy allows the action on the resource (Allow statements, `*` wildcards). */
 function allows(policy: ReturnType<typeof workerPolicy>, { action, resource }: Call): boolean {
   const matches = (pattern: string) => new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`).test(resource);
-  return policy.Statement.some((statement) => statement.Effect === 'Allow' && statement.Action.includes(action) && statement.Resource.some(matches));
+  return policy.Statement.some((statement) => statement.Effect === 'Allow' && statement.Action.includes(action) && (statement.Resource ?? []).some((arn) => typeof arn === 'string' && matches(arn)));
 }
 
 /** A real file store that records each operation as the S3 action and resource it needs. */
@@ -126,7 +126,14 @@ describe('the worker policy', async () => {
       const name = command.input.QueueName ?? command.input.QueueUrl!.split('/').pop()!;
       calls.push({ action: `sqs:${command.constructor.name.replace(/Command$/, '')}`, resource: `arn:aws:sqs:${REGION}:${ACCOUNT}:${name}` });
     }
-    const policy = workerPolicy(SETTINGS, ACCOUNT);
+    const queueArn = (suffix: string) => `arn:aws:sqs:${REGION}:${ACCOUNT}:${SETTINGS.queuePrefix}${suffix}`;
+    const policy = workerPolicy({
+      inputBucket: `arn:aws:s3:::${SETTINGS.inputBucket}`,
+      outputBucket: `arn:aws:s3:::${SETTINGS.outputBucket}`,
+      launchQueue: queueArn('launch'),
+      monitorQueue: queueArn('monitor'),
+      outputQueue: queueArn('output'),
+    });
     const denied = calls.filter((call) => !allows(policy, call));
     assert.deepEqual(denied, [], 'every call is allowed');
     const actions = new Set(calls.map((call) => call.action));

@@ -1,12 +1,13 @@
 /**
  * A deployment of the distributed shape on the emulator: its buckets and queues made by the
- * real `provision` (S3 and SQS parts only: workers are local processes), under names of its
+ * real `provision`, which on endpoints that are not AWS makes the stack template's buckets
+ * and queues directly (src/aws/direct.ts; workers are local processes), under names of its
  * own, so tests can share one emulator without seeing each other's messages.
  */
 import { randomBytes } from 'node:crypto';
 import { S3Client } from '@aws-sdk/client-s3';
 import { SQSClient } from '@aws-sdk/client-sqs';
-import { provision, teardown, type AwsCommandResult, type DeploymentSettings } from '../../src/aws/provision.js';
+import { provision, teardown, type AwsCommandOptions } from '../../src/aws/index.js';
 import type { Emulator } from './emulator.js';
 
 export interface EmulatedDeployment {
@@ -16,8 +17,10 @@ export interface EmulatedDeployment {
   args: string[];
   /** The environment its processes need: the emulator's dummy credentials and region. */
   env: Record<string, string>;
-  teardown(): Promise<AwsCommandResult>;
+  teardown(): Promise<void>;
 }
+
+export type DeploymentSettings = Omit<AwsCommandOptions, 'log'>;
 
 export function emulatedSettings(emulator: Emulator, name = `t${randomBytes(4).toString('hex')}`, deadlineSeconds = 30): DeploymentSettings {
   return {
