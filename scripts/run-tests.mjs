@@ -21,7 +21,7 @@ const TIERS = {
   // in-memory adapters on the shared contract suites. No disk-backed adapter, no process of
   // the service, no worker. Its files run concurrently.
   unit: [
-    'clock', 'config', 'run-tests', 'sse',
+    'backoff', 'clock', 'config', 'log.test', 'run-tests', 'sse',
     'classifier/model', 'classifier/onnx', 'classifier/postprocess', 'classifier/preprocess',
     'compute/ec2.test', 'compute/imds', 'controller/measurements', 'controller/policy',
     'queue/memory', 'sim/engine', 'sim/parsing', 'sim/replay', 'sim/svg', 'storage/memory', 'ui/logic',
@@ -30,9 +30,9 @@ const TIERS = {
   // worker and controller processes, the web tier in process, and the classifier on the
   // shared images.
   integration: [
-    'cli.test', 'sim/cli', 'sqlite-driver',
+    'cli.test', 'cli-logs', 'sim/cli', 'sqlite-driver',
     'classifier/accuracy', 'compute/ec2-deadlines', 'compute/ec2-lease', 'compute/fake-ec2-host', 'compute/process',
-    'controller/launch', 'controller/lease', 'controller/monitor',
+    'controller/launch', 'controller/lease', 'controller/metrics', 'controller/monitor',
     'queue/multiprocess', 'queue/sqlite', 'storage/fs', 'web/', 'worker/',
   ],
   // Everything that runs against the S3/SQS/EC2 emulator on loopback.
