@@ -66,8 +66,9 @@ async function main(): Promise<number> {
   const args = [
     cliScript, 'start',
     ...deploymentArgs(emulator, settings),
-    // Apart from the embedded default's data, which would otherwise share the process registry.
-    '--data', path.join(projectRoot, 'data', 'cloud-local'),
+    // Apart from the embedded default's data, which would otherwise share the process
+    // registry; a --data of the user's replaces it (icaas start refuses an option given twice).
+    ...(startArgs.some((arg) => arg === '--data' || arg.startsWith('--data=')) ? [] : ['--data', path.join(projectRoot, 'data', 'cloud-local')]),
     ...startArgs,
   ];
   log(`starting: icaas ${args.slice(1).join(' ')}`);

@@ -4,6 +4,7 @@
  */
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { Batch, UploadAccepted, UploadRefused } from './api-schemas.js';
 
 const IMAGE_EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.gif', '.webp', '.tif', '.tiff', '.avif']);
@@ -114,7 +115,7 @@ export async function classifyCommand(options: ClassifyOptions): Promise<number>
     }
     const seconds = (Date.now() - started) / 1000;
     progress(`classified ${reported.size}/${accepted.length} in ${seconds.toFixed(0)}s${failures ? `, ${failures} failed` : ''}`);
-    if (reported.size < accepted.length) await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 500));
+    if (reported.size < accepted.length) await delay(options.pollMs ?? 500);
   }
   if (isTty) process.stderr.write('\n');
   return failures > 0 ? 1 : 0;
@@ -152,7 +153,7 @@ async function postWithRetry(url: string, form: FormData, headers: Record<string
     if (response.status === 429 && attempt < 60) {
       const seconds = Number(response.headers.get('retry-after')) || 5;
       progress(`the service is busy; retrying in ${seconds}s`);
-      await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+      await delay(seconds * 1000);
       continue;
     }
     const body = (await response.json().catch(() => ({}))) as UploadResponse;

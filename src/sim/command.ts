@@ -4,6 +4,7 @@
  * SVG chart on request.
  */
 import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
 import { canonicalPolicyName, DEFAULT_POLICY, type PolicyName } from '../controller/policy.js';
 import { empirical, parseDistribution, type Distribution } from './distributions.js';
 import { simulate, type SimSettings } from './engine.js';
@@ -24,34 +25,46 @@ export interface SimulateArgs {
 }
 
 export function parseSimulateArgs(argv: readonly string[]): SimulateArgs {
+  const options = Object.fromEntries([...VALUE_FLAGS.map((flag) => [flag, { type: 'string' as const }]), ['json', { type: 'boolean' as const }]]);
+  let tokens: ReturnType<typeof parseArgs>['tokens'];
+  try {
+    ({ tokens } = parseArgs({ args: [...argv], options, strict: true, allowPositionals: true, tokens: true }));
+  } catch (error) {
+    throw new SimInputError(parseErrorMessage(error as Error & { code?: string }, argv));
+  }
   const values: SimulateArgs['values'] = {};
   let asJson = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (!arg.startsWith('--')) throw new SimInputError(`unexpected argument "${arg}"`);
-    const eq = arg.indexOf('=');
-    const name = eq === -1 ? arg.slice(2) : arg.slice(2, eq);
-    if (name === 'json') {
-      if (eq !== -1) throw new SimInputError('--json takes no value');
+  for (const token of tokens ?? []) {
+    if (token.kind === 'positional') throw new SimInputError(`unexpected argument "${token.value}"`);
+    if (token.kind !== 'option') continue;
+    if (token.name === 'json') {
       asJson = true;
       continue;
     }
-    if (!(VALUE_FLAGS as readonly string[]).includes(name)) throw new SimInputError(`unknown option --${name}`);
-    const flag = name as ValueFlag;
-    let value = eq === -1 ? undefined : arg.slice(eq + 1);
-    if (value === undefined) {
-      const next = argv[i + 1];
-      if (next === undefined || next.startsWith('--')) throw new SimInputError(`--${flag} needs a value`);
-      value = next;
-      i++;
-    }
+    const flag = token.name as ValueFlag;
     if (values[flag] !== undefined) throw new SimInputError(`--${flag} given twice`);
-    values[flag] = value;
+    values[flag] = token.value;
   }
   if (values.trace === undefined && values.replay === undefined) throw new SimInputError('expected --trace SPEC or --replay FOLDER');
   if (values.trace !== undefined && values.replay !== undefined) throw new SimInputError('--trace and --replay exclude each other: a replay takes its arrivals from the log');
   if (values.policy !== undefined && values.compare !== undefined) throw new SimInputError('--policy and --compare exclude each other');
   return { values, json: asJson };
+}
+
+/** parseArgs's errors, in the words of the rest of the command's. */
+function parseErrorMessage(error: Error & { code?: string }, argv: readonly string[]): string {
+  const spelled = /'(-[^' ]+)/.exec(error.message)?.[1] ?? '';
+  const named = spelled.replace(/^-+/, '');
+  switch (error.code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option ${spelled}`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      return named === 'json' ? '--json takes no value' : `--${named} needs a value`;
+    case 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL':
+      return `unexpected argument "${argv.find((arg) => !arg.startsWith('-')) ?? ''}"`;
+    default:
+      return error.message;
+  }
 }
 
 export interface Simulation {

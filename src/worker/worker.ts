@@ -436,7 +436,7 @@ async function classifyOne(options: WorkerOptions, launch: LaunchMessage, image:
 }
 
 async function injectFaults(faults: WorkerOptions['faults'], name: string): Promise<void> {
-  if (faults?.delayMs) await new Promise((resolve) => setTimeout(resolve, faults.delayMs));
+  if (faults?.delayMs) await sleep(faults.delayMs);
   if (faults?.crashOn && name.includes(faults.crashOn)) process.kill(process.pid, 'SIGKILL');
   if (faults?.hangOn && name.includes(faults.hangOn)) {
     // Block the event loop the way a stuck native decoder would: only a kill ends it.
