@@ -197,9 +197,11 @@ export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
   /**
    * Applies one output message, reading its batch from the buckets when it is not in memory.
    * 'orphan': no batch lists the image (it was deleted, or its upload failed after a launch
-   * message went out), so the message must not bring it back.
+   * message went out), so the message must not bring it back. 'repeated': a result for an
+   * image that already has one (delivery is at least once, and the monitor announces again
+   * a result it finds stored); the first one stands.
    */
-  async applyOutput(output: OutputMessage): Promise<'applied' | 'orphan'> {
+  async applyOutput(output: OutputMessage): Promise<'applied' | 'repeated' | 'orphan'> {
     const imageId = output.type === 'result' ? output.result.imageId : output.imageId;
     const batchId = output.type === 'result' ? output.result.batchId : output.batchId;
     if (!this.images.has(imageId)) {
@@ -209,8 +211,8 @@ export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
       // batch would be pinned; the buckets hold what this message says.
       if (!this.images.has(imageId)) return 'applied';
     }
-    if (output.type === 'result') this.recordResult(output.result);
-    else this.recordProgress(output.imageId, output.instanceId, output.attempt);
+    if (output.type === 'result') return this.recordResult(output.result) ? 'applied' : 'repeated';
+    this.recordProgress(output.imageId, output.instanceId, output.attempt);
     return 'applied';
   }
 
@@ -510,9 +512,10 @@ async function applyOutputMessage(index: ResultsIndex, outputQueue: Queue, messa
   try {
     const output = parseOutputMessage(message.body);
     const applied = await index.applyOutput(output);
-    if (applied === 'applied') {
-      recordEvent(events, output);
-      if (output.type === 'result') log.debug({ imageId: output.result.imageId, batchId: output.result.batchId, status: output.result.status }, 'result recorded');
+    if (applied !== 'orphan') recordEvent(events, output);
+    if (output.type === 'result' && applied !== 'orphan') {
+      const { imageId, batchId, status } = output.result;
+      log.debug({ imageId, batchId, status }, applied === 'applied' ? 'result recorded' : 'repeated result ignored');
     }
     if (applied === 'orphan' && output.type === 'result') {
       const waitMs = message.sentAt + graceMs - Date.now();

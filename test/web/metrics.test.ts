@@ -10,6 +10,7 @@ import path from 'node:path';
 import { parseLaunchMessage, resultKey, type ImageResult, type LaunchMessage } from '../../src/messages.js';
 import { REJECTION_REASONS } from '../../src/metrics.js';
 import { drainQueue, makeTempDir, sharedImagesDir, waitFor } from '../helpers.js';
+import { capturingLogger, logged } from '../log-capture.js';
 import { scrape, type Exposition } from '../metrics-text.js';
 import { startInProcessWebTier, type InProcessWebTier } from './in-process.js';
 
@@ -17,10 +18,11 @@ describe('web tier metrics', async () => {
   const temp = await makeTempDir();
   const tench = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
   let tier: InProcessWebTier;
+  const capture = capturingLogger('debug');
   const metrics = () => scrape(`${tier.url}/metrics`);
 
   before(async () => {
-    tier = await startInProcessWebTier(temp.dir);
+    tier = await startInProcessWebTier(temp.dir, [], capture.log);
   });
   after(async () => {
     await tier?.stop();
@@ -100,6 +102,9 @@ describe('web tier metrics', async () => {
     assert.ok(delta(after, before, 'icaas_upload_to_result_seconds_sum', { outcome: 'ok' }) > 0);
     assert.equal(after.value('icaas_images', { status: 'done' }), 2);
     assert.equal(after.value('icaas_images', { status: 'error' }), 1);
+    // The log tells the first result from the repeat, like the counters.
+    assert.equal(logged(capture.entries, { msg: 'result recorded', imageId: first.imageId }).length, 1);
+    assert.equal(logged(capture.entries, { msg: 'repeated result ignored', imageId: first.imageId }).length, 1);
   });
 
   it('follows live-event clients: connected now, and connections in all', async () => {
