@@ -43,16 +43,21 @@ export interface Service {
 export async function startService(options: ServiceOptions = {}): Promise<Service> {
   const temp = options.dataDir ? undefined : await makeTempDir('icaas-e2e-');
   const dataDir = options.dataDir ?? temp!.dir;
+  const defaults: [string, string][] = [
+    ['--host', '127.0.0.1'], ['--port', '0'], ['--data', dataDir],
+    ['--max-instances', String(options.maxInstances ?? 20)],
+    ['--idle-wait', String(options.idleWaitSeconds ?? 2)],
+    ['--deadline', String(options.deadlineSeconds ?? 30)],
+    ['--monitor-check', String(options.monitorCheckSeconds ?? 0.5)],
+    ['--launch-interval', '200'],
+  ];
+  const given = [...(options.cloud?.args ?? []), ...(options.extraArgs ?? [])];
+  // A flag the caller gives replaces the default: icaas refuses a flag given twice.
+  const overridden = new Set(given.filter((arg) => arg.startsWith('--')).map((arg) => arg.split('=')[0]));
   const args = [
     cliPath, 'start',
-    '--host', '127.0.0.1', '--port', '0', '--data', dataDir,
-    '--max-instances', String(options.maxInstances ?? 20),
-    '--idle-wait', String(options.idleWaitSeconds ?? 2),
-    '--deadline', String(options.deadlineSeconds ?? 30),
-    '--monitor-check', String(options.monitorCheckSeconds ?? 0.5),
-    '--launch-interval', '200',
-    ...(options.cloud?.args ?? []),
-    ...(options.extraArgs ?? []),
+    ...defaults.filter(([flag]) => !overridden.has(flag)).flat(),
+    ...given,
   ];
   const child: ChildProcess = spawn(process.execPath, args, {
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', ...options.cloud?.env, ...options.env },
