@@ -40,6 +40,16 @@ const cores = availableParallelism();
 /** The service's own defaults, restored over the test harness's faster settings. */
 const DEFAULT_SETTINGS = ['--idle-wait', '5', '--launch-interval', '500', '--monitor-check', '2', '--deadline', '30', '--max-instances', '20'];
 
+/** The default settings with a row's own in place of the same flags (icaas refuses a flag given twice). */
+function withSettings(args: string[]): string[] {
+  const own = new Set(args.filter((arg) => arg.startsWith('--')));
+  const defaults: string[] = [];
+  for (let i = 0; i < DEFAULT_SETTINGS.length; i += 2) {
+    if (!own.has(DEFAULT_SETTINGS[i]!)) defaults.push(DEFAULT_SETTINGS[i]!, DEFAULT_SETTINGS[i + 1]!);
+  }
+  return [...defaults, ...args];
+}
+
 interface Row {
   row: string;
   measured: string;
@@ -68,7 +78,7 @@ async function loadFiles(count: number): Promise<{ name: string; body: Buffer }[
  */
 async function runBatch(label: string, files: { name: string; body: Buffer }[], args: string[], keep = false): Promise<BatchRun> {
   const temp = keep ? await makeTempDir('icaas-bench-') : undefined;
-  const service = await startService({ extraArgs: [...DEFAULT_SETTINGS, ...args], sampleEveryMs: 1000, ...(temp ? { dataDir: temp.dir } : {}) });
+  const service = await startService({ extraArgs: withSettings(args), sampleEveryMs: 1000, ...(temp ? { dataDir: temp.dir } : {}) });
   try {
     const started = Date.now();
     const upload = await uploadForm(service.url, files);
