@@ -166,7 +166,7 @@ function noticingInstances(queue: Queue, onNotice: (notice: MonitorNotice, first
   return {
     name: queue.name,
     send: (body, options) => queue.send(body, options),
-    sendBatch: (bodies) => queue.sendBatch(bodies),
+    sendBatch: (bodies, options) => queue.sendBatch(bodies, options),
     async receive(options) {
       const messages = await queue.receive(options);
       for (const message of messages) {

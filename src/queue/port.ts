@@ -23,7 +23,18 @@ export interface QueueCounts {
 export interface SendOptions {
   /** Seconds before the message becomes visible (SQS allows 0-900). */
   delaySeconds?: number;
+  /**
+   * False: the sender does not need the send to survive a power cut by itself, because
+   * losing it is recovered by what the sender committed before it. A queue that flushes
+   * each send to disk (SQLite) may then skip the flush; a power cut undoes only the last
+   * commits of the queue file, never one without those after it. Default true. Queues that
+   * are durable anyway (SQS) ignore it.
+   */
+  flush?: boolean;
 }
+
+/** What a batch's messages share; a batch has no delay. */
+export type BatchSendOptions = Pick<SendOptions, 'flush'>;
 
 export interface ReceiveOptions {
   /** 1-10, as in SQS. Default 1. */
@@ -43,7 +54,7 @@ export interface Queue {
    * Sends many messages at once, cheaper than one send each (one transaction; SQS batches
    * of 10). Not atomic: when it throws, some of the messages may have been sent.
    */
-  sendBatch(bodies: string[]): Promise<string[]>;
+  sendBatch(bodies: string[], options?: BatchSendOptions): Promise<string[]>;
   receive(options?: ReceiveOptions): Promise<ReceivedMessage[]>;
   /** Deleting with a stale handle (the message was received again since) is a no-op, as in SQS. */
   delete(receiptHandle: string): Promise<void>;

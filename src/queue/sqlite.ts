@@ -30,6 +30,7 @@ import {
   checkSendOptions,
   checkVisibilityTimeout,
   type Queue,
+  type BatchSendOptions,
   type QueueCounts,
   type QueueProvider,
   type ReceiveOptions,
@@ -372,14 +373,16 @@ class SqliteQueue implements Queue {
     const delaySeconds = checkSendOptions(body, options);
     const id = randomUUID();
     this.provider.expireOld();
-    this.provider.writeDurably(`send to ${this.name}`, (statements, now) => {
+    const insert = (statements: Statements, now: number) => {
       statements.insert.run(id, this.name, body, now, now + delaySeconds * 1000);
-    });
+    };
+    if (options?.flush === false) this.provider.writeAtQueueTime(`send to ${this.name}`, insert);
+    else this.provider.writeDurably(`send to ${this.name}`, insert);
     return id;
   }
 
   /** One transaction, so one fsync, for the whole batch: an upload of 900 images costs one. */
-  async sendBatch(bodies: string[]): Promise<string[]> {
+  async sendBatch(bodies: string[], options?: BatchSendOptions): Promise<string[]> {
     for (const body of bodies) {
       if (typeof body !== 'string') throw new QueueError('invalid-argument', `message body must be a string, got ${typeof body}`);
       checkSendOptions(body, undefined);
@@ -387,9 +390,11 @@ class SqliteQueue implements Queue {
     if (bodies.length === 0) return [];
     const ids = bodies.map(() => randomUUID());
     this.provider.expireOld();
-    this.provider.writeDurably(`send ${bodies.length} messages to ${this.name}`, (statements, now) => {
+    const insert = (statements: Statements, now: number) => {
       for (const [i, body] of bodies.entries()) statements.insert.run(ids[i]!, this.name, body, now, now);
-    });
+    };
+    if (options?.flush === false) this.provider.writeAtQueueTime(`send ${bodies.length} messages to ${this.name}`, insert);
+    else this.provider.writeDurably(`send ${bodies.length} messages to ${this.name}`, insert);
     return ids;
   }
 

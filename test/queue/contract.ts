@@ -207,6 +207,22 @@ export function queueContract(adapterName: string, setup: () => Promise<QueueCon
       assert.deepEqual(ids.map((id) => seen.get(id)), bodies);
     });
 
+    it('delivers a send that asks for no disk flush like any other, alone, delayed and in a batch', async () => {
+      const queue = freshQueue();
+      await queue.send('unflushed', { flush: false });
+      await queue.send('unflushed, delayed', { flush: false, delaySeconds: 1 });
+      await queue.sendBatch(['batch 1', 'batch 2'], { flush: false });
+      const seen: string[] = [];
+      await waitFor('the four unflushed messages', async () => {
+        for (const message of await queue.receive({ maxMessages: 10, waitSeconds: 1, visibilityTimeoutSeconds: LONG_VISIBILITY })) {
+          seen.push(message.body);
+          await queue.delete(message.receiptHandle);
+        }
+        return seen.length >= 4;
+      });
+      assert.deepEqual(seen.sort(), ['batch 1', 'batch 2', 'unflushed', 'unflushed, delayed']);
+    });
+
     it('sendBatch refuses the whole batch when one body is invalid, before sending any', async () => {
       const queue = freshQueue();
       const tooBig = 'x'.repeat(SQS_LIMITS.maxBodyBytes + 1);
