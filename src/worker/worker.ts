@@ -15,6 +15,14 @@
  * once when it runs out of work (idle). An image still in hand after PROGRESS_AFTER_MS has
  * its launch message deleted then and gets a progress note; for the usual image the result
  * follows within milliseconds and says the same.
+ *
+ * The worker's sends (notice, progress, result) ask for no disk flush: a flush per send
+ * blocked the worker for milliseconds per image. A power cut undoes only the last commits
+ * of a queue file, so a lost send takes everything the worker committed after it along,
+ * and each loss is recovered: a lost notice goes with the delete of its launch message,
+ * which comes back; a lost result announcement leaves the notice, and the monitor
+ * announces a stored result it finds; and a launch message whose image already has a
+ * stored result gets that result announced before it is dropped (dropStale).
  */
 import { Backoff, sleep } from '../backoff.js';
 import { movingAverage } from '../moving-average.js';
@@ -158,7 +166,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       const startedAt = clock.now();
       const { launch } = taken;
       const notice: MonitorNotice = { type: 'monitor', imageId: launch.imageId, batchId: launch.batchId, name: launch.name, key: launch.key, attempt: launch.attempt, instanceId, startedAt, queuedAt: launch.queuedAt };
-      await queues.monitor.send(JSON.stringify(notice), options.noticeDelaySeconds ? { delaySeconds: options.noticeDelaySeconds } : undefined);
+      await queues.monitor.send(JSON.stringify(notice), { flush: false, ...(options.noticeDelaySeconds ? { delaySeconds: options.noticeDelaySeconds } : {}) });
       await reporter.busy(launch.imageId);
       // Classification is where a worker hangs or crashes, and a result still being stored
       // then is lost: the image before would be retried (an attempt spent) for this one's
@@ -307,8 +315,7 @@ async function stillStartable(options: WorkerOptions, taken: Taken, clock: Clock
   if (clock.monotonic() - taken.checkedAt <= STALE_CHECK_FRESH_MS) return true;
   const stale = await staleDelivery(options, launch);
   if (!stale) return true;
-  imageLog(log, launch).info({ reason: stale }, 'launch message dropped');
-  await options.queues.launch.delete(taken.message.receiptHandle);
+  await dropStale(options, taken.message, launch, stale, log);
   return false;
 }
 
@@ -351,8 +358,7 @@ function taker(options: WorkerOptions, log: Logger): (waitSeconds: number, visib
       }
       const stale = await staleDelivery(options, launch);
       if (stale) {
-        imageLog(log, launch).info({ reason: stale }, 'launch message dropped');
-        await options.queues.launch.delete(message.receiptHandle);
+        await dropStale(options, message, launch, stale, log);
         continue;
       }
       const image = await options.store.get(options.inputBucket, launch.key);
@@ -398,11 +404,23 @@ function receiver(options: WorkerOptions, log: Logger): (waitSeconds: number, vi
  * final result is done; an attempt whose successor is claimed was already given up by the
  * monitor (this is a second delivery of it, after a crash between notice and delete).
  */
-async function staleDelivery(options: WorkerOptions, launch: LaunchMessage): Promise<string | null> {
+async function staleDelivery(options: WorkerOptions, launch: LaunchMessage): Promise<{ reason: string; standing?: ImageResult } | null> {
   const stored = await readFinalResult(options.store, options.outputBucket, launch.imageId);
-  if (stored?.valid) return 'the image already has its final result';
-  if (await options.store.head(options.outputBucket, attemptKey(launch.imageId, launch.attempt + 1))) return `attempt ${launch.attempt + 1} has already been claimed`;
+  if (stored?.valid) return { reason: 'the image already has its final result', standing: stored.result };
+  if (await options.store.head(options.outputBucket, attemptKey(launch.imageId, launch.attempt + 1))) return { reason: `attempt ${launch.attempt + 1} has already been claimed` };
   return null;
+}
+
+/**
+ * Deletes a launch message not worth starting. When the image already has its result, the
+ * result is announced first: this delivery may be the only trace left of an image whose
+ * announcement and notice a power cut undid (they are sent without a disk flush; see the
+ * top of this file), and the output phase keeps the first announcement of each image anyway.
+ */
+async function dropStale(options: WorkerOptions, message: ReceivedMessage, launch: LaunchMessage, stale: { reason: string; standing?: ImageResult }, log: Logger): Promise<void> {
+  imageLog(log, launch).info({ reason: stale.reason }, 'launch message dropped');
+  if (stale.standing) await sendOutput(options.queues.output, { type: 'result', result: stale.standing });
+  await options.queues.launch.delete(message.receiptHandle);
 }
 
 /** `started` is on the monotonic clock, so a wall-clock step cannot make a duration negative. */
@@ -444,8 +462,9 @@ async function injectFaults(faults: WorkerOptions['faults'], name: string): Prom
   }
 }
 
+/** Without a disk flush: see runWorker. */
 async function sendOutput(queue: Queue, message: OutputMessage): Promise<void> {
-  await queue.send(JSON.stringify(message));
+  await queue.send(JSON.stringify(message), { flush: false });
 }
 
 /** The fields that let an operator follow one image through the logs. */

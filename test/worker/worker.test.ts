@@ -78,7 +78,7 @@ describe('worker instance loop', async () => {
     assert.equal(parseImageResult((await store.get('out-bucket', resultKey('img2')))!.body.toString()).attempts, 2);
   });
 
-  it('skips an image that already has its final result (a duplicate delivery)', async () => {
+  it('skips an image that already has its final result (a duplicate delivery), announcing that result', async () => {
     await enqueue('dup', 'dup.jpg', tench);
     const existing = { status: 'error', imageId: 'dup', batchId: 'b1', name: 'dup.jpg', attempts: 3, error: 'earlier', finishedAt: 1 };
     await store.put('out-bucket', resultKey('dup'), Buffer.from(JSON.stringify(existing)));
@@ -86,6 +86,8 @@ describe('worker instance loop', async () => {
     assert.equal(summary.processed, 0);
     assert.deepEqual(await drain(queues.monitor), []);
     assert.equal(parseImageResult((await store.get('out-bucket', resultKey('dup')))!.body.toString()).status, 'error');
+    // Announced again: after a power cut this delivery may be all that is left of the image.
+    assert.deepEqual((await drain(queues.output)).map(parseOutputMessage), [{ type: 'result', result: existing }]);
   });
 
   it('ends an undecodable or missing image as an error result without retrying it', async () => {
