@@ -99,6 +99,8 @@ export interface WorkerSummary {
 
 /** An image in hand this long gets a progress note, so users see which instance holds it. */
 export const PROGRESS_AFTER_MS = 1000;
+/** Results stored and announced in the background at once, at most (see Finishing). */
+const FINISHING_AT_MOST = 3;
 /** A message taken ahead longer ago than this part of its visibility timeout is not started. */
 const PREFETCH_START_WITHIN = 0.5;
 /** A check for staleness older than this is made again before the image starts. */
@@ -133,12 +135,11 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
   const take = taker(options, log);
   /** The next message, taken while the current image was classified. */
   let ahead: Promise<Taken | null> | undefined;
-  /** The image before: its result being stored, then announced. */
-  let previous: Finisher | undefined;
+  /** The images before: their results being stored, then announced. */
+  const finishing = new Finishing(FINISHING_AT_MOST);
   const stopped = () => options.signal?.aborted === true;
   const end = async (reason: WorkerSummary['reason']): Promise<WorkerSummary> => {
-    await previous?.done();
-    previous = undefined;
+    await finishing.done();
     return { processed: tally.processed, reason };
   };
   try {
@@ -150,8 +151,7 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       ahead = undefined;
       if (taken && !(await stillStartable(options, taken, clock, log))) taken = null;
       if (!taken) {
-        await previous?.done();
-        previous = undefined;
+        await finishing.done();
         if (stopped()) return await end('stopped');
         await reporter.idle();
         const next = await take(options.idleWaitSeconds, options.launchVisibilitySeconds ?? 30);
@@ -169,14 +169,14 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       await queues.monitor.send(JSON.stringify(notice), { flush: false, ...(options.noticeDelaySeconds ? { delaySeconds: options.noticeDelaySeconds } : {}) });
       await reporter.busy(launch.imageId);
       // Classification is where a worker hangs or crashes, and a result still being stored
-      // then is lost: the image before would be retried (an attempt spent) for this one's
+      // then is lost: the images before would be retried (an attempt spent) for this one's
       // fault. A first attempt takes that risk, so that the store's disk flushes overlap
       // the classification; a retried image may be the one that brought its worker down
-      // before, so the image before waits for its result to be stored. An innocent image
+      // before, so the images before wait for their results to be stored. An innocent image
       // that shared a worker with a bad one thus loses at most one attempt, and the retries
       // of the two, which arrive together, cannot sink it again. Announcements may trail:
       // a result stored but never announced is announced by the monitor.
-      if (launch.attempt > 1) await previous?.stored();
+      if (launch.attempt > 1) await finishing.stored();
       const inHand = heldLong(options, taken, { type: 'progress', imageId: launch.imageId, batchId: launch.batchId, instanceId, attempt: launch.attempt, at: startedAt });
       const classifying = classifyOne(options, launch, taken.image, started);
       if (!stopped()) {
@@ -192,15 +192,44 @@ export async function runWorker(options: WorkerOptions): Promise<WorkerSummary> 
       } finally {
         deleted = await inHand.stop();
       }
-      await previous?.done();
-      previous = finisher(options, { taken, deleted, outcome, started }, clock, tally, log);
+      await finishing.add(finisher(options, { taken, deleted, outcome, started }, clock, tally, log));
     }
   } finally {
-    // Whatever ends the loop, the result in flight is stored and announced, and a message
+    // Whatever ends the loop, the results in flight are stored and announced, and a message
     // taken ahead but never started goes back to the queue at once.
-    const error = await previous?.done().then(() => null, (failure: unknown) => failure);
+    const error = await finishing.done().then(() => null, (failure: unknown) => failure);
     await release(options, ahead, log);
     if (error) throw error;
+  }
+}
+
+/**
+ * Results being stored and announced, oldest first. Storing one (two disk flushes) takes
+ * about as long as classifying the next image, longer when the disk is busy, and waiting for
+ * each before going on left the core idle for that long on most images. The bound keeps what
+ * a crash costs small: each result not yet stored is an attempt spent for its image.
+ */
+class Finishing {
+  private readonly pending: Finisher[] = [];
+
+  constructor(private readonly atMost: number) {}
+
+  /** Adds one, then waits for the oldest while more than `atMost` are in flight. */
+  async add(finisher: Finisher): Promise<void> {
+    this.pending.push(finisher);
+    while (this.pending.length > this.atMost) await this.pending.shift()!.done();
+  }
+
+  /** Resolves once every result in flight is stored; their announcements go on. */
+  async stored(): Promise<void> {
+    await Promise.all(this.pending.map((finisher) => finisher.stored()));
+  }
+
+  /** Waits for every one to be stored and announced, then throws the first failure. */
+  async done(): Promise<void> {
+    const settled = await Promise.allSettled(this.pending.splice(0).map((finisher) => finisher.done()));
+    const failed = settled.find((outcome) => outcome.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 }
 

@@ -134,6 +134,38 @@ describe('worker loop, per image', async () => {
     assert.ok(await store.head('out-bucket', resultKey('f1')));
   });
 
+  it('classifies on while up to three results are being stored, and waits for the oldest before a fourth', async () => {
+    await enqueue('d1', 'd2', 'd3', 'd4', 'd5');
+    const events: string[] = [];
+    let classified = 0;
+    const classify = classifier.classify.bind(classifier);
+    const watching: Classifier = { ...classifier, classify: async (image, k) => {
+      events.push(`start #${events.filter((event) => event.startsWith('start')).length + 1}`);
+      const predictions = await classify(image, k);
+      classified++;
+      return predictions;
+    } };
+    // No result is stored until four images are classified: a worker that waited for each
+    // store before the next image would never get there.
+    const slowStore = new Proxy(store, {
+      get(object, property, receiver) {
+        const value = Reflect.get(object, property, receiver);
+        if (property !== 'put') return typeof value === 'function' ? value.bind(object) : value;
+        return async (bucket: string, key: string, ...rest: unknown[]) => {
+          if (bucket === 'out-bucket') await waitFor('four images to be classified', () => classified >= 4, { timeoutMs: 10_000 });
+          const stored = await (value as (...a: unknown[]) => Promise<unknown>).call(object, bucket, key, ...rest);
+          if (key === resultKey('d1')) events.push('stored d1');
+          return stored;
+        };
+      },
+    });
+    const summary = await runWorker({ ...options(), classifier: watching, store: slowStore });
+    assert.equal(summary.processed, 5);
+    // d2-d4 were classified while d1's result was still being stored; d5 only after it was.
+    assert.deepEqual(events, ['start #1', 'start #2', 'start #3', 'start #4', 'stored d1', 'start #5']);
+    for (const id of ['d1', 'd2', 'd3', 'd4', 'd5']) assert.ok(await store.head('out-bucket', resultKey(id)), id);
+  });
+
   it('takes the next message and reads its image while an image is classified; stores the result before a retried image is classified and announces it meanwhile', async () => {
     // p2 is a retry: it may be what brought a worker down before, so p1 must be safe first.
     await enqueue('p1', 'p2@2', 'p3');
