@@ -100,9 +100,10 @@ export async function startWebProcess(args: string[]): Promise<WebProcess> {
 
 /**
  * Posts the files as ONE multipart request to `/api/images`, writing them in turn with the
- * socket's back-pressure, so the sender never holds more than one file in memory.
+ * socket's back-pressure, so the sender never holds more than one file in memory. A file
+ * given with a name is sent under it as is (no escaping: the caller's names need none).
  */
-export function postFilesInOneRequest(url: string, files: Buffer[]): Promise<{ status: number; body: Partial<UploadAccepted> & Partial<UploadRefused> }> {
+export function postFilesInOneRequest(url: string, files: (Buffer | { name: string; body: Buffer })[]): Promise<{ status: number; body: Partial<UploadAccepted> & Partial<UploadRefused> }> {
   const boundary = `----icaas${randomBytes(8).toString('hex')}`;
   return new Promise((resolve, reject) => {
     const request = http.request(`${url}/api/images`, { method: 'POST', headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }, (response) => {
@@ -115,8 +116,9 @@ export function postFilesInOneRequest(url: string, files: Buffer[]): Promise<{ s
     void (async () => {
       const write = (chunk: Buffer | string) => (request.write(chunk) ? undefined : new Promise((done) => request.once('drain', done)));
       for (const [i, file] of files.entries()) {
-        await write(`--${boundary}\r\nContent-Disposition: form-data; name="images"; filename="noise-${i}.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`);
-        await write(file);
+        const [name, body] = Buffer.isBuffer(file) ? [`noise-${i}.jpg`, file] : [file.name, file.body];
+        await write(`--${boundary}\r\nContent-Disposition: form-data; name="images"; filename="${name}"\r\nContent-Type: image/jpeg\r\n\r\n`);
+        await write(body);
         await write('\r\n');
       }
       request.end(`--${boundary}--\r\n`);
