@@ -172,7 +172,7 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
   const metricsListener = config.metricsPort > 0 ? await serveMetrics(metrics, { host: config.host, port: config.metricsPort, apiKeys: config.apiKeys }) : undefined;
   if (metricsListener) log.info({ url: metricsListener.url }, 'metrics served');
   else if (!parts.web) log.info('metrics not served; set --metrics-port to serve them');
-  let controllers: { stop(): Promise<void> } | undefined;
+  let controllers: { imagesQueued(): void; stop(): Promise<void> } | undefined;
   if (parts.controllers) {
     const { startControllers } = await import('./controller/index.js');
     controllers = startControllers(runtime, logger, metrics);
@@ -180,7 +180,7 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
   let web: { url: string; drain(): void; stop(): Promise<void> } | undefined;
   if (parts.web) {
     const { startWebTier } = await import('./web/index.js');
-    web = await startWebTier(runtime, logger, metrics);
+    web = await startWebTier(runtime, logger, metrics, { onQueued: () => controllers?.imagesQueued() });
     log.info({ url: web.url }, 'listening');
     if (config.apiKeys.length === 0 && !['localhost', '127.0.0.1', '::1'].includes(config.host)) {
       log.warn({ host: config.host }, 'listening on a public address without API keys: anyone who can reach it can upload and read results; set ICAAS_API_KEYS');

@@ -18,6 +18,8 @@ export interface Controllers {
   health(): LoopHealth[];
   /** The launch policy's last decision, as also published in the output bucket. */
   scaling(): ScalingStatus | undefined;
+  /** New images are waiting: the launch controller looks now instead of at its next tick. */
+  imagesQueued(): void;
   stop(): Promise<void>;
 }
 
@@ -149,6 +151,7 @@ export function startControllers(runtime: Runtime, logger: Logger = silentLogger
   return {
     health,
     scaling: () => scaling,
+    imagesQueued: () => launch.wake(),
     async stop() {
       await Promise.all(loops.map((loop) => loop.stop()));
       await events.close();

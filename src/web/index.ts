@@ -24,7 +24,7 @@ export interface WebTier {
 }
 
 /** `metrics`: the process's registry, shared with the controllers when they run in this process too. */
-export async function startWebTier(runtime: Runtime, logger: Logger = silentLogger(), metrics = new ServiceMetrics()): Promise<WebTier> {
+export async function startWebTier(runtime: Runtime, logger: Logger = silentLogger(), metrics = new ServiceMetrics(), options: { onQueued?: () => void } = {}): Promise<WebTier> {
   const { config } = runtime;
   const log = logger.child({ component: 'web' });
   // Refused before anything is opened: the setting would let clients name their own address.
@@ -48,7 +48,7 @@ export async function startWebTier(runtime: Runtime, logger: Logger = silentLogg
   const scaling = async (): Promise<ScalingStatus | undefined> => (await controllers()).scaling;
   const events = new EventLog(config.data, (error) => logger.error({ component: 'events', data: config.data, err: error }, 'cannot write the event log'));
   events.record({ type: 'run', at: Date.now(), component: 'web' });
-  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), logger, health, scaling, events, metrics });
+  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), logger, health, scaling, events, metrics, ...options });
   // A result for an image of a deleted batch is kept until the monitor has surely seen it.
   const orphanGraceSeconds = 2 * (config.deadlineSeconds + config.monitorCheckSeconds);
   const resultsLog = logger.child({ component: 'results' });

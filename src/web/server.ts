@@ -45,6 +45,11 @@ export interface WebOptions {
   events?: EventSink;
   /** This process's metrics; a registry of its own when absent. */
   metrics?: ServiceMetrics;
+  /**
+   * Called when an upload's images are queued. `icaas start` wakes its launch controller
+   * with it, so the first instances start at once instead of at its next tick.
+   */
+  onQueued?: () => void;
 }
 
 export interface WebServer {
@@ -140,6 +145,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     limits: { maxFileBytes: config.maxFileBytes, maxPixels: config.maxPixels, maxFiles: config.maxFiles },
     ...(options.events ? { events: options.events } : {}),
     metrics: metrics.web,
+    ...(options.onQueued ? { onQueued: options.onQueued } : {}),
   };
   const context: RouteContext = {
     runtime,

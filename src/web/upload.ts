@@ -36,6 +36,8 @@ export interface UploadContext {
   events?: EventSink;
   /** Counts accepted images and refused files, once the request has succeeded. */
   metrics?: Pick<WebTierMetrics, 'imagesAccepted' | 'imageRejected'>;
+  /** Told once an upload's launch messages are out (the launch controller, when in this process). */
+  onQueued?: () => void;
 }
 
 /** A stored manifest whose launch messages may not all have been sent. */
@@ -142,6 +144,7 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
     // The queue's own message can name files of this machine: it goes to the log only.
     throw new UploadError(503, 'the images could not be queued; nothing was stored, try again', [], { cause: error });
   }
+  context.onQueued?.();
   if (context.index.isDeleted(batchId)) {
     // Deleted (forced) while this upload ran: its messages find their images gone, and the
     // output phase cleans up the error results they leave.

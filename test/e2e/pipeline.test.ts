@@ -82,6 +82,18 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
     for (const kind of ['run', 'arrival', 'launch', 'ready', 'image-finish', 'stop']) assert.ok(kinds.has(kind as RunEvent['type']), `no ${kind} event`);
   });
 
+  it('starts the first instance when an upload is queued, not at the launch controller\'s next tick', async () => {
+    // The controller's first tick is at start-up, with nothing waiting; its next is a minute
+    // later, after this test's deadline.
+    const service = await startService({ extraArgs: ['--launch-interval', '60000'] });
+    services.push(service);
+    const [image] = await sharedImages();
+    const upload = await uploadForm(service.url, [{ name: image!.file, body: await readShared(image!.file) }]);
+    assert.equal(upload.status, 202);
+    const batch = await waitForBatch(service.url, upload.body.batchId, 30_000);
+    assert.equal(batch.images[0]!.status, 'done');
+  });
+
   it('holds 100 concurrent synchronous requests, answering each with name:label', async () => {
     const service = await startService({ maxInstances: 20, idleWaitSeconds: 2 });
     services.push(service);
