@@ -134,7 +134,8 @@ async function runSync(files: { name: string; body: Buffer }[]): Promise<{ secon
 /**
  * The shared images in one request to a web tier alone (no workers competing for the CPU),
  * streamed by a lean client (fetch's FormData would spend as much CPU building the body as
- * the server spends taking it, on the same cores); the median of five uploads (one varies by half from the next here).
+ * the server spends taking it, on the same cores); the median of five uploads (one
+ * varies by half from the next here).
  */
 async function runUpload(files: { name: string; body: Buffer }[]): Promise<number> {
   const temp = await makeTempDir('icaas-bench-upload-');
