@@ -255,15 +255,18 @@ interface Finisher {
  */
 function finisher(options: WorkerOptions, classified: Classified, clock: Clock, tally: { processed: number; serviceMs: number | undefined }, log: Logger): Finisher {
   const storing = storeFirstResult(options.store, options.outputBucket, classified.outcome.result);
+  // Announced as soon as it is stored, not when the loop next looks: the user sees it then,
+  // the launch message is deleted then, and the time per image reaches the registry (and
+  // the launch policy) with the next report.
+  const announcing = storing.then((stored) => announced(options, classified, stored, clock, tally, log));
+  // Both are awaited later; their failures must not go unhandled meanwhile.
   storing.catch(() => undefined);
-  let announcing: Promise<void> | undefined;
-  const announce = (): Promise<void> => (announcing ??= storing.then((stored) => announced(options, classified, stored, clock, tally, log)));
+  announcing.catch(() => undefined);
   return {
     async stored() {
       await storing;
-      announce().catch(() => undefined);
     },
-    done: announce,
+    done: () => announcing,
   };
 }
 

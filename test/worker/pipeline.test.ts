@@ -134,6 +134,26 @@ describe('worker loop, per image', async () => {
     assert.ok(await store.head('out-bucket', resultKey('f1')));
   });
 
+  it('announces a result as soon as it is stored, while the next image is still being classified', async () => {
+    await enqueue('a1', 'a2');
+    const announced: string[] = [];
+    const output = counted(queues.output, [], async (_method, args) => {
+      const message = parseOutputMessage(args[0] as string);
+      if (message.type === 'result') announced.push(message.result.imageId);
+    });
+    let calls = 0;
+    const classify = classifier.classify.bind(classifier);
+    // a2's classification goes on only once a1 is announced: a worker that announces a
+    // result when it next looks, after the next image, never gets there.
+    const watching: Classifier = { ...classifier, classify: async (image, k) => {
+      if (++calls === 2) await waitFor('a1 to be announced while a2 is classified', () => announced.includes('a1'), { timeoutMs: 10_000 });
+      return classify(image, k);
+    } };
+    const summary = await runWorker({ ...options(), classifier: watching, queues: { ...queues, output } });
+    assert.equal(summary.processed, 2);
+    assert.deepEqual(announced, ['a1', 'a2']);
+  });
+
   it('classifies on while up to three results are being stored, and waits for the oldest before a fourth', async () => {
     await enqueue('d1', 'd2', 'd3', 'd4', 'd5');
     const events: string[] = [];
