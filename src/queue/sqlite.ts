@@ -293,6 +293,11 @@ export class SqliteQueueProvider implements QueueProvider {
     }
   }
 
+  /** A send: flushed unless the sender said it need not be (SendOptions.flush). */
+  writeSend<T>(what: string, flush: boolean, write: (statements: Statements, now: number) => T): T {
+    return flush ? this.writeDurably(what, write) : this.writeAtQueueTime(what, write);
+  }
+
   writeAtQueueTime<T>(what: string, write: (statements: Statements, now: number) => T): T {
     return this.run(what, (statements) => this.atQueueTime.immediate((now) => write(statements, now)) as T);
   }
@@ -376,8 +381,7 @@ class SqliteQueue implements Queue {
     const insert = (statements: Statements, now: number) => {
       statements.insert.run(id, this.name, body, now, now + delaySeconds * 1000);
     };
-    if (options?.flush === false) this.provider.writeAtQueueTime(`send to ${this.name}`, insert);
-    else this.provider.writeDurably(`send to ${this.name}`, insert);
+    this.provider.writeSend(`send to ${this.name}`, options?.flush !== false, insert);
     return id;
   }
 
@@ -393,8 +397,7 @@ class SqliteQueue implements Queue {
     const insert = (statements: Statements, now: number) => {
       for (const [i, body] of bodies.entries()) statements.insert.run(ids[i]!, this.name, body, now, now);
     };
-    if (options?.flush === false) this.provider.writeAtQueueTime(`send ${bodies.length} messages to ${this.name}`, insert);
-    else this.provider.writeDurably(`send ${bodies.length} messages to ${this.name}`, insert);
+    this.provider.writeSend(`send ${bodies.length} messages to ${this.name}`, options?.flush !== false, insert);
     return ids;
   }
 

@@ -494,7 +494,7 @@ async function injectFaults(faults: WorkerOptions['faults'], name: string): Prom
   }
 }
 
-/** Without a disk flush: see runWorker. */
+/** Without a disk flush: see the top of this file. */
 async function sendOutput(queue: Queue, message: OutputMessage): Promise<void> {
   await queue.send(JSON.stringify(message), { flush: false });
 }
