@@ -91,6 +91,36 @@ describe('upload inspection', async () => {
     assert.ok((await inspectImage(Buffer.concat([jpeg, Buffer.from('trailing data')]), limits)).ok);
   });
 
+  it('follows a JPEG scan past stuffed bytes, restart markers and fill bytes to its end, however it is split', async () => {
+    // A real JPEG's headers with a crafted scan: the check is structural, so these bytes
+    // need not decode. 0xFF00 is a stuffed 0xFF, 0xFFD0-D7 restart markers, and extra 0xFFs
+    // before a marker are fill; only then does the next marker (here EOI) end the scan.
+    const base = await sharp({ create: { width: 37, height: 23, channels: 3, background: '#3a7' } }).jpeg().toBuffer();
+    const sos = base.indexOf(Buffer.from([0xff, 0xda]));
+    const scanStart = sos + 2 + base.readUInt16BE(sos + 2);
+    const scan = Buffer.from([0x12, 0xff, 0x00, 0x34, 0xff, 0xd3, 0x56, 0xff, 0xff, 0x00, 0xff, 0xd7, 0xff, 0xff, 0xff, 0xd0, 0x77, 0xff, 0x00]);
+    const crafted = (tail: number[]) => Buffer.concat([base.subarray(0, scanStart), scan, Buffer.from(tail)]);
+    const inChunks = async (bytes: Buffer, chunkBytes: number) => {
+      const chunks = Array.from({ length: Math.ceil(bytes.length / chunkBytes) }, (_, i) => bytes.subarray(i * chunkBytes, (i + 1) * chunkBytes));
+      const inspector = new ImageInspector(limits);
+      await pipeline(Readable.from(chunks), inspector, new Writable({ write: (_chunk, _encoding, callback) => callback() }));
+      return [inspector.width, inspector.height];
+    };
+    for (const chunkBytes of [1, 2, 3, 5, 4096]) {
+      assert.deepEqual(await inChunks(crafted([0xff, 0xd9]), chunkBytes), [37, 23], `ends at EOI, in chunks of ${chunkBytes}`);
+      // Fill bytes before the EOI, and a second scan after a marker segment, end it the same way.
+      assert.deepEqual(await inChunks(crafted([0xff, 0xff, 0xff, 0xd9]), chunkBytes), [37, 23], `fill before EOI, in chunks of ${chunkBytes}`);
+      const secondScan = [...base.subarray(sos, scanStart)];
+      assert.deepEqual(await inChunks(crafted([...secondScan, 0x01, 0xff, 0x00, 0xff, 0xd9]), chunkBytes), [37, 23], `two scans, in chunks of ${chunkBytes}`);
+      // Without its EOI, or ending on a lone 0xFF, or on a restart marker, the file is cut short.
+      for (const tail of [[], [0xff], [0xff, 0xff], [0xff, 0xd5], [0xff, 0x00]]) {
+        await assert.rejects(inChunks(crafted(tail), chunkBytes), /truncated or corrupt/, `tail ${JSON.stringify(tail)} in chunks of ${chunkBytes}`);
+      }
+    }
+    // A second start-of-image where the scan's end marker should be is refused.
+    assert.match(JSON.stringify(await inspectImage(crafted([0xff, 0xd8, 0xff, 0xd9]), limits)), /second start-of-image/);
+  });
+
   it('holds only a few bytes of a file at a time, however large it is', async () => {
     // A 12 MB JPEG-looking stream whose size arrives in the header and whose end never does.
     const header = jpeg.subarray(0, 2000);
