@@ -173,11 +173,12 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
   if (metricsListener) log.info({ url: metricsListener.url }, 'metrics served');
   else if (!parts.web) log.info('metrics not served; set --metrics-port to serve them');
   let controllers: { imagesQueued(): void; stop(): Promise<void> } | undefined;
+  let web: { url: string; index: { hasFinalResult(imageId: string): boolean }; drain(): void; stop(): Promise<void> } | undefined;
   if (parts.controllers) {
     const { startControllers } = await import('./controller/index.js');
-    controllers = startControllers(runtime, logger, metrics);
+    // With the web tier here too, the monitor lets go of an image its output phase has recorded.
+    controllers = startControllers(runtime, logger, metrics, parts.web ? { recorded: (imageId) => web?.index.hasFinalResult(imageId) ?? false } : {});
   }
-  let web: { url: string; drain(): void; stop(): Promise<void> } | undefined;
   if (parts.web) {
     const { startWebTier } = await import('./web/index.js');
     web = await startWebTier(runtime, logger, metrics, { onQueued: () => controllers?.imagesQueued() });

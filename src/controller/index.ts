@@ -23,8 +23,13 @@ export interface Controllers {
   stop(): Promise<void>;
 }
 
+export interface ControllerOptions {
+  /** The web tier's output phase, when it runs in this process: see MonitorOptions.recorded. */
+  recorded?: (imageId: string) => boolean;
+}
+
 /** `metrics`: the process's registry, shared with the web tier when it runs in this process too. */
-export function startControllers(runtime: Runtime, logger: Logger = silentLogger(), metrics = new ServiceMetrics()): Controllers {
+export function startControllers(runtime: Runtime, logger: Logger = silentLogger(), metrics = new ServiceMetrics(), options: ControllerOptions = {}): Controllers {
   const { config } = runtime;
   const log = logger.child({ component: 'launch' });
   const counted = metrics.controller;
@@ -124,6 +129,7 @@ export function startControllers(runtime: Runtime, logger: Logger = silentLogger
     checkSeconds: config.monitorCheckSeconds,
     maxAttempts: config.maxAttempts,
     log: logger.child({ component: 'monitor' }),
+    ...(options.recorded ? { recorded: options.recorded } : {}),
   };
   // The monitor long-polls, so its loop needs no pause between ticks.
   const monitor = every({ name: 'monitor controller', intervalMs: 0, log: monitorOptions.log, onHealthChange: publish }, async (signal) => {

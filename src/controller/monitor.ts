@@ -29,6 +29,16 @@ export interface MonitorOptions {
   /** Default: silent. */
   log?: Logger;
   clock?: Clock;
+  /**
+   * Whether the output phase of this process has recorded the image's final result (`icaas
+   * start`, where both run in one process). Such a notice is let go at once, without
+   * reading the result back or announcing it again: the output phase learned of it from an
+   * announcement, sent only after the result was stored, or from the bucket itself, and the
+   * announcement is for the output phase. It stays safe across a power cut: the queue file
+   * keeps a prefix of its commits, so if this delete survives, so does the announcement the
+   * output phase saw, and a restarted web tier reads results from the bucket anyway.
+   */
+  recorded?: (imageId: string) => boolean;
 }
 
 export interface MonitorTickSummary {
@@ -83,8 +93,8 @@ interface Finished {
  * undoes it also undoes the deletes after it, and the notices come back to be checked again.
  */
 async function settleFinished(options: MonitorOptions, finished: Finished): Promise<void> {
-  if (finished.results.length === 0) return;
-  await options.queues.output.sendBatch(finished.results.map((result) => JSON.stringify({ type: 'result', result })), { flush: false });
+  if (finished.handles.length === 0) return;
+  if (finished.results.length > 0) await options.queues.output.sendBatch(finished.results.map((result) => JSON.stringify({ type: 'result', result })), { flush: false });
   await options.queues.monitor.deleteBatch(finished.handles);
 }
 
@@ -114,6 +124,10 @@ async function checkNotice(options: MonitorOptions, message: ReceivedMessage, al
     if (!(error instanceof InvalidMessageError)) throw error;
     log.warn({ messageId: message.id, reason: error.message }, 'malformed monitor notice dropped');
     await queues.monitor.delete(message.receiptHandle);
+    return 'finished';
+  }
+  if (options.recorded?.(notice.imageId)) {
+    finished.handles.push(message.receiptHandle);
     return 'finished';
   }
   const stored = await readFinalResult(options.store, options.outputBucket, notice.imageId);

@@ -216,6 +216,12 @@ export class ResultsIndex extends EventEmitter<{ event: [IndexEvent] }> {
     return 'applied';
   }
 
+  /** Whether the image's final result has been recorded (its batch is in memory and it is done or failed). */
+  hasFinalResult(id: string): boolean {
+    const status = this.images.get(id)?.view.status;
+    return status === 'done' || status === 'error';
+  }
+
   /** The image, if its batch is in memory. */
   image(id: string): ImageView | undefined {
     const entry = this.images.get(id);

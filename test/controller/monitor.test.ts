@@ -214,6 +214,23 @@ describe('monitor controller', async () => {
     assert.deepEqual(await drain(options.queues.launch), [], 'an image with a result is not retried');
   });
 
+  it('lets go of an image whose result its own output phase has recorded, without reading or announcing it again', async () => {
+    const instance = await startInstance();
+    await notify(instance, 1, Date.now(), 'recorded');
+    await notify(instance, 1, Date.now(), 'unrecorded');
+    const stored: ImageResult = { status: 'ok', imageId: 'unrecorded', batchId: 'b', name: 'unrecorded.jpg', attempts: 1, instanceId: instance, label: 'tench', probability: 0.5, top5: [], durationMs: 1, finishedAt: Date.now() };
+    await options.store.put('out-bucket', resultKey('unrecorded'), Buffer.from(JSON.stringify(stored)));
+    // Only the output phase knows of 'recorded' (its result is not in the bucket here, so a
+    // read would keep watching it); 'unrecorded' is announced again as before.
+    const asked: string[] = [];
+    options = { ...options, recorded: (imageId) => (asked.push(imageId), imageId === 'recorded') };
+    await settle();
+    assert.deepEqual(asked.sort(), ['recorded', 'unrecorded']);
+    assert.deepEqual((await drain(options.queues.output)).map(parseOutputMessage), [{ type: 'result', result: stored }]);
+    assert.deepEqual(await drain(options.queues.launch), []);
+    assert.equal((await compute.list()).find((i) => i.id === instance)?.state, 'idle', 'no instance is terminated');
+  });
+
   it('two monitors over duplicate notices of every attempt send each retry once and never pass the last attempt', async () => {
     // Two notices per attempt, as a crash between notice and delete leaves; instances gone.
     const images = Array.from({ length: 6 }, (_, i) => ({ imageId: `img${i}`, attempt: (i % 3) + 1 }));
