@@ -173,15 +173,16 @@ async function runServices(config: Config, parts: { web: boolean; controllers: b
   if (metricsListener) log.info({ url: metricsListener.url }, 'metrics served');
   else if (!parts.web) log.info('metrics not served; set --metrics-port to serve them');
   let controllers: { imagesQueued(): void; stop(): Promise<void> } | undefined;
-  let web: { url: string; index: { hasFinalResult(imageId: string): boolean }; drain(): void; stop(): Promise<void> } | undefined;
+  let web: { url: string; index: { hasFinalResult(imageId: string): boolean }; incoming: { expected(): number }; drain(): void; stop(): Promise<void> } | undefined;
   if (parts.controllers) {
     const { startControllers } = await import('./controller/index.js');
-    // With the web tier here too, the monitor lets go of an image its output phase has recorded.
-    controllers = startControllers(runtime, logger, metrics, parts.web ? { recorded: (imageId) => web?.index.hasFinalResult(imageId) ?? false } : {});
+    // With the web tier here too, the monitor lets go of an image its output phase has
+    // recorded, and the launch controller plans for uploads about to end.
+    controllers = startControllers(runtime, logger, metrics, parts.web ? { recorded: (imageId) => web?.index.hasFinalResult(imageId) ?? false, incoming: () => web?.incoming.expected() ?? 0 } : {});
   }
   if (parts.web) {
     const { startWebTier } = await import('./web/index.js');
-    web = await startWebTier(runtime, logger, metrics, { onQueued: () => controllers?.imagesQueued() });
+    web = await startWebTier(runtime, logger, metrics, { onQueued: () => controllers?.imagesQueued(), onIncoming: () => controllers?.imagesQueued() });
     log.info({ url: web.url }, 'listening');
     if (config.apiKeys.length === 0 && !['localhost', '127.0.0.1', '::1'].includes(config.host)) {
       log.warn({ host: config.host }, 'listening on a public address without API keys: anyone who can reach it can upload and read results; set ICAAS_API_KEYS');

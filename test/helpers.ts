@@ -102,11 +102,19 @@ export async function startWebProcess(args: string[]): Promise<WebProcess> {
  * Posts the files as ONE multipart request to `/api/images`, writing them in turn with the
  * socket's back-pressure, so the sender never holds more than one file in memory. A file
  * given with a name is sent under it as is (no escaping: the caller's names need none).
+ * The length is declared up front, as browsers and fetch do for a form. `pauseMs` waits
+ * between files, for an upload that takes a while.
  */
-export function postFilesInOneRequest(url: string, files: (Buffer | { name: string; body: Buffer })[]): Promise<{ status: number; body: Partial<UploadAccepted> & Partial<UploadRefused> }> {
+export function postFilesInOneRequest(url: string, files: (Buffer | { name: string; body: Buffer })[], options: { pauseMs?: number } = {}): Promise<{ status: number; body: Partial<UploadAccepted> & Partial<UploadRefused> }> {
   const boundary = `----icaas${randomBytes(8).toString('hex')}`;
+  const parts = files.map((file, i) => {
+    const [name, body] = Buffer.isBuffer(file) ? [`noise-${i}.jpg`, file] : [file.name, file.body];
+    return { head: Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="images"; filename="${name}"\r\nContent-Type: image/jpeg\r\n\r\n`), body };
+  });
+  const closing = Buffer.from(`--${boundary}--\r\n`);
+  const length = parts.reduce((sum, part) => sum + part.head.length + part.body.length + 2, closing.length);
   return new Promise((resolve, reject) => {
-    const request = http.request(`${url}/api/images`, { method: 'POST', headers: { 'content-type': `multipart/form-data; boundary=${boundary}` } }, (response) => {
+    const request = http.request(`${url}/api/images`, { method: 'POST', headers: { 'content-type': `multipart/form-data; boundary=${boundary}`, 'content-length': String(length) } }, (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
       response.on('end', () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) }));
@@ -115,13 +123,13 @@ export function postFilesInOneRequest(url: string, files: (Buffer | { name: stri
     request.on('error', reject);
     void (async () => {
       const write = (chunk: Buffer | string) => (request.write(chunk) ? undefined : new Promise((done) => request.once('drain', done)));
-      for (const [i, file] of files.entries()) {
-        const [name, body] = Buffer.isBuffer(file) ? [`noise-${i}.jpg`, file] : [file.name, file.body];
-        await write(`--${boundary}\r\nContent-Disposition: form-data; name="images"; filename="${name}"\r\nContent-Type: image/jpeg\r\n\r\n`);
-        await write(body);
+      for (const [i, part] of parts.entries()) {
+        if (i > 0 && options.pauseMs) await new Promise((done) => setTimeout(done, options.pauseMs));
+        await write(part.head);
+        await write(part.body);
         await write('\r\n');
       }
-      request.end(`--${boundary}--\r\n`);
+      request.end(closing);
     })();
   });
 }

@@ -26,6 +26,8 @@ export interface Controllers {
 export interface ControllerOptions {
   /** The web tier's output phase, when it runs in this process: see MonitorOptions.recorded. */
   recorded?: (imageId: string) => boolean;
+  /** The web tier's uploads about to end, when it runs in this process: see LaunchOptions.incoming. */
+  incoming?: () => number;
 }
 
 /** `metrics`: the process's registry, shared with the web tier when it runs in this process too. */
@@ -85,7 +87,7 @@ export function startControllers(runtime: Runtime, logger: Logger = silentLogger
   let lastLaunch = '';
   const terminateFailures = new Map<string, string>();
   const launch = every({ name: 'launch controller', intervalMs: config.launchIntervalMs, log, onHealthChange: publish }, async () => {
-    const tick = await launchTick(runtime.queues.launch, runtime.compute, { policy, measurements, startFailures });
+    const tick = await launchTick(runtime.queues.launch, runtime.compute, { policy, measurements, startFailures, ...(options.incoming ? { incoming: options.incoming } : {}) });
     noteScaling(tick);
     counted.launched(tick.started);
     for (const { id, reason, detail } of tick.deadlines?.terminated ?? []) {

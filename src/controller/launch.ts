@@ -30,6 +30,8 @@ export interface LaunchOptions {
   measurements?: ScalingMeasurements;
   startFailures?: StartFailures;
   events?: EventSink;
+  /** Images of uploads about to end, when the web tier runs in this process (see web/incoming.ts). */
+  incoming?: () => number;
 }
 
 /**
@@ -131,6 +133,8 @@ export async function launchTick(launchQueue: Queue, compute: Compute, options: 
   const now = Date.now();
   measurements.observe(instances, now);
   const observation = scalingObservation(counts, instances, compute, measurements, now);
+  const incoming = options.incoming?.() ?? 0;
+  if (incoming > 0) observation.incoming = incoming;
   await startFailures?.observe(instances, counts.visible);
   const decision = policy(observation);
   let wanted = decision.start;

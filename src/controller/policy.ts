@@ -17,6 +17,12 @@ export const DEFAULT_POLICY: PolicyName = 'drain-time';
 export interface ScalingObservation {
   /** Images waiting in the launch queue, visible now. */
   backlog: number;
+  /**
+   * Images of uploads still arriving that are expected to be queued within a worker's idle
+   * wait (see web/incoming.ts); planned for like the backlog, so that workers start while
+   * the upload ends instead of after. Absent (0) where the web tier is another process.
+   */
+  incoming?: number;
   /** Launch messages an instance has received and not yet deleted (about to be worked on). */
   inFlight: number;
   starting: number;
@@ -82,7 +88,8 @@ export function canonicalPolicyName(name: string): PolicyName {
 /** The original rule: every waiting message meets a free (idle or starting) instance. */
 export const queueMatchPolicy: ScalingPolicy = (observation) => {
   validate(observation);
-  const { backlog, starting, idle, busy, max } = observation;
+  const { starting, idle, busy, max } = observation;
+  const backlog = observation.backlog + (observation.incoming ?? 0);
   const existing = starting + idle + busy;
   const start = Math.max(0, Math.min(backlog - starting - idle, max - existing));
   const target = existing + start;
@@ -96,14 +103,15 @@ export const queueMatchPolicy: ScalingPolicy = (observation) => {
  */
 export const drainTimePolicy: ScalingPolicy = (observation) => {
   validate(observation);
-  const { backlog, inFlight, starting, idle, busy, max, capacity } = observation;
+  const { inFlight, starting, idle, busy, max, capacity } = observation;
+  const backlog = observation.backlog + (observation.incoming ?? 0);
   const existing = starting + idle + busy;
   const room = Math.max(0, max - existing);
   const work = backlog + inFlight + busy;
   if (work === 0) return { start: 0, target: existing, drainMs: null, reason: 'nothing waiting' };
   let start = 0;
   let drain = expectedDrainMs(observation, 0);
-  // Only waiting images can use a new instance: never more starts than those. An image in
+  // Only waiting images (incoming ones included) can use a new instance: never more starts than those. An image in
   // flight is held by an instance, or by one that is gone, and then comes back into the
   // backlog when its visibility timeout ends: an instance started for it now would find
   // nothing to take and stop (on EC2, after a boot that is billed).
@@ -119,7 +127,8 @@ export const drainTimePolicy: ScalingPolicy = (observation) => {
   }
   const target = existing + start;
   let reason: string;
-  if (start > 0) reason = `starting ${start}: shortens the expected drain to ${seconds(drain)}`;
+  const arriving = observation.incoming ? ` (${observation.incoming} of the images still arriving)` : '';
+  if (start > 0) reason = `starting ${start}: shortens the expected drain to ${seconds(drain)}${arriving}`;
   else if (room === 0 && useful === 0 && backlog > 0 && existing >= max) reason = `at the maximum of ${max}`;
   else if (existing >= capacity && backlog > 0) reason = `at capacity: ${capacity} can usefully run at once`;
   else if (backlog > 0) reason = `a start would not finish sooner: ${seconds(observation.startupMs)} to start vs ${seconds(drain)} to drain`;
@@ -135,7 +144,8 @@ export const drainTimePolicy: ScalingPolicy = (observation) => {
  * after a full start-up. Infinity when no instance would ever be available.
  */
 export function expectedDrainMs(observation: ScalingObservation, extra: number): number {
-  const { backlog, inFlight, starting, idle, busy, capacity, serviceMs, startupMs } = observation;
+  const { inFlight, starting, idle, busy, capacity, serviceMs, startupMs } = observation;
+  const backlog = observation.backlog + (observation.incoming ?? 0);
   let work = (backlog + inFlight + busy * BUSY_REMAINING_FRACTION) * serviceMs + extra * (observation.startCostMs ?? 0);
   if (work <= 0) return 0;
   const arrivals: number[] = [];
@@ -161,7 +171,7 @@ export function expectedDrainMs(observation: ScalingObservation, extra: number):
 
 function validate(observation: ScalingObservation): void {
   const { backlog, inFlight, starting, idle, busy, max, capacity, serviceMs, startupMs } = observation;
-  for (const [name, value] of Object.entries({ backlog, inFlight, starting, idle, busy, max })) {
+  for (const [name, value] of Object.entries({ backlog, incoming: observation.incoming ?? 0, inFlight, starting, idle, busy, max })) {
     if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a whole number >= 0, got ${value}`);
   }
   if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`capacity must be a whole number >= 1, got ${capacity}`);

@@ -8,6 +8,7 @@ import { ServiceMetrics } from '../metrics.js';
 import { projectRoot, type Runtime } from '../runtime.js';
 import type { ObjectStore } from '../storage/port.js';
 import { finishInterruptedDeletions } from './deletion.js';
+import { IncomingUploads } from './incoming.js';
 import { outputTick, ResultsIndex } from './results.js';
 import { startSweeper, sweepExpiredBatches, sweepIntervalMs } from './retention.js';
 import { createWebServer, trustProxyOption, type WebServer } from './server.js';
@@ -16,6 +17,8 @@ import { findPendingLaunches, relaunch } from './upload.js';
 export interface WebTier {
   server: WebServer;
   index: ResultsIndex;
+  /** Uploads still arriving: the images expected from those about to end. */
+  incoming: IncomingUploads;
   url: string;
   /** Stops taking uploads (503) while everything else keeps answering. */
   drain(): void;
@@ -24,7 +27,14 @@ export interface WebTier {
 }
 
 /** `metrics`: the process's registry, shared with the controllers when they run in this process too. */
-export async function startWebTier(runtime: Runtime, logger: Logger = silentLogger(), metrics = new ServiceMetrics(), options: { onQueued?: () => void } = {}): Promise<WebTier> {
+export interface WebTierOptions {
+  /** Told when an upload's images are queued (the launch controller of this process). */
+  onQueued?: () => void;
+  /** Told when an upload about to end starts counting as incoming (the same). */
+  onIncoming?: () => void;
+}
+
+export async function startWebTier(runtime: Runtime, logger: Logger = silentLogger(), metrics = new ServiceMetrics(), options: WebTierOptions = {}): Promise<WebTier> {
   const { config } = runtime;
   const log = logger.child({ component: 'web' });
   // Refused before anything is opened: the setting would let clients name their own address.
@@ -48,7 +58,9 @@ export async function startWebTier(runtime: Runtime, logger: Logger = silentLogg
   const scaling = async (): Promise<ScalingStatus | undefined> => (await controllers()).scaling;
   const events = new EventLog(config.data, (error) => logger.error({ component: 'events', data: config.data, err: error }, 'cannot write the event log'));
   events.record({ type: 'run', at: Date.now(), component: 'web' });
-  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), logger, health, scaling, events, metrics, ...options });
+  // A worker started for an upload about to end waits this long for its images.
+  const incoming = new IncomingUploads(config.idleWaitSeconds * 1000, options.onIncoming);
+  const server = await createWebServer({ runtime, index, uiDir: path.join(projectRoot, 'dist', 'ui'), logger, health, scaling, events, metrics, incoming, ...(options.onQueued ? { onQueued: options.onQueued } : {}) });
   // A result for an image of a deleted batch is kept until the monitor has surely seen it.
   const orphanGraceSeconds = 2 * (config.deadlineSeconds + config.monitorCheckSeconds);
   const resultsLog = logger.child({ component: 'results' });
@@ -72,6 +84,7 @@ export async function startWebTier(runtime: Runtime, logger: Logger = silentLogg
   return {
     server,
     index,
+    incoming,
     url,
     drain: () => server.drain(),
     async stop() {

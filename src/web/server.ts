@@ -26,6 +26,7 @@ import { pageRoutes } from './routes/page.js';
 import { statusReader, statusRoutes } from './routes/status.js';
 import { syncRoutes } from './routes/sync.js';
 import { RAW_ERROR_HEADERS, registerSecurityHeaders } from './security.js';
+import type { IncomingUploads } from './incoming.js';
 import { UploadError, type UploadContext } from './upload.js';
 
 export type { RouteAccess, RouteAuth, StatusSnapshot };
@@ -50,6 +51,8 @@ export interface WebOptions {
    * with it, so the first instances start at once instead of at its next tick.
    */
   onQueued?: () => void;
+  /** Uploads still arriving, told of by every upload (see incoming.ts). */
+  incoming?: IncomingUploads;
 }
 
 export interface WebServer {
@@ -146,6 +149,7 @@ export async function createWebServer(options: WebOptions): Promise<WebServer> {
     ...(options.events ? { events: options.events } : {}),
     metrics: metrics.web,
     ...(options.onQueued ? { onQueued: options.onQueued } : {}),
+    ...(options.incoming ? { incoming: options.incoming } : {}),
   };
   const context: RouteContext = {
     runtime,

@@ -23,6 +23,7 @@ import { type BatchManifest, type LaunchMessage, batchManifestKey, batchManifest
 import type { RejectionReason, WebTierMetrics } from '../metrics.js';
 import type { Queue } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
+import type { IncomingUpload, IncomingUploads } from './incoming.js';
 import { displayName, formatBytes, ImageInspector, ImageRejected, type ImageLimits } from './inspect.js';
 import { isValidId, type ResultsIndex } from './results.js';
 
@@ -38,6 +39,8 @@ export interface UploadContext {
   metrics?: Pick<WebTierMetrics, 'imagesAccepted' | 'imageRejected'>;
   /** Told once an upload's launch messages are out (the launch controller, when in this process). */
   onQueued?: () => void;
+  /** Uploads still arriving, for the launch controller of this process (see incoming.ts). */
+  incoming?: IncomingUploads;
 }
 
 /** A stored manifest whose launch messages may not all have been sent. */
@@ -81,6 +84,16 @@ export function newId(): string {
 
 export async function receiveUpload(request: FastifyRequest, context: UploadContext, batchId: string, maxFiles = context.limits.maxFiles): Promise<UploadOutcome> {
   if (!request.isMultipart()) throw new UploadError(415, 'expected a multipart/form-data body with one or more image files');
+  const declared = Number(request.headers['content-length']);
+  const arriving = context.incoming?.begin(Number.isSafeInteger(declared) && declared > 0 ? declared : undefined);
+  try {
+    return await receiveFiles(request, context, batchId, maxFiles, arriving);
+  } finally {
+    arriving?.end();
+  }
+}
+
+async function receiveFiles(request: FastifyRequest, context: UploadContext, batchId: string, maxFiles: number, arriving: IncomingUpload | undefined): Promise<UploadOutcome> {
   const uploadId = newId();
   const stored: string[] = [];
   const images: AcceptedImage[] = [];
@@ -109,6 +122,7 @@ export async function receiveUpload(request: FastifyRequest, context: UploadCont
         continue;
       }
       await commits.add(outcome.committed, outcome.size);
+      arriving?.accepted(outcome.size);
       images.push({ id: imageId, name, status: 'queued', size: outcome.size, contentType: outcome.contentType });
       manifest.images.push({ imageId, name, key, size: outcome.size, contentType: outcome.contentType });
     }

@@ -41,6 +41,11 @@ describe('queue-match policy', () => {
   it('ignores capacity: that is what the drain-time policy adds', () => {
     assert.equal(start({ backlog: 11, capacity: 2 }), 11);
   });
+
+  it('counts images still arriving as waiting', () => {
+    assert.equal(start({ incoming: 3 }), 3);
+    assert.equal(start({ backlog: 2, incoming: 3, idle: 1 }), 4);
+  });
 });
 
 describe('drain-time policy', () => {
@@ -108,6 +113,19 @@ describe('drain-time policy', () => {
     const free = decide({ backlog: 4, capacity: 4, busy: 1, serviceMs: 400, startupMs: 500 });
     const costly = decide({ backlog: 4, capacity: 4, busy: 1, serviceMs: 400, startupMs: 500, startCostMs: 2000 });
     assert.ok(free.start > costly.start, `${free.start} vs ${costly.start}`);
+  });
+
+  it('plans for images still arriving as for waiting ones, and says so', () => {
+    // An upload of 900 about to end on a cold 2-core machine: the same two workers as for
+    // 900 queued images, started now so they are ready when the images are queued.
+    const arriving = decide({ incoming: 900, capacity: 2 });
+    assert.deepEqual([arriving.start, arriving.target], [decide({ backlog: 900, capacity: 2 }).start, 2]);
+    assert.match(arriving.reason, /starting 2: .*\(900 of the images still arriving\)/);
+    assert.equal(decide({ incoming: 11, capacity: 2, idle: 2 }).start, 0);
+    assert.equal(decide({ backlog: 1, incoming: 400, capacity: 2, starting: 1 }).start, 1);
+    assert.equal(decide({ backlog: 1, incoming: 10, capacity: 2, starting: 1 }).start, 0, 'the one starting finishes eleven sooner');
+    assert.throws(() => decide({ incoming: -1 }), /incoming|backlog/);
+    assert.throws(() => decide({ incoming: 1.5 }), /incoming|backlog/);
   });
 
   it('keeps the hard maximum whatever the backlog', () => {

@@ -8,7 +8,7 @@ import { execFile } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { readEventLog, type RunEvent } from '../../src/event-log.js';
-import { cliPath, makeTempDir, waitFor } from '../helpers.js';
+import { cliPath, makeTempDir, postFilesInOneRequest, waitFor } from '../helpers.js';
 import { scrape } from '../metrics-text.js';
 import { followEvents, getBatch, killBusyWorker, readShared, sharedImages, startService, uploadForm, waitForBatch, type Service } from './harness.js';
 
@@ -92,6 +92,22 @@ describe('end to end on the embedded default', { concurrency: false }, () => {
     assert.equal(upload.status, 202);
     const batch = await waitForBatch(service.url, upload.body.batchId, 30_000);
     assert.equal(batch.images[0]!.status, 'done');
+  });
+
+  it('starts a worker while a large upload is still arriving, so it is ready when the images are queued', async () => {
+    // Only wake-ups start instances here (the next tick is a minute away). The upload takes
+    // about 3 s; with a 2 s idle wait, it counts as incoming once 2 s or less remain.
+    const service = await startService({ extraArgs: ['--launch-interval', '60000'], idleWaitSeconds: 2 });
+    services.push(service);
+    const images = (await sharedImages()).slice(0, 20);
+    const files = await Promise.all(images.map(async (image) => ({ name: image.file, body: await readShared(image.file) })));
+    const upload = await postFilesInOneRequest(service.url, files, { pauseMs: 150 });
+    assert.equal(upload.status, 202);
+    await waitForBatch(service.url, upload.body.batchId!, 60_000);
+    const { events } = await readEventLog(path.join(service.dataDir, 'events.jsonl'));
+    const firstLaunch = Math.min(...events.filter((event) => event.type === 'launch').map((event) => event.at));
+    const queued = Math.min(...events.filter((event) => event.type === 'arrival').map((event) => event.at));
+    assert.ok(firstLaunch < queued - 500, `the first worker was launched ${firstLaunch - queued} ms after the images were queued`);
   });
 
   it('holds 100 concurrent synchronous requests, answering each with name:label', async () => {
