@@ -111,10 +111,10 @@ export const drainTimePolicy: ScalingPolicy = (observation) => {
   if (work === 0) return { start: 0, target: existing, drainMs: null, reason: 'nothing waiting' };
   let start = 0;
   let drain = expectedDrainMs(observation, 0);
-  // Only waiting images (incoming ones included) can use a new instance: never more starts than those. An image in
-  // flight is held by an instance, or by one that is gone, and then comes back into the
-  // backlog when its visibility timeout ends: an instance started for it now would find
-  // nothing to take and stop (on EC2, after a boot that is billed).
+  // Only waiting images (incoming ones included) can use a new instance: never more starts
+  // than those. An image in flight is held by an instance, or by one that is gone, and then
+  // comes back into the backlog when its visibility timeout ends: an instance started for
+  // it now would find nothing to take and stop (on EC2, after a boot that is billed).
   const useful = Math.min(room, Math.max(0, backlog - idle - starting));
   while (start < useful) {
     const next = expectedDrainMs(observation, start + 1);

@@ -18,9 +18,13 @@ export class IncomingUploads {
     private readonly now: () => number = () => performance.now(),
   ) {}
 
-  /** An upload begins; `contentLength` is its request's declared length, when there is one. */
-  begin(contentLength: number | undefined): IncomingUpload {
-    const upload = new IncomingUpload(contentLength, this.now(), this.now, this.horizonMs, () => this.uploads.delete(upload), this.onCounting);
+  /**
+   * An upload begins; `contentLength` is its request's declared length, when there is one.
+   * The client declares it, so what an upload counts as is bounded by `maxImages`, the
+   * files one request may hold, and by the rate its bytes really arrive at.
+   */
+  begin(contentLength: number | undefined, maxImages: number): IncomingUpload {
+    const upload = new IncomingUpload(contentLength, maxImages, this.now(), this.now, this.horizonMs, () => this.uploads.delete(upload), this.onCounting);
     this.uploads.add(upload);
     return upload;
   }
@@ -40,6 +44,7 @@ export class IncomingUpload {
 
   constructor(
     private readonly contentLength: number | undefined,
+    private readonly maxImages: number,
     private readonly startedAt: number,
     private readonly now: () => number,
     private readonly horizonMs: number,
@@ -69,6 +74,6 @@ export class IncomingUpload {
     const elapsed = Math.max(1, this.now() - this.startedAt);
     const left = Math.max(0, length - this.bytes);
     if ((left / this.bytes) * elapsed > this.horizonMs) return 0;
-    return Math.max(this.images, Math.round((this.images * length) / this.bytes));
+    return Math.min(this.maxImages, Math.max(this.images, Math.round((this.images * length) / this.bytes)));
   }
 }

@@ -85,7 +85,7 @@ export function newId(): string {
 export async function receiveUpload(request: FastifyRequest, context: UploadContext, batchId: string, maxFiles = context.limits.maxFiles): Promise<UploadOutcome> {
   if (!request.isMultipart()) throw new UploadError(415, 'expected a multipart/form-data body with one or more image files');
   const declared = Number(request.headers['content-length']);
-  const arriving = context.incoming?.begin(Number.isSafeInteger(declared) && declared > 0 ? declared : undefined);
+  const arriving = context.incoming?.begin(Number.isSafeInteger(declared) && declared > 0 ? declared : undefined, maxFiles);
   try {
     return await receiveFiles(request, context, batchId, maxFiles, arriving);
   } finally {

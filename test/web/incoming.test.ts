@@ -14,7 +14,7 @@ describe('incoming uploads', () => {
   it('counts an upload once it is expected to end within the horizon, as the images it will hold', () => {
     const { uploads, at, woken } = setup();
     // 1000 bytes declared, 100-byte files: ten images.
-    const upload = uploads.begin(1000);
+    const upload = uploads.begin(1000, 1000);
     assert.equal(uploads.expected(), 0, 'nothing accepted yet');
     at(1_000);
     upload.accepted(100);
@@ -33,8 +33,8 @@ describe('incoming uploads', () => {
 
   it('adds up uploads, and never counts fewer images than already arrived', () => {
     const { uploads, at } = setup();
-    const small = uploads.begin(300);
-    const large = uploads.begin(10_000);
+    const small = uploads.begin(300, 1000);
+    const large = uploads.begin(10_000, 1000);
     at(100);
     small.accepted(100);
     large.accepted(9_000);
@@ -45,9 +45,19 @@ describe('incoming uploads', () => {
     assert.equal(uploads.expected(), 3 + 2);
   });
 
+  it('counts no more images than one request may hold, whatever length it declares', () => {
+    const { uploads, at } = setup();
+    // 40 files of 20 kB are 80 % of the declared 1 MB: 50 images at that rate, but a
+    // request may hold only 45.
+    const upload = uploads.begin(1_000_000, 45);
+    at(1);
+    for (let i = 0; i < 40; i++) upload.accepted(20_000);
+    assert.equal(uploads.expected(), 45);
+  });
+
   it('does not count an upload without a declared length, whose end cannot be told', () => {
     const { uploads, at, woken } = setup();
-    const upload = uploads.begin(undefined);
+    const upload = uploads.begin(undefined, 1000);
     at(10);
     upload.accepted(100);
     assert.equal(uploads.expected(), 0);
