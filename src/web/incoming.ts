@@ -62,7 +62,7 @@ export class IncomingUpload {
     }
   }
 
-  /** Its images are queued, or it failed: either way it no longer counts. */
+  /** Its images are queued, or it failed: either way it no longer counts (a second call does nothing). */
   end(): void {
     this.onEnd();
   }

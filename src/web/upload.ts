@@ -158,6 +158,8 @@ async function receiveFiles(request: FastifyRequest, context: UploadContext, bat
     // The queue's own message can name files of this machine: it goes to the log only.
     throw new UploadError(503, 'the images could not be queued; nothing was stored, try again', [], { cause: error });
   }
+  // Queued now: counted as waiting from here, so no longer as arriving too.
+  arriving?.end();
   context.onQueued?.();
   if (context.index.isDeleted(batchId)) {
     // Deleted (forced) while this upload ran: its messages find their images gone, and the

@@ -2,7 +2,7 @@
 import { loadConfig } from '../../src/config.js';
 import { silentLogger, type Logger } from '../../src/log.js';
 import { openRuntime, type Runtime } from '../../src/runtime.js';
-import { startWebTier, type WebTier } from '../../src/web/index.js';
+import { startWebTier, type WebTier, type WebTierOptions } from '../../src/web/index.js';
 
 export interface InProcessWebTier {
   runtime: Runtime;
@@ -12,10 +12,10 @@ export interface InProcessWebTier {
 }
 
 /** Starts on a free loopback port with its data in dataDir; extra flags as on the command line. */
-export async function startInProcessWebTier(dataDir: string, flags: string[] = [], log: Logger = silentLogger()): Promise<InProcessWebTier> {
+export async function startInProcessWebTier(dataDir: string, flags: string[] = [], log: Logger = silentLogger(), options: WebTierOptions = {}): Promise<InProcessWebTier> {
   const { config } = loadConfig({ argv: ['--host', '127.0.0.1', '--port', '0', '--data', dataDir, ...flags], env: {} });
   const runtime = await openRuntime(config);
-  const web = await startWebTier(runtime, log).catch(async (error: unknown) => {
+  const web = await startWebTier(runtime, log, undefined, options).catch(async (error: unknown) => {
     await runtime.close();
     throw error;
   });

@@ -1,6 +1,10 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { IncomingUploads } from '../../src/web/incoming.js';
+import { makeTempDir, postFilesInOneRequest, sharedImagesDir } from '../helpers.js';
+import { startInProcessWebTier } from './in-process.js';
 
 describe('incoming uploads', () => {
   /** A clock the test moves, and a tracker with a 5 s horizon that counts its wake-ups. */
@@ -63,5 +67,28 @@ describe('incoming uploads', () => {
     assert.equal(uploads.expected(), 0);
     assert.equal(woken(), 0);
     upload.end();
+  });
+
+  it('counts an upload while it arrives and stops the moment its images are queued, so none is counted twice', async () => {
+    const temp = await makeTempDir();
+    let counting = 0;
+    const atQueued: number[] = [];
+    let tier: Awaited<ReturnType<typeof startInProcessWebTier>> | undefined;
+    try {
+      tier = await startInProcessWebTier(temp.dir, [], undefined, {
+        onIncoming: () => counting++,
+        // The launch controller looks when told: it must then see the images waiting, not also arriving.
+        onQueued: () => atQueued.push(tier!.web.incoming.expected()),
+      });
+      const image = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
+      const upload = await postFilesInOneRequest(tier.url, Array.from({ length: 10 }, () => image));
+      assert.equal(upload.status, 202);
+      assert.equal(counting, 1, 'counted while arriving (a local upload ends well within the idle wait)');
+      assert.deepEqual(atQueued, [0]);
+      assert.equal(tier.web.incoming.expected(), 0);
+    } finally {
+      await tier?.stop();
+      await temp.cleanup();
+    }
   });
 });
