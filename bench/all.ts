@@ -369,7 +369,6 @@ async function main(): Promise<number> {
     ? row('simulate --replay of the 900-image run', `${replayed.simulated.toFixed(1)} s simulated`, `${replayed.real.toFixed(1)} s real`, replayed.simulated / replayed.real, '0.80 - 1.20', Math.abs(replayed.simulated / replayed.real - 1) <= 0.2)
     : row('simulate --replay of the 900-image run', 'not measured', '', null, '0.80 - 1.20', null));
 
-  for (const dir of keptTemps) await rm(dir, { recursive: true, force: true });
   print(rows, batches, raw, fileSystem);
   if (values.json) await writeFile(values.json, JSON.stringify({ at: new Date().toISOString(), cores, raw, fileCreateMicros: fileSystem.micros, rows, batches }, null, 2));
   return rows.some((r) => r.pass === false) ? 1 : 0;
@@ -388,4 +387,9 @@ function print(rows: Row[], batches: BatchRun[], raw: RawClassifierResult, fileS
   for (const batch of batches) console.log(`  ${batch.label.padEnd(28)} ${batch.seconds.toFixed(1).padStart(6)} s  ${(batch.images / batch.seconds).toFixed(1).padStart(6)} img/s  peak ${batch.peak}`);
 }
 
-process.exitCode = await main();
+try {
+  process.exitCode = await main();
+} finally {
+  // Also when a row fails midway.
+  for (const dir of keptTemps) await rm(dir, { recursive: true, force: true });
+}
