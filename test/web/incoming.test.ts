@@ -35,6 +35,27 @@ describe('incoming uploads', () => {
     assert.equal(uploads.expected(), 0, 'queued (or failed): no longer arriving');
   });
 
+  it('keeps counting between files as long as the expected end is near, and stops once the upload has stalled', () => {
+    const { uploads, at, woken } = setup();
+    // The first of twenty 100-byte files arrives 5 ms in: the end is expected at 100 ms.
+    const upload = uploads.begin(2000, 1000);
+    at(5);
+    upload.accepted(100);
+    assert.equal(uploads.expected(), 20);
+    assert.equal(woken(), 1);
+    // The next file is late: judged from the time since the start, the end would now
+    // seem 5.7 s away, but the expectation set by the last file still holds.
+    at(300);
+    assert.equal(uploads.expected(), 20);
+    // More than the horizon past its expected end: stalled, a worker would idle out.
+    at(100 + 5_001);
+    assert.equal(uploads.expected(), 0);
+    // It resumes, fast enough to end soon: counted again, and the controller told again.
+    for (let i = 0; i < 18; i++) upload.accepted(100);
+    assert.equal(uploads.expected(), 20);
+    assert.equal(woken(), 2);
+  });
+
   it('adds up uploads, and never counts fewer images than already arrived', () => {
     const { uploads, at } = setup();
     const small = uploads.begin(300, 1000);
