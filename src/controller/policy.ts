@@ -89,7 +89,7 @@ export function canonicalPolicyName(name: string): PolicyName {
 export const queueMatchPolicy: ScalingPolicy = (observation) => {
   validate(observation);
   const { starting, idle, busy, max } = observation;
-  const backlog = observation.backlog + (observation.incoming ?? 0);
+  const backlog = waitingImages(observation);
   const existing = starting + idle + busy;
   const start = Math.max(0, Math.min(backlog - starting - idle, max - existing));
   const target = existing + start;
@@ -104,7 +104,7 @@ export const queueMatchPolicy: ScalingPolicy = (observation) => {
 export const drainTimePolicy: ScalingPolicy = (observation) => {
   validate(observation);
   const { inFlight, starting, idle, busy, max, capacity } = observation;
-  const backlog = observation.backlog + (observation.incoming ?? 0);
+  const backlog = waitingImages(observation);
   const existing = starting + idle + busy;
   const room = Math.max(0, max - existing);
   const work = backlog + inFlight + busy;
@@ -145,7 +145,7 @@ export const drainTimePolicy: ScalingPolicy = (observation) => {
  */
 export function expectedDrainMs(observation: ScalingObservation, extra: number): number {
   const { inFlight, starting, idle, busy, capacity, serviceMs, startupMs } = observation;
-  const backlog = observation.backlog + (observation.incoming ?? 0);
+  const backlog = waitingImages(observation);
   let work = (backlog + inFlight + busy * BUSY_REMAINING_FRACTION) * serviceMs + extra * (observation.startCostMs ?? 0);
   if (work <= 0) return 0;
   const arrivals: number[] = [];
@@ -167,6 +167,11 @@ export function expectedDrainMs(observation: ScalingObservation, extra: number):
   }
   const rate = Math.min(available, capacity);
   return rate > 0 ? now + work / rate : Infinity;
+}
+
+/** Images waiting for an instance: those queued and those of uploads about to end. */
+function waitingImages(observation: ScalingObservation): number {
+  return observation.backlog + (observation.incoming ?? 0);
 }
 
 function validate(observation: ScalingObservation): void {
