@@ -82,6 +82,11 @@ export class ProcessCompute implements Compute {
   readonly startupPriorMs = LOCAL_STARTUP_PRIOR_MS;
   readonly startCostMs = LOCAL_START_COST_MS;
   private readonly db: Database.Database;
+  /**
+   * Prepared once per SQL text: a worker reports once per image, and preparing the
+   * statement each time cost as much CPU as running it.
+   */
+  private readonly statements = new Map<string, Database.Statement>();
   private readonly clock: Clock;
   /**
    * When this process first saw each instance in its current state, on the monotonic clock:
@@ -123,6 +128,15 @@ export class ProcessCompute implements Compute {
     if (options.logDir) mkdirSync(options.logDir, { recursive: true });
   }
 
+  private statement(sql: string): Database.Statement {
+    let prepared = this.statements.get(sql);
+    if (!prepared) {
+      prepared = this.db.prepare(sql);
+      this.statements.set(sql, prepared);
+    }
+    return prepared;
+  }
+
   async start(n: number): Promise<string[]> {
     if (!Number.isInteger(n) || n < 0) throw new Error(`cannot start ${n} instances: need a whole number`);
     if (n === 0) return [];
@@ -130,10 +144,10 @@ export class ProcessCompute implements Compute {
     const now = this.clock.now();
     const reserve = this.db.transaction((count: number) => {
       this.reapDead();
-      const active = (this.db.prepare(`SELECT COUNT(*) AS c FROM instances WHERE state != 'stopped'`).get() as { c: number }).c;
+      const active = (this.statement(`SELECT COUNT(*) AS c FROM instances WHERE state != 'stopped'`).get() as { c: number }).c;
       const allowed = Math.max(0, Math.min(count, this.maxInstances - active));
       const ids: string[] = [];
-      const insert = this.db.prepare(`INSERT INTO instances (id, pid, state, started_at, updated_at) VALUES (?, NULL, 'starting', ?, ?)`);
+      const insert = this.statement(`INSERT INTO instances (id, pid, state, started_at, updated_at) VALUES (?, NULL, 'starting', ?, ?)`);
       for (let i = 0; i < allowed; i++) {
         const id = `i-${randomBytes(6).toString('hex')}`;
         insert.run(id, now, now);
@@ -161,7 +175,7 @@ export class ProcessCompute implements Compute {
       });
       child.unref();
       if (child.pid === undefined) throw new Error('spawn returned no pid');
-      const recorded = this.db.prepare(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ? AND state != 'stopped' RETURNING terminating_since`).get(child.pid, this.clock.now(), id) as { terminating_since: number | null } | undefined;
+      const recorded = this.statement(`UPDATE instances SET pid = ?, updated_at = ? WHERE id = ? AND state != 'stopped' RETURNING terminating_since`).get(child.pid, this.clock.now(), id) as { terminating_since: number | null } | undefined;
       // Given up on meanwhile (no slot any more), or asked to stop before it existed: it must
       // not run. In the second case it keeps its slot until a sweep sees it gone.
       if (!recorded || recorded.terminating_since !== null) killGroup(child.pid);
@@ -176,8 +190,8 @@ export class ProcessCompute implements Compute {
 
   async list(): Promise<InstanceInfo[]> {
     this.db.transaction(() => this.reapDead()).immediate();
-    const rows = this.db
-      .prepare(`SELECT * FROM instances WHERE state != 'stopped' OR updated_at > ? ORDER BY started_at, id`)
+    const rows = this
+      .statement(`SELECT * FROM instances WHERE state != 'stopped' OR updated_at > ? ORDER BY started_at, id`)
       .all(this.clock.now() - this.options.keepStoppedMs) as Row[];
     return rows.map((row) => ({
       id: row.id,
@@ -195,10 +209,10 @@ export class ProcessCompute implements Compute {
    * then recorded, the instance keeps its slot, and enforceDeadlines tries again.
    */
   async terminate(id: string): Promise<void> {
-    const row = this.db.prepare(`SELECT * FROM instances WHERE id = ?`).get(id) as Row | undefined;
+    const row = this.statement(`SELECT * FROM instances WHERE id = ?`).get(id) as Row | undefined;
     if (!row) throw new Error(`no instance ${id}`);
     if (row.state === 'stopped') return;
-    this.db.prepare(`UPDATE instances SET terminating_since = COALESCE(terminating_since, ?) WHERE id = ?`).run(this.clock.now(), id);
+    this.statement(`UPDATE instances SET terminating_since = COALESCE(terminating_since, ?) WHERE id = ?`).run(this.clock.now(), id);
     if (row.pid === null) {
       // Reserved, and its process is being spawned elsewhere, or the spawner died. Freeing
       // the slot before the process exists could let one more than the maximum run.
@@ -225,7 +239,7 @@ export class ProcessCompute implements Compute {
     const now = this.clock.now();
     this.db.transaction(() => this.reapDead()).immediate();
     const sweep: DeadlineSweep = { terminated: [], failed: [] };
-    const rows = this.db.prepare(`SELECT * FROM instances WHERE state != 'stopped' ORDER BY started_at, id`).all() as Row[];
+    const rows = this.statement(`SELECT * FROM instances WHERE state != 'stopped' ORDER BY started_at, id`).all() as Row[];
     const active = new Set(rows.map((row) => row.id));
     for (const id of this.firstSeen.keys()) if (!active.has(id)) this.firstSeen.delete(id);
     for (const row of rows) {
@@ -238,7 +252,7 @@ export class ProcessCompute implements Compute {
         sweep.failed.push({ id: row.id, reason, detail: describeDeadline(reason, this.options), error: (error as Error).message });
       }
     }
-    this.db.prepare(`DELETE FROM instances WHERE state = 'stopped' AND updated_at < ?`).run(now - this.options.retainStoppedMs);
+    this.statement(`DELETE FROM instances WHERE state = 'stopped' AND updated_at < ?`).run(now - this.options.retainStoppedMs);
     return sweep;
   }
 
@@ -277,8 +291,8 @@ export class ProcessCompute implements Compute {
     if (report.processed !== undefined) sets.push('processed = @processed');
     if (report.serviceMs !== undefined) sets.push('service_ms = @serviceMs');
     // A stopped instance stays stopped: a late report from a terminated worker must not revive it.
-    this.db
-      .prepare(`UPDATE instances SET ${sets.join(', ')} WHERE id = @id AND state != 'stopped'`)
+    this
+      .statement(`UPDATE instances SET ${sets.join(', ')} WHERE id = @id AND state != 'stopped'`)
       .run({ id, state, now: this.clock.now(), imageId: report.imageId ?? null, processed: report.processed ?? 0, serviceMs: report.serviceMs ?? null });
   }
 
@@ -334,12 +348,12 @@ export class ProcessCompute implements Compute {
   /** Instances whose process may still run: those listed as stopped but still exiting included. */
   private activeIds(): Set<string> {
     this.db.transaction(() => this.reapDead()).immediate();
-    const rows = this.db.prepare(`SELECT id FROM instances WHERE state != 'stopped'`).all() as { id: string }[];
+    const rows = this.statement(`SELECT id FROM instances WHERE state != 'stopped'`).all() as { id: string }[];
     return new Set(rows.map((row) => row.id));
   }
 
   private signal(id: string, signal: NodeJS.Signals): void {
-    const row = this.db.prepare(`SELECT pid FROM instances WHERE id = ?`).get(id) as { pid: number | null } | undefined;
+    const row = this.statement(`SELECT pid FROM instances WHERE id = ?`).get(id) as { pid: number | null } | undefined;
     if (row?.pid && isOurProcess(row.pid, id)) {
       try {
         process.kill(row.pid, signal);
@@ -354,13 +368,13 @@ export class ProcessCompute implements Compute {
   }
 
   private markStopped(id: string): void {
-    this.db.prepare(`UPDATE instances SET state = 'stopped', image_id = NULL, updated_at = ? WHERE id = ? AND state != 'stopped'`).run(this.clock.now(), id);
+    this.statement(`UPDATE instances SET state = 'stopped', image_id = NULL, updated_at = ? WHERE id = ? AND state != 'stopped'`).run(this.clock.now(), id);
   }
 
   /** Marks instances whose process is gone (crashed, killed, exited) as stopped. */
   private reapDead(): void {
     const now = this.clock.now();
-    const rows = this.db.prepare(`SELECT id, pid, started_at FROM instances WHERE state != 'stopped'`).all() as Pick<Row, 'id' | 'pid' | 'started_at'>[];
+    const rows = this.statement(`SELECT id, pid, started_at FROM instances WHERE state != 'stopped'`).all() as Pick<Row, 'id' | 'pid' | 'started_at'>[];
     for (const row of rows) {
       const alive = row.pid === null ? now - row.started_at < this.options.startTimeoutMs : isOurProcess(row.pid, row.id);
       if (!alive) this.markStopped(row.id);
