@@ -7,8 +7,20 @@
  * printed readably. `ICAAS_LOG_FORMAT=json|pretty` overrides the choice, for example to
  * read JSON on a terminal or pretty lines in a pipe.
  */
+import { createRequire } from 'node:module';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
-import { PinoPretty } from 'pino-pretty';
+import type { PinoPretty as PinoPrettyFactory } from 'pino-pretty';
+
+/**
+ * pino-pretty is loaded only when a logger prints pretty lines: worker instances and the
+ * web tier log JSON to files and pipes, and loading it cost each of them about 50 ms of
+ * CPU at start-up, on the cores the classifier needs.
+ */
+const requireModule = createRequire(import.meta.url);
+function prettyStream(options: Parameters<typeof PinoPrettyFactory>[0]): ReturnType<typeof PinoPrettyFactory> {
+  const { PinoPretty } = requireModule('pino-pretty') as { PinoPretty: typeof PinoPrettyFactory };
+  return PinoPretty(options);
+}
 
 export type { Logger };
 
@@ -46,7 +58,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   if (format === 'pretty') {
     // Synchronous, in this thread: a transport's worker thread would lose the last lines of
     // a process that exits right after logging, such as a worker that stops itself.
-    return pino(settings, PinoPretty({
+    return pino(settings, prettyStream({
       destination,
       sync: true,
       colorize: Boolean(destination.isTTY),

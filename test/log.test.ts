@@ -1,7 +1,10 @@
 /** The service's logger: JSON off a terminal, readable on one, levels and context fields. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { createLogger, logFormatFor } from '../src/log.js';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { parseLogLines } from './log-capture.js';
@@ -54,6 +57,24 @@ describe('createLogger', () => {
     const text = out.text().replace(/\u001b\[[0-9;]*m/g, '');
     assert.ok(!text.startsWith('{'), text);
     assert.match(text, /INFO.*service: listening.*http:\/\/localhost:3000/);
+  });
+
+  it('loads the pretty printer only for a logger that prints pretty lines', async () => {
+    // A fresh process: this test file's own process may have loaded it already.
+    const logModule = fileURLToPath(new URL('../src/log.js', import.meta.url));
+    const script = `
+      const { createRequire } = await import('node:module');
+      const { createLogger } = await import(process.argv[1]);
+      const loaded = () => Object.keys(createRequire(process.argv[1]).cache).some((file) => file.includes('pino-pretty'));
+      createLogger({ format: 'json' }).info('json line');
+      const afterJson = loaded();
+      createLogger({ format: 'pretty' }).info('pretty line');
+      console.log(JSON.stringify({ afterJson, afterPretty: loaded() }));`;
+    const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script, logModule]);
+    const lines = stdout.trim().split('\n');
+    assert.match(lines[0]!, /"msg":"json line"/);
+    assert.match(lines[1]!, /INFO: pretty line/);
+    assert.deepEqual(JSON.parse(lines.at(-1)!), { afterJson: false, afterPretty: true });
   });
 
   it('leaves out lines below its level', () => {
