@@ -38,6 +38,7 @@ import { parseArgs, promisify } from 'node:util';
 import { readEventLog } from '../src/event-log.js';
 import { cliPath, postFilesInOneRequest, startWebProcess } from '../test/helpers.js';
 import { getBatch, startService, waitForBatch } from '../test/e2e/harness.js';
+import { describeCpuAccount, startCpuAccounting, type CpuAccount } from './cpu-accounting.js';
 import { imageFiles, measureRawClassifier, type RawClassifierResult } from './raw-classifier.js';
 
 const run = promisify(execFile);
@@ -72,6 +73,7 @@ interface BatchRun {
   seconds: number;
   peak: number;
   dataDir?: string;
+  cpu?: CpuAccount;
 }
 
 async function loadFiles(count: number): Promise<{ name: string; body: Buffer }[]> {
@@ -90,9 +92,11 @@ async function loadFiles(count: number): Promise<{ name: string; body: Buffer }[
 async function runBatch(label: string, files: { name: string; body: Buffer }[], args: string[]): Promise<BatchRun> {
   const temp = await keptTempDir('icaas-bench-');
   const service = await startService({ extraArgs: withSettings(args), sampleEveryMs: 1000, dataDir: temp });
+  const cpu = startCpuAccounting(service.pid);
   try {
     const started = Date.now();
     const upload = await postFilesInOneRequest(service.url, files);
+    cpu?.uploaded();
     if (upload.status !== 202 || !upload.body.batchId) throw new Error(`${label}: upload answered ${upload.status}: ${JSON.stringify(upload.body).slice(0, 300)}`);
     // Polled once a second, as a page would reload it: more often would load the service
     // being measured (the completion time comes from the results' own finish times).
@@ -101,8 +105,10 @@ async function runBatch(label: string, files: { name: string; body: Buffer }[], 
     const errors = batch.images.filter((image) => image.status === 'error').length;
     if (errors > 0) throw new Error(`${label}: ${errors} images ended as errors`);
     const last = Math.max(...batch.images.map((image) => image.finishedAt ?? Date.now()));
-    return { label, images: files.length, seconds: (last - started) / 1000, peak: service.peak(), dataDir: temp };
+    const account = cpu?.finish(last);
+    return { label, images: files.length, seconds: (last - started) / 1000, peak: service.peak(), dataDir: temp, ...(account ? { cpu: account } : {}) };
   } finally {
+    cpu?.cancel();
     await service.stop();
     await service.cleanup();
   }
@@ -369,12 +375,14 @@ async function main(): Promise<number> {
     ? row('simulate --replay of the 900-image run', `${replayed.simulated.toFixed(1)} s simulated`, `${replayed.real.toFixed(1)} s real`, replayed.simulated / replayed.real, '0.80 - 1.20', Math.abs(replayed.simulated / replayed.real - 1) <= 0.2)
     : row('simulate --replay of the 900-image run', 'not measured', '', null, '0.80 - 1.20', null));
 
-  print(rows, batches, raw, fileSystem);
+  // Where the 900-image run's CPU went, beside what the raw classifier needs for the same images.
+  const notes = default900.cpu ? [describeCpuAccount(default900.cpu, cores / median900.rawMean, 900)] : [];
+  print(rows, batches, raw, fileSystem, notes);
   if (values.json) await writeFile(values.json, JSON.stringify({ at: new Date().toISOString(), cores, raw, fileCreateMicros: fileSystem.micros, rows, batches }, null, 2));
   return rows.some((r) => r.pass === false) ? 1 : 0;
 }
 
-function print(rows: Row[], batches: BatchRun[], raw: RawClassifierResult, fileSystem: { micros: number; settled: boolean }): void {
+function print(rows: Row[], batches: BatchRun[], raw: RawClassifierResult, fileSystem: { micros: number; settled: boolean }, notes: string[]): void {
   const table = [['row', 'measured', 'reference', 'ratio', 'target', 'result'], ...rows.map((r) => [r.row, r.measured, r.reference, r.ratio === null ? '–' : fixed(r.ratio), r.target, r.pass === null ? 'not run' : r.pass ? 'pass' : 'FAIL'])];
   const widths = table[0]!.map((_, c) => Math.max(...table.map((cells) => cells[c]!.length)));
   console.log(`raw classifier: ${raw.imagesPerSecond.toFixed(1)} img/s on ${raw.processes} processes, ${raw.perImageMs.toFixed(1)} ms per image per core`);
@@ -385,6 +393,7 @@ function print(rows: Row[], batches: BatchRun[], raw: RawClassifierResult, fileS
   }
   console.log('\nbatches (completion from the upload\'s start to the last result):');
   for (const batch of batches) console.log(`  ${batch.label.padEnd(28)} ${batch.seconds.toFixed(1).padStart(6)} s  ${(batch.images / batch.seconds).toFixed(1).padStart(6)} img/s  peak ${batch.peak}`);
+  for (const note of notes) console.log(`\n${note}`);
 }
 
 try {

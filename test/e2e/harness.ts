@@ -28,6 +28,8 @@ export interface ServiceOptions {
 
 export interface Service {
   url: string;
+  /** The `icaas start` process; its worker instances are its children. */
+  pid: number;
   dataDir: string;
   output(): string;
   /** Every instance count seen by the sampler, and the peak. */
@@ -113,6 +115,7 @@ export async function startService(options: ServiceOptions = {}): Promise<Servic
 
   return {
     url,
+    pid: child.pid!,
     dataDir,
     output: () => output,
     samples,
