@@ -32,7 +32,7 @@ const TIERS = {
   integration: [
     'cli.test', 'cli-logs', 'sim/cli', 'sqlite-driver',
     'classifier/accuracy', 'compute/ec2-deadlines', 'compute/ec2-lease', 'compute/fake-ec2-host', 'compute/process',
-    'controller/launch', 'controller/lease', 'controller/metrics', 'controller/monitor',
+    'controller/launch', 'controller/lease', 'controller/loop', 'controller/metrics', 'controller/monitor',
     'queue/multiprocess', 'queue/sqlite', 'storage/fs', 'web/', 'worker/',
   ],
   // Everything that runs against the S3/SQS/EC2 emulator on loopback.

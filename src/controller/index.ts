@@ -9,8 +9,8 @@ import type { Queue } from '../queue/port.js';
 import type { Runtime } from '../runtime.js';
 import { endWaitingImages, launchTick, ScalingMeasurements, StartFailures, type LaunchTick, type StartFailureState } from './launch.js';
 import { canonicalPolicyName, policyByName } from './policy.js';
-import { every, FailureLog, type Loop } from './loop.js';
-import { monitorTick } from './monitor.js';
+import { every, FailureLog, pauseToGather, type Loop } from './loop.js';
+import { MONITOR_RECEIVE_MAX, monitorTick } from './monitor.js';
 
 
 export interface Controllers {
@@ -133,11 +133,12 @@ export function startControllers(runtime: Runtime, logger: Logger = silentLogger
     log: logger.child({ component: 'monitor' }),
     ...(options.recorded ? { recorded: options.recorded } : {}),
   };
-  // The monitor long-polls, so its loop needs no pause between ticks.
+  // The monitor long-polls, so its loop needs no pause between ticks but the one that lets a batch gather.
   const monitor = every({ name: 'monitor controller', intervalMs: 0, log: monitorOptions.log, onHealthChange: publish }, async (signal) => {
     const summary = await monitorTick(monitorOptions, 1, signal);
     counted.retried(summary.retried);
     counted.hungTerminated(summary.terminated);
+    await pauseToGather(summary.received, MONITOR_RECEIVE_MAX, signal);
   });
 
   const health = (): LoopHealth[] => [launch.health(), monitor.health(), workers.health()];

@@ -109,6 +109,24 @@ function seconds(ms: number): number {
   return Math.max(1, Math.round(ms / 1000));
 }
 
+/**
+ * Pause of a consumer after a receive that got some messages but not a full batch, before
+ * it receives again. A long poll returns as soon as one message is there, so under a steady
+ * stream a consumer that asks again at once takes the one or two that arrived meanwhile:
+ * measured with two workers on 900 images, the output phase and the monitor each received
+ * about 3.5 messages a time, and every receive and every delete is a write to the queue.
+ * Pausing lets a batch fill: about half the receives and deletes, and 15 % less CPU in the
+ * web tier, for at most this much delay before a result is shown or a notice looked at.
+ */
+export const GATHER_MS = 100;
+
+/** Waits GATHER_MS when a receive got some messages but fewer than `maxMessages`; returns early when `signal` ends. */
+export async function pauseToGather(received: number, maxMessages: number, signal: AbortSignal, gatherMs: number = GATHER_MS): Promise<void> {
+  // None: the long poll has waited already. A full batch: more may be waiting now.
+  if (received === 0 || received >= maxMessages) return;
+  await sleep(gatherMs, signal);
+}
+
 export interface LoopOptions {
   /** As users know the loop, in logs and in the status: "launch controller". */
   name: string;

@@ -15,7 +15,7 @@ import type { Compute } from '../compute/port.js';
 import { silentLogger, type Logger } from '../log.js';
 import { type ImageResult, type LaunchMessage, type MonitorNotice, InvalidMessageError, parseMonitorNotice } from '../messages.js';
 import { readClaim, readFinalResult, storeFirstResult, writeClaim, type AttemptClaim } from '../outcomes.js';
-import { QueueError, type Queue, type ReceivedMessage } from '../queue/port.js';
+import { QueueError, SQS_LIMITS, type Queue, type ReceivedMessage } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
 
 export interface MonitorOptions {
@@ -52,10 +52,13 @@ export interface MonitorTickSummary {
   terminated: number;
 }
 
+/** Notices taken per receive: SQS's most. */
+export const MONITOR_RECEIVE_MAX = SQS_LIMITS.maxMessages;
+
 export async function monitorTick(options: MonitorOptions, waitSeconds: number, signal?: AbortSignal): Promise<MonitorTickSummary> {
   const summary: MonitorTickSummary = { received: 0, finished: 0, retried: 0, failed: 0, superseded: 0, terminated: 0 };
   const messages = await options.queues.monitor.receive({
-    maxMessages: 10,
+    maxMessages: MONITOR_RECEIVE_MAX,
     waitSeconds,
     visibilityTimeoutSeconds: options.checkSeconds,
     ...(signal ? { signal } : {}),

@@ -1,6 +1,6 @@
 /** The web tier as one service: HTTP server, output phase and status broadcasts. */
 import path from 'node:path';
-import { every, type Loop } from '../controller/loop.js';
+import { every, pauseToGather, type Loop } from '../controller/loop.js';
 import { EventLog } from '../event-log.js';
 import { CONTROLLER_HEALTH_KEY, CONTROLLER_HEALTH_STALE_MS, describeProblem, errorDetail, parseControllerHealth, type LoopHealth, type ScalingStatus } from '../health.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -9,7 +9,7 @@ import { projectRoot, type Runtime } from '../runtime.js';
 import type { ObjectStore } from '../storage/port.js';
 import { finishInterruptedDeletions } from './deletion.js';
 import { IncomingUploads } from './incoming.js';
-import { outputTick, ResultsIndex } from './results.js';
+import { OUTPUT_RECEIVE_MAX, outputTick, ResultsIndex } from './results.js';
 import { startSweeper, sweepExpiredBatches, sweepIntervalMs } from './retention.js';
 import { createWebServer, trustProxyOption, type WebServer } from './server.js';
 import { findPendingLaunches, relaunch } from './upload.js';
@@ -65,7 +65,8 @@ export async function startWebTier(runtime: Runtime, logger: Logger = silentLogg
   const orphanGraceSeconds = 2 * (config.deadlineSeconds + config.monitorCheckSeconds);
   const resultsLog = logger.child({ component: 'results' });
   const output: Loop = every({ name: 'output phase', intervalMs: 0, log: resultsLog }, async (signal) => {
-    await outputTick(index, runtime.queues.output, 1, signal, { orphanGraceSeconds, log: resultsLog, events });
+    const received = await outputTick(index, runtime.queues.output, 1, signal, { orphanGraceSeconds, log: resultsLog, events });
+    await pauseToGather(received, OUTPUT_RECEIVE_MAX, signal);
   });
   const retentionLog = logger.child({ component: 'retention' });
   const sweeper: Loop | undefined = config.retentionSeconds > 0

@@ -20,7 +20,7 @@ import {
   resultKey,
   InvalidMessageError,
 } from '../messages.js';
-import type { Queue, ReceivedMessage } from '../queue/port.js';
+import { SQS_LIMITS, type Queue, type ReceivedMessage } from '../queue/port.js';
 import type { ObjectStore } from '../storage/port.js';
 import { silentLogger, type Logger } from '../log.js';
 
@@ -559,10 +559,13 @@ function recordEvent(events: EventSink | undefined, output: OutputMessage): void
   });
 }
 
+/** Output messages taken per receive: SQS's most. */
+export const OUTPUT_RECEIVE_MAX = SQS_LIMITS.maxMessages;
+
 export async function outputTick(index: ResultsIndex, outputQueue: Queue, waitSeconds: number, signal?: AbortSignal, options: OutputPhaseOptions = {}): Promise<number> {
   const log = options.log ?? silentLogger();
   const graceMs = (options.orphanGraceSeconds ?? 0) * 1000;
-  const messages = await outputQueue.receive({ maxMessages: 10, waitSeconds, visibilityTimeoutSeconds: 30, ...(signal ? { signal } : {}) });
+  const messages = await outputQueue.receive({ maxMessages: OUTPUT_RECEIVE_MAX, waitSeconds, visibilityTimeoutSeconds: 30, ...(signal ? { signal } : {}) });
   // Those handled are deleted together, in one write, even when a later one fails:
   // applying a message twice is harmless, but every write is a disk flush.
   const handled: string[] = [];
