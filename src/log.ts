@@ -13,7 +13,7 @@ import type { PinoPretty as PinoPrettyFactory } from 'pino-pretty';
 
 /**
  * pino-pretty is loaded only when a logger prints pretty lines: worker instances and the
- * web tier log JSON to files and pipes, and loading it cost each of them about 50 ms of
+ * web tier log JSON to files and pipes, and loading it cost each of them about 0.1 s of
  * CPU at start-up, on the cores the classifier needs.
  */
 const requireModule = createRequire(import.meta.url);
