@@ -15,11 +15,12 @@ import { readFileSync } from 'node:fs';
 
 const SAMPLE_MS = 100;
 
-interface MachineSample {
+/** The machine's CPU ticks and the processes' CPU seconds at one moment. */
+interface Sample {
   at: number;
   busyTicks: number;
   idleTicks: number;
-  /** CPU seconds so far of the web tier and of each worker, by pid. */
+  /** CPU seconds since the start of the web tier, of each worker by pid (all of it), and of this benchmark. */
   web: number;
   workers: Map<number, number>;
   bench: number;
@@ -55,13 +56,13 @@ function machineTicks(): { busy: number; idle: number } {
   return { busy: user + nice + system + irq + softirq + steal, idle: idle + iowait };
 }
 
-/** utime + stime of a process, in seconds, and its parent; undefined once it is gone. */
-function processTimes(pid: number): { seconds: number; parent: number } | undefined {
+/** utime + stime of a process, in seconds; undefined once it is gone. */
+function cpuSeconds(pid: number): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { seconds: (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND, parent: Number(fields[1]) };
+    return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
   } catch {
     return undefined;
   }
@@ -87,12 +88,12 @@ export function startCpuAccounting(webPid: number): CpuAccounting | undefined {
     return undefined;
   }
   const benchAtStart = process.cpuUsage();
-  const webAtStart = processTimes(webPid)?.seconds ?? 0;
+  const webAtStart = cpuSeconds(webPid) ?? 0;
   const workers = new Map<number, number>();
-  const take = (): MachineSample => {
+  const take = (): Sample => {
     const { busy, idle } = machineTicks();
     for (const pid of childrenOf(webPid)) {
-      const seconds = processTimes(pid)?.seconds;
+      const seconds = cpuSeconds(pid);
       if (seconds !== undefined) workers.set(pid, seconds);
     }
     const bench = process.cpuUsage(benchAtStart);
@@ -100,13 +101,13 @@ export function startCpuAccounting(webPid: number): CpuAccounting | undefined {
       at: Date.now(),
       busyTicks: busy,
       idleTicks: idle,
-      web: (processTimes(webPid)?.seconds ?? webAtStart) - webAtStart,
+      web: (cpuSeconds(webPid) ?? webAtStart) - webAtStart,
       workers: new Map(workers),
       bench: (bench.user + bench.system) / 1e6,
     };
   };
-  const samples: MachineSample[] = [take()];
-  let uploadEnd: MachineSample | undefined;
+  const samples: Sample[] = [take()];
+  let uploadEnd: Sample | undefined;
   const timer = setInterval(() => samples.push(take()), SAMPLE_MS);
   timer.unref();
   return {
@@ -120,7 +121,7 @@ export function startCpuAccounting(webPid: number): CpuAccounting | undefined {
       samples.push(take());
       const start = samples[0]!;
       const end = samples.reduce((best, sample) => (Math.abs(sample.at - endedAt) < Math.abs(best.at - endedAt) ? sample : best));
-      const share = (from: MachineSample, to: MachineSample) => {
+      const share = (from: Sample, to: Sample) => {
         const busy = to.busyTicks - from.busyTicks;
         const all = busy + to.idleTicks - from.idleTicks;
         return all > 0 ? busy / all : 0;
