@@ -13,8 +13,8 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import sharp from 'sharp';
 import { defaultCacheDir, locateModel, projectRoot } from '../src/classifier/model.js';
+import { sharp } from '../src/classifier/native.js';
 import { loadOnnxModel, type OnnxModel } from '../src/classifier/onnx.js';
 import { softmax, topK } from '../src/classifier/postprocess.js';
 import { DEFAULT_KERNEL, preprocess, type PreprocessOptions, type ResizeKernel } from '../src/classifier/preprocess.js';

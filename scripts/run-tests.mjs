@@ -22,7 +22,7 @@ const TIERS = {
   // the service, no worker. Its files run concurrently.
   unit: [
     'backoff', 'clock', 'config', 'log.test', 'run-tests', 'sse',
-    'classifier/model', 'classifier/onnx', 'classifier/postprocess', 'classifier/preprocess',
+    'classifier/model', 'classifier/native', 'classifier/onnx', 'classifier/postprocess', 'classifier/preprocess',
     'compute/ec2.test', 'compute/imds', 'controller/measurements', 'controller/policy',
     'queue/memory', 'sim/engine', 'sim/parsing', 'sim/replay', 'sim/svg', 'storage/memory', 'ui/logic',
   ],

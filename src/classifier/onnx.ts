@@ -1,8 +1,7 @@
 /** The classifier port on ONNX Runtime (CPU). */
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import ort from 'onnxruntime-node';
-import sharp from 'sharp';
+import { ort, sharp, type OnnxRuntime } from './native.js';
 import { readLabels } from './labels.js';
 import type { Classifier, Prediction } from './port.js';
 import { DEFAULT_TOP_K, softmax, topK } from './postprocess.js';
@@ -51,7 +50,7 @@ export async function loadOnnxModel(options: OnnxModelOptions): Promise<OnnxMode
     throw new ModelLoadError(`cannot read model file ${options.modelPath}: ${(error as Error).message}`, { cause: error });
   }
 
-  let session: ort.InferenceSession;
+  let session: OnnxRuntime.InferenceSession;
   try {
     session = await ort.InferenceSession.create(options.modelPath, {
       // The service scales by running more single-image instances, so each one uses one

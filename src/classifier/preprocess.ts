@@ -3,7 +3,8 @@
  * the default model was trained with (see ../shared/models/README.md): orient, drop alpha,
  * resize the shorter side to 256, center-crop 224x224, normalize, lay out as NCHW.
  */
-import sharp, { type Metadata, type OutputInfo } from 'sharp';
+import type { Metadata, OutputInfo } from 'sharp';
+import { sharp } from './native.js';
 import { ImageDecodeError } from './port.js';
 
 export const INPUT_SIZE = 224;

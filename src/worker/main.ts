@@ -1,8 +1,8 @@
 /** `icaas worker`: one instance, in its own process, until the queue is empty. */
 import path from 'node:path';
-import sharp from 'sharp';
 import { ConfigError, type Config } from '../config.js';
 import { loadClassifier } from '../classifier/index.js';
+import { sharp } from '../classifier/native.js';
 import type { Logger } from '../log.js';
 import { openRuntime, projectRoot } from '../runtime.js';
 import { noticeDelaySeconds } from '../messages.js';
