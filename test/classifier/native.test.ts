@@ -13,13 +13,8 @@ import { projectRoot } from '../../src/runtime.js';
 const REQUIRED_PACKAGES = ['sharp', 'onnxruntime-node', 'pino'];
 
 async function sourceFiles(dir: string): Promise<string[]> {
-  const entries = await readdir(dir, { withFileTypes: true });
-  const nested = await Promise.all(entries.map(async (entry) => {
-    const full = path.join(dir, entry.name);
-    if (entry.isDirectory()) return sourceFiles(full);
-    return entry.name.endsWith('.ts') ? [full] : [];
-  }));
-  return nested.flat();
+  const names = await readdir(dir, { recursive: true });
+  return names.filter((name) => name.endsWith('.ts')).map((name) => path.join(dir, name));
 }
 
 /** Statements that would load a package through the ESM loader: value imports, re-exports, import(). */
@@ -65,7 +60,7 @@ describe('native packages at start-up', () => {
     assert.deepEqual(offenders, []);
   });
 
-  it('the worker entry loads their CommonJS builds once, and the classifier uses the same instances', async () => {
+  it('the worker entry loads their CommonJS builds, and native.ts hands out those very instances', async () => {
     const workerEntry = fileURLToPath(new URL('../../src/worker/main.js', import.meta.url));
     const script = `
       const { createRequire } = await import('node:module');
