@@ -55,7 +55,7 @@ describe('end to end on S3 and SQS (protocol emulator)', { concurrency: false },
     const truth = new Map(images.map((image) => [image.file, image.label]));
     const correct = batch.images.filter((image) => image.result?.label === truth.get(image.name)).length;
     assert.ok(correct >= 30, `top-1 ${correct}/40`);
-    await waitFor('40 results on the live stream', () => events.shown() === 40, { timeoutMs: 10_000 });
+    await waitFor('40 results shown live', () => events.shown() === 40, { timeoutMs: 10_000 });
     events.close();
     assert.ok([...events.finals.values()].every((count) => count === 1), 'a result was shown more than once');
 

@@ -220,13 +220,16 @@ export async function killBusyWorker(service: Service, batchId: string): Promise
 }
 
 /**
- * Collects image events from the live stream, to check that each result is shown once.
- * `shown()` is the number of images shown final so far; it throws what broke the stream
- * (a refused connection, a malformed frame) rather than letting a wait for it time out
- * without a reason.
+ * Follows the live stream as the page does, to check that each result is shown once. A new
+ * stream carries only what is recorded after it opens, so once it says hello the batch is
+ * read, as the page reloads it then; results already final in that read are shown by it.
+ * `finals` counts each image's final events on the stream; `shown()` is the number of
+ * images shown final either way. It throws what broke the stream (a refused connection, a
+ * malformed frame) rather than letting a wait for it time out without a reason.
  */
 export function followEvents(url: string, batchId: string): { finals: Map<string, number>; shown(): number; close(): void } {
   const finals = new Map<string, number>();
+  const finalAtOpen = new Set<string>();
   const controller = new AbortController();
   let failure: unknown;
   void (async () => {
@@ -234,6 +237,11 @@ export function followEvents(url: string, batchId: string): { finals: Map<string
       const response = await fetch(`${url}/api/events?batch=${batchId}`, { signal: controller.signal });
       if (!response.ok) throw new Error(`the event stream answered ${response.status}`);
       for await (const { event, data } of serverSentEvents(response.body!)) {
+        if (event === 'hello') {
+          for (const image of (await getBatch(url, batchId)).images) {
+            if (image.status === 'done' || image.status === 'error') finalAtOpen.add(image.id);
+          }
+        }
         if (event !== 'image') continue;
         const image = JSON.parse(data) as Image;
         if (image.status === 'done' || image.status === 'error') finals.set(image.id, (finals.get(image.id) ?? 0) + 1);
@@ -248,7 +256,7 @@ export function followEvents(url: string, batchId: string): { finals: Map<string
     finals,
     shown() {
       if (failure) throw failure;
-      return finals.size;
+      return new Set([...finalAtOpen, ...finals.keys()]).size;
     },
     close() {
       controller.abort();
