@@ -118,9 +118,9 @@ export const batchManifestSchema = z.object({
   createdAt: z.number(),
   images: z.array(z.object({ imageId: z.string(), name: z.string(), key: z.string(), size: z.number(), contentType: z.string() })),
   /**
-   * False from the moment the manifest is stored until every launch message of the upload
-   * has been sent; a web tier that finds it false sends the launch messages again. Absent
-   * in manifests written before the flag existed, which count as launched.
+   * Written by earlier versions: false until every launch message of the upload was out,
+   * then true. The `pending/` marker alone says so now, and the manifest is written once
+   * without it; a leftover marker beside a manifest marked true is an upload that finished.
    */
   launched: z.boolean().optional(),
 });

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { UploadAccepted, UploadRefused } from '../src/api-schemas.js';
 import type { Queue } from '../src/queue/port.js';
+import type { ObjectStore } from '../src/storage/port.js';
 import { listeningUrl } from './log-capture.js';
 
 /** Root of the project (tests run from dist/test, so walk up from this file). */
@@ -57,6 +58,20 @@ export async function drainQueue(queue: Queue): Promise<string[]> {
       await queue.delete(message.receiptHandle);
     }
   }
+}
+
+/** The real store, with each call noted as "<operation> <key or prefix>". */
+export function recording(store: ObjectStore, calls: string[]): ObjectStore {
+  return new Proxy(store, {
+    get(target, property, receiver) {
+      const value = Reflect.get(target, property, receiver) as unknown;
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]) => {
+        calls.push(`${String(property)} ${String(args[1] ?? '')}`);
+        return (value as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  });
 }
 
 /** Event streams are read by the spec's parser (see sse.ts); re-exported where tests always found them. */

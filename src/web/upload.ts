@@ -6,13 +6,13 @@
  * request fails midway everything it stored is deleted again, so a failed upload leaves
  * nothing behind and queues nothing.
  *
- * The manifest is stored before the launch messages are sent, marked `launched: false`
- * until every one of them is out, and a small marker, `pending/<batch>/<upload>`, is stored
- * before the manifest and deleted after the mark. If this process dies in between, the next
- * web tier to start lists the markers (only those, not every manifest), and sends the
- * messages again, instead of leaving the images queued forever with no message to carry
- * them. A second launch message for an image is harmless: workers skip images that have a
- * result, and the first final result wins.
+ * A small marker, `pending/<batch>/<upload>`, is stored before the manifest and deleted once
+ * every launch message is out; the marker alone says the messages may be missing, so the
+ * manifest is written once. If this process dies in between, the next web tier to start
+ * lists the markers (only those, not every manifest), and sends the messages again, instead
+ * of leaving the images queued forever with no message to carry them. A second launch
+ * message for an image is harmless: workers skip images that have a result, and the first
+ * final result wins.
  */
 import type { EventSink } from '../event-log.js';
 import { randomBytes } from 'node:crypto';
@@ -45,7 +45,6 @@ export interface UploadContext {
 
 /** A stored manifest whose launch messages may not all have been sent. */
 export interface PendingLaunch {
-  manifestKey: string;
   manifest: BatchManifest;
   /** The marker that says so; deleted once every message is out. */
   markerKey: string;
@@ -99,7 +98,7 @@ async function receiveFiles(request: FastifyRequest, context: UploadContext, bat
   const images: AcceptedImage[] = [];
   const rejected: { name: string; reason: string }[] = [];
   const rejectedCodes: RejectionReason[] = [];
-  const manifest: BatchManifest = { batchId, createdAt: Date.now(), images: [], launched: false };
+  const manifest: BatchManifest = { batchId, createdAt: Date.now(), images: [] };
   const manifestKey = batchManifestKey(batchId, uploadId);
   const markerKey = pendingKey(batchId, uploadId);
   let files = 0;
@@ -169,8 +168,8 @@ async function receiveFiles(request: FastifyRequest, context: UploadContext, bat
   }
   context.index.addManifest(manifest);
   for (const image of manifest.images) context.events?.record({ type: 'arrival', at: queuedAt, imageId: image.imageId, batchId });
-  await markLaunched({ manifestKey, manifest, markerKey }, context.store, context.inputBucket).catch(() => {
-    // Every message is out; a mark that failed to land costs only a second launch message
+  await context.store.delete(context.inputBucket, markerKey).catch(() => {
+    // Every message is out; a marker that failed to go costs only a second launch message
     // per unfinished image when the next web tier starts.
   });
   countFiles(context, images.length, rejectedCodes);
@@ -257,15 +256,10 @@ async function storeFile(file: Readable & { truncated?: boolean }, key: string, 
   }
 }
 
-async function markLaunched(pending: PendingLaunch, store: ObjectStore, bucket: string): Promise<void> {
-  await store.put(bucket, pending.manifestKey, Buffer.from(JSON.stringify({ ...pending.manifest, launched: true })), { contentType: 'application/json' });
-  await store.delete(bucket, pending.markerKey);
-}
-
 /**
  * The uploads a previous web tier left before all their launch messages were out, found by
- * their markers. Markers whose upload got no further (no manifest) or finished (marked
- * launched) are deleted on the way.
+ * their markers. Markers whose upload got no further (no manifest) or finished (a manifest
+ * an earlier version marked launched) are deleted on the way.
  */
 export async function findPendingLaunches(store: ObjectStore, bucket: string): Promise<PendingLaunch[]> {
   const markers: string[] = [];
@@ -277,12 +271,13 @@ export async function findPendingLaunches(store: ObjectStore, bucket: string): P
     const manifestKey = batchManifestKey(batchId, uploadId);
     const stored = await store.get(bucket, manifestKey);
     const parsed = stored ? batchManifestSchema.safeParse(safeJson(stored.body.toString('utf8'))) : undefined;
-    if (!parsed?.success || parsed.data.launched !== false) {
-      // No manifest: the upload died before it queued anything. Marked: it finished.
+    if (!parsed?.success || parsed.data.launched === true) {
+      // No manifest: the upload died before it queued anything. Marked: it finished, and
+      // only the marker's delete was lost.
       await store.delete(bucket, markerKey);
       continue;
     }
-    pending.push({ manifestKey, manifest: parsed.data, markerKey });
+    pending.push({ manifest: parsed.data, markerKey });
   }
   return pending;
 }
@@ -297,8 +292,8 @@ function safeJson(text: string): unknown {
 
 /**
  * Finishes an upload whose process died between storing its manifest and sending its last
- * launch message: sends one for each image that has no final result yet, then marks the
- * manifest launched. Returns how many were sent.
+ * launch message: sends one for each image that has no final result yet, then deletes its
+ * marker. Returns how many were sent.
  */
 export async function relaunch(pending: PendingLaunch, context: Pick<UploadContext, 'store' | 'inputBucket' | 'launchQueue' | 'index'>): Promise<number> {
   // Read first, to know which images have a result already.
@@ -309,7 +304,7 @@ export async function relaunch(pending: PendingLaunch, context: Pick<UploadConte
     return status !== 'done' && status !== 'error';
   });
   await sendLaunches(unfinished, pending.manifest.batchId, queuedAt, context.launchQueue);
-  await markLaunched(pending, context.store, context.inputBucket);
+  await context.store.delete(context.inputBucket, pending.markerKey);
   return unfinished.length;
 }
 

@@ -10,25 +10,10 @@ import path from 'node:path';
 import { loadConfig } from '../../src/config.js';
 import { batchManifestKey, inputKey, parseLaunchMessage, resultKey, type BatchManifest, type ImageResult } from '../../src/messages.js';
 import { openRuntime, type Runtime } from '../../src/runtime.js';
-import type { ObjectStore } from '../../src/storage/port.js';
 import { startWebTier, type WebTier } from '../../src/web/index.js';
-import { drainQueue, makeTempDir, serverSentEvents, sharedImagesDir, waitFor } from '../helpers.js';
+import { drainQueue, makeTempDir, recording, serverSentEvents, sharedImagesDir, waitFor } from '../helpers.js';
 
 const tench = await readFile(path.join(sharedImagesDir, 'n01440764_tench.JPEG'));
-
-/** The real store, with each call noted as "<operation> <key or prefix>". */
-function recording(store: ObjectStore, calls: string[]): ObjectStore {
-  return new Proxy(store, {
-    get(target, property, receiver) {
-      const value = Reflect.get(target, property, receiver) as unknown;
-      if (typeof value !== 'function') return value;
-      return (...args: unknown[]) => {
-        calls.push(`${String(property)} ${String(args[1] ?? '')}`);
-        return (value as (...a: unknown[]) => unknown).apply(target, args);
-      };
-    },
-  });
-}
 
 describe('lazy batch index', async () => {
   const temp = await makeTempDir();
@@ -85,7 +70,8 @@ describe('lazy batch index', async () => {
     await drainQueue(runtime.queues.launch);
     for (const batch of finished) for (const image of batch.images) await finish(image.id, batch.batchId);
     await settled();
-    // An upload that died after storing its manifest, before sending its launch message.
+    // An upload that died after storing its manifest, before sending its launch message,
+    // as an earlier version wrote it (marked `launched: false`).
     const interrupted: BatchManifest = { batchId: 'INTERRUPTEDBATCH', createdAt: Date.now(), launched: false, images: [{ imageId: 'interrupted-image', name: 'i.jpg', key: inputKey('INTERRUPTEDBATCH', 'interrupted-image'), size: tench.length, contentType: 'image/jpeg' }] };
     await runtime.store.put(runtime.config.inputBucket, interrupted.images[0]!.key, tench);
     await runtime.store.put(runtime.config.inputBucket, 'pending/INTERRUPTEDBATCH/upload1', Buffer.alloc(0));
