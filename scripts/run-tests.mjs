@@ -21,7 +21,7 @@ const TIERS = {
   // in-memory adapters on the shared contract suites. No disk-backed adapter, no process of
   // the service, no worker. Its files run concurrently.
   unit: [
-    'backoff', 'clock', 'config', 'log.test', 'run-tests', 'sse',
+    'backoff', 'clock', 'config', 'log.test', 'random-token', 'run-tests', 'sse',
     'classifier/model', 'classifier/native', 'classifier/onnx', 'classifier/postprocess', 'classifier/preprocess',
     'compute/ec2.test', 'compute/imds', 'controller/measurements', 'controller/policy',
     'queue/memory', 'sim/engine', 'sim/parsing', 'sim/replay', 'sim/svg', 'storage/memory', 'ui/logic',

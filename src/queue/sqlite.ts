@@ -20,7 +20,7 @@
  * (as above) until it has caught up. Long-poll waits use the monotonic clock instead.
  */
 import Database from '../sqlite-driver.js';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { clock as systemClock, type Clock } from '../clock.js';
@@ -38,6 +38,7 @@ import {
   type SendOptions,
 } from './port.js';
 import { sleep } from '../backoff.js';
+import { randomToken } from '../random-token.js';
 
 export interface SqliteQueueProviderOptions {
   /** Visibility timeout of queues opened without one of their own. Default 30 s, as in SQS. */
@@ -176,7 +177,7 @@ export class SqliteQueueProvider implements QueueProvider {
       const now = this.queueTime(true);
       const rows = this.statements.selectVisible.all(queue, now, maxMessages) as { seq: number }[];
       return rows.map(({ seq }) => {
-        const receiptHandle = randomBytes(24).toString('base64url');
+        const receiptHandle = randomToken(24, 'base64url');
         const row = this.statements.claim.get(receiptHandle, now + visibilityMs, seq) as ClaimedRow;
         return { id: row.id, body: row.body, receiptHandle, receiveCount: row.receiveCount, sentAt: row.sentAt };
       });

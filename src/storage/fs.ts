@@ -54,6 +54,7 @@ import {
   type StreamPutOptions,
 } from './port.js';
 import { retry } from '../backoff.js';
+import { randomToken } from '../random-token.js';
 
 const MAGIC = Buffer.from('ICAASOB1', 'ascii');
 const PREAMBLE_BYTES = MAGIC.length + 4;
@@ -90,7 +91,7 @@ export class FsObjectStore implements ObjectStore {
     validatePutConditions(options);
     const bucketDir = this.bucketDir(bucket);
     const target = this.objectPath(bucketDir, key);
-    const etag = randomBytes(16).toString('hex');
+    const etag = randomToken(16, 'hex');
     const temp = await this.createTempFile(bucket, bucketDir);
     let moved = false;
     try {
@@ -130,7 +131,7 @@ export class FsObjectStore implements ObjectStore {
       try {
         // Gathered into writes of up to WRITE_BYTES: a small image is then one write with its
         // header, not one per chunk the stream happens to deliver.
-        let pending: Buffer[] = [encodeHeader(options, randomBytes(16).toString('hex'))];
+        let pending: Buffer[] = [encodeHeader(options, randomToken(16, 'hex'))];
         let pendingBytes = pending[0]!.length;
         for await (const chunk of body) {
           const bytes = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as Uint8Array);
@@ -273,7 +274,7 @@ export class FsObjectStore implements ObjectStore {
 
   private async createTempFile(bucket: string, bucketDir: string): Promise<{ path: string; handle: FileHandle }> {
     const tempDir = path.join(bucketDir, TEMP_DIR);
-    const tempPath = path.join(tempDir, `${process.pid}-${randomBytes(8).toString('hex')}`);
+    const tempPath = path.join(tempDir, `${process.pid}-${randomToken(8, 'hex')}`);
     try {
       return { path: tempPath, handle: await open(tempPath, 'wx') };
     } catch (error) {

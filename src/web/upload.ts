@@ -15,7 +15,6 @@
  * final result wins.
  */
 import type { EventSink } from '../event-log.js';
-import { randomBytes } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
 import type {} from '@fastify/multipart';
@@ -26,6 +25,7 @@ import type { ObjectStore } from '../storage/port.js';
 import type { IncomingUpload, IncomingUploads } from './incoming.js';
 import { displayName, formatBytes, ImageInspector, ImageRejected, type ImageLimits } from './inspect.js';
 import { isValidId, type ResultsIndex } from './results.js';
+import { randomToken } from '../random-token.js';
 
 export interface UploadContext {
   store: ObjectStore;
@@ -78,7 +78,7 @@ export class UploadError extends Error {
 
 export function newId(): string {
   // 12 random bytes, base64url: unguessable, so ids double as capabilities.
-  return randomBytes(12).toString('base64url');
+  return randomToken(12, 'base64url');
 }
 
 export async function receiveUpload(request: FastifyRequest, context: UploadContext, batchId: string, maxFiles = context.limits.maxFiles): Promise<UploadOutcome> {
