@@ -2,8 +2,8 @@
  * Random tokens for the per-image hot paths: upload ids, queue receipt handles, object
  * ETags and temp file names. They come from the same CSPRNG as crypto.randomBytes, drawn a
  * block at a time, as crypto.randomUUID does: a randomBytes call per token cost about 50 µs
- * of CPU each in the web tier's profile of a 900-image upload (calls spread out in time run
- * cold), about 0.2 s per upload in all.
+ * of CPU each in the web tier's profile of a 900-image run (calls spread out in time run
+ * cold), about 0.2 s of the run in all.
  */
 import { randomFillSync } from 'node:crypto';
 
