@@ -83,7 +83,7 @@ describe('interrupted uploads', async () => {
     }
   });
 
-  it('stores a normal upload\'s manifest once, between its marker and its launch messages, and deletes the marker after them', async () => {
+  it('stores a normal upload\'s manifest once, after its marker, and deletes the marker last', async () => {
     const calls: string[] = [];
     const store = runtime.store;
     runtime.store = recording(store, calls);
