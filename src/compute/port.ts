@@ -104,16 +104,25 @@ export function describeDeadline(reason: DeadlineReason, deadlines: InstanceDead
 }
 
 /**
- * Environment every worker process gets, on any compute adapter, to keep its memory low
- * (measured over 300 images: about 175 MB peak resident without, 125-140 MB with):
+ * Environment every worker process gets, on any compute adapter, to keep its memory low.
+ * Peak resident memory over 300 images (bench/worker.ts): about 175 MB without any of it on
+ * Node.js 20; with all three 125 MB on Node.js 20, 134 MB on 22, 139 MB on 24 and 140 MB on
+ * 26.
  * - glibc gives each thread that allocates (ONNX Runtime's and libvips's) its own malloc
  *   arena, up to 8 per core, each keeping freed memory; a worker classifies one image at a
  *   time, so two arenas serve it as well. Other C libraries ignore the variable.
  * - V8's young generation grows to 16 MB semi-spaces under allocation pressure; a worker
  *   allocates little on the JS heap (pixels live in native buffers), so 1 MB costs a few
  *   more minor collections and no measurable time.
+ * - The heap limit: on Node.js 24 and 26, with the default (about 4 GB, from the machine's
+ *   memory), the buffers of images already classified that reached the old generation pile
+ *   up before a full collection frees them (heaptrack: 23 MB of file reads still held at
+ *   the peak), and a worker peaked at 161-165 MB. Limits from 48 to 512 MB measured alike,
+ *   2 GB and more did not help; Node.js 20 and 22 are unchanged by it. A worker's JS heap
+ *   holds about 10 MB, so 256 MB leaves room, and a worker that leaked would end and have
+ *   its image retried instead of pushing the machine into swap.
  */
-export const WORKER_PROCESS_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=1' };
+export const WORKER_PROCESS_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--max-semi-space-size=1 --max-old-space-size=256' };
 
 export function isActive(instance: InstanceInfo): boolean {
   return instance.state !== 'stopped';
